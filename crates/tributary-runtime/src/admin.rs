@@ -1,0 +1,75 @@
+//! The admin HTTP routes every service mounts: `/healthz` (the process
+//! answers), `/readyz` (its dependencies are usable) and `/metrics`
+//! (Prometheus text format).
+
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Named readiness probes. `/readyz` is 200 only when every probe passes;
+/// its body lists each probe's state.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    probes: Arc<Mutex<Vec<(&'static str, Probe)>>>,
+}
+
+impl Readiness {
+    /// Adds a probe; it must be cheap (it runs on every `/readyz`).
+    pub fn add(&self, name: &'static str, probe: impl Fn() -> bool + Send + Sync + 'static) {
+        self.probes
+            .lock()
+            .expect("readiness lock")
+            .push((name, Arc::new(probe)));
+    }
+
+    /// Every probe's state, and whether all pass.
+    pub fn check(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let probes = self.probes.lock().expect("readiness lock").clone();
+        let mut all = true;
+        let mut states = serde_json::Map::new();
+        for (name, probe) in probes {
+            let ok = probe();
+            all &= ok;
+            states.insert(name.to_owned(), serde_json::Value::Bool(ok));
+        }
+        (all, states)
+    }
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn admin_router(readiness: Readiness) -> Router {
+    crate::telemetry::prometheus();
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let (ready, checks) = readiness.check();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks });
+    (status, Json(body))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::prometheus().render(),
+    )
+}

@@ -1,0 +1,206 @@
+//! Command-line/environment arguments every service flattens into its own
+//! `Config`, and the duration parser they use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tributary_schema::{DLQ_STREAM, METRICS_STREAM, RAW_STREAM};
+
+/// How to reach NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "TRIBUTARY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub url: String,
+    /// NATS credentials file (JWT + nkey seed), for NGS or a decentralised-auth server.
+    #[arg(long = "nats-creds", env = "TRIBUTARY_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// NATS user name (with --nats-password).
+    #[arg(long = "nats-user", env = "TRIBUTARY_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password (with --nats-user). Never logged.
+    #[arg(long = "nats-password", env = "TRIBUTARY_NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<SecretString>,
+    /// NATS token. Never logged.
+    #[arg(long = "nats-token", env = "TRIBUTARY_NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<SecretString>,
+    /// How long to wait for a JetStream publish acknowledgement or API reply.
+    #[arg(long = "nats-request-timeout", env = "TRIBUTARY_NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl NatsArgs {
+    /// Default arguments pointing at `url` (for tests and the dev runner).
+    pub fn with_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Reports every problem at once, before any I/O.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.url.trim().is_empty() {
+            problems.push("--nats-url must not be empty".to_owned());
+        }
+        if self.user.is_some() != self.password.is_some() {
+            problems.push("--nats-user and --nats-password go together".to_owned());
+        }
+        let methods =
+            usize::from(self.creds.is_some()) + usize::from(self.user.is_some()) + usize::from(self.token.is_some());
+        if methods > 1 {
+            problems.push("choose one of --nats-creds, --nats-user/--nats-password, --nats-token".to_owned());
+        }
+        if self.request_timeout.is_zero() {
+            problems.push("--nats-request-timeout must be more than zero".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+/// Names and limits of the JetStream streams (DESIGN.md, "Streams and subjects").
+#[derive(Debug, Clone, clap::Args)]
+pub struct StreamArgs {
+    /// Stream holding raw payloads (`raw.>`).
+    #[arg(long = "raw-stream", env = "TRIBUTARY_RAW_STREAM", default_value = RAW_STREAM)]
+    pub raw: String,
+    /// Stream holding one event per metric (`metrics.>`).
+    #[arg(long = "metrics-stream", env = "TRIBUTARY_METRICS_STREAM", default_value = METRICS_STREAM)]
+    pub metrics: String,
+    /// Dead-letter stream (`dlq.>`).
+    #[arg(long = "dlq-stream", env = "TRIBUTARY_DLQ_STREAM", default_value = DLQ_STREAM)]
+    pub dlq: String,
+    /// How long the raw and metrics streams keep messages.
+    #[arg(long = "stream-max-age", env = "TRIBUTARY_STREAM_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub max_age: Duration,
+    /// How long the dead-letter stream keeps messages.
+    #[arg(long = "dlq-max-age", env = "TRIBUTARY_DLQ_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
+    pub dlq_max_age: Duration,
+    /// JetStream duplicate window: re-sends with the same Nats-Msg-Id inside it are dropped.
+    #[arg(long = "duplicate-window", env = "TRIBUTARY_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub duplicate_window: Duration,
+    /// Stream replicas (3 in a NATS cluster).
+    #[arg(long = "stream-replicas", env = "TRIBUTARY_STREAM_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        Self {
+            raw: RAW_STREAM.to_owned(),
+            metrics: METRICS_STREAM.to_owned(),
+            dlq: DLQ_STREAM.to_owned(),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            dlq_max_age: Duration::from_secs(30 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+        }
+    }
+}
+
+impl StreamArgs {
+    /// Reports every problem at once, before any I/O.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for (flag, name) in [
+            ("--raw-stream", &self.raw),
+            ("--metrics-stream", &self.metrics),
+            ("--dlq-stream", &self.dlq),
+        ] {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                problems.push(format!("{flag} {name:?}: use letters, digits, '-' and '_' only"));
+            }
+        }
+        if self.duplicate_window.is_zero() || self.duplicate_window > self.max_age {
+            problems.push("--duplicate-window must be more than zero and at most --stream-max-age".to_owned());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            problems.push("--stream-replicas must be 1 to 5".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long = "log-format", env = "TRIBUTARY_LOG_FORMAT", default_value = "text")]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Log filter, `tracing` EnvFilter syntax (e.g. `info,sink=debug`).
+    #[arg(long = "log", env = "TRIBUTARY_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a whole number and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a duration: expected a whole number and a unit, e.g. 250ms, 5s, 2m, 1h, 7d")
+    })?;
+    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    };
+    d.ok_or_else(|| format!("{text:?} is not a duration: units are ms, s, m, h, d"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        let check = |s: &str, d: Option<Duration>| assert_eq!(parse_duration(s).ok(), d, "{s}");
+        check("250ms", Some(Duration::from_millis(250)));
+        check("5s", Some(Duration::from_secs(5)));
+        check("2m", Some(Duration::from_secs(120)));
+        check("1h", Some(Duration::from_secs(3600)));
+        check("7d", Some(Duration::from_secs(604_800)));
+        check(" 3s ", Some(Duration::from_secs(3)));
+        check("5", None);
+        check("s", None);
+        check("1.5s", None);
+        check("-1s", None);
+        check("5 s", None);
+        check("99999999999999999999d", None);
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut nats = NatsArgs::with_url("");
+        nats.user = Some("u".into());
+        nats.token = Some("t".to_owned().into());
+        let problems = nats.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+
+        let streams = StreamArgs {
+            raw: "a.b".into(),
+            replicas: 0,
+            ..StreamArgs::default()
+        };
+        assert_eq!(streams.validate().unwrap_err().len(), 2);
+        assert!(StreamArgs::default().validate().is_ok());
+    }
+}

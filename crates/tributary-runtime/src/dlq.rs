@@ -1,0 +1,71 @@
+//! Dead-lettering (DESIGN.md, delivery rule 4): a message that can never
+//! succeed is published to `dlq.<stage>.<reason>` with headers that say why
+//! and where it came from, and only then terminated in its own stream.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
+use tributary_schema::{dlq_subject, headers};
+
+/// Why a dead letter could not be written. The original message is then left
+/// unacked, so it is redelivered and dead-lettered again later: never lost.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("publishing dead letter to {subject}: {message}")]
+    Publish { subject: String, message: String },
+    #[error("terminating the original message: {0}")]
+    Terminate(String),
+}
+
+/// Publishes `message` to the dead-letter stream and, once the stream has
+/// acknowledged it, terminates `message` so it is never redelivered.
+///
+/// `reason` is a short stable token (it becomes the last subject token and a
+/// metrics label); `error` is the human explanation.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    stage: &str,
+    reason: &str,
+    error: &str,
+    message: &jetstream::Message,
+) -> Result<(), DeadLetterError> {
+    let subject = dlq_subject(stage, reason);
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::DLQ_STAGE, stage);
+    headers.insert(headers::DLQ_REASON, reason);
+    // Header values must be one line.
+    headers.insert(headers::DLQ_ERROR, error.replace(['\r', '\n'], " ").as_str());
+    headers.insert(headers::DLQ_ORIGINAL_SUBJECT, message.subject.as_str());
+    if let Some(id) = message.headers.as_ref().and_then(|h| h.get(headers::MSG_ID)) {
+        headers.insert(headers::DLQ_ORIGINAL_MSG_ID, id.as_str());
+    }
+    let dedupe = match message.info() {
+        Ok(info) => {
+            headers.insert(
+                headers::DLQ_ORIGINAL_SEQUENCE,
+                info.stream_sequence.to_string().as_str(),
+            );
+            // A redelivery of the same stream message is the same dead letter.
+            Some(format!("{stage}:{}:{}", info.stream, info.stream_sequence))
+        }
+        Err(_) => None,
+    };
+    if let Some(id) = dedupe {
+        headers.insert(headers::MSG_ID, id.as_str());
+    }
+    let publish_error = |e: &dyn std::fmt::Display| DeadLetterError::Publish {
+        subject: subject.clone(),
+        message: e.to_string(),
+    };
+    let ack: PublishAckFuture = js
+        .publish_with_headers(subject.clone(), headers, message.payload.clone())
+        .await
+        .map_err(|e| publish_error(&e))?;
+    ack.await.map_err(|e| publish_error(&e))?;
+    metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+    tracing::warn!(stage, reason, error, subject = %message.subject, "dead-lettered");
+    message
+        .ack_with(AckKind::Term)
+        .await
+        .map_err(|e| DeadLetterError::Terminate(e.to_string()))
+}

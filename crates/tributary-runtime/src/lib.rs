@@ -1,0 +1,25 @@
+//! What every Tributary service shares at run time: the NATS connection,
+//! idempotent provisioning of streams and durable consumers, dead-lettering,
+//! telemetry (logs and Prometheus metrics), the admin HTTP router
+//! (`/healthz`, `/readyz`, `/metrics`), JSON HTTP errors, and turning
+//! SIGINT/SIGTERM into a graceful shutdown with a deadline.
+//!
+//! Never: no payload formats, no database, no knowledge of what a particular
+//! service does with its messages. A service wires these pieces; this crate
+//! does not call into services.
+
+pub mod admin;
+pub mod config;
+pub mod dlq;
+pub mod http_error;
+pub mod nats;
+pub mod retry;
+pub mod shutdown;
+pub mod streams;
+pub mod telemetry;
+
+pub use admin::{Readiness, admin_router};
+pub use config::{LogArgs, NatsArgs, StreamArgs, parse_duration};
+pub use http_error::ApiError;
+pub use shutdown::{ServiceHandle, run_until_signalled, shutdown_on_signals};
+pub use tokio_util::sync::CancellationToken;

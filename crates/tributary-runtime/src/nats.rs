@@ -1,0 +1,76 @@
+//! The NATS connection every service opens the same way.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use crate::config::NatsArgs;
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading NATS credentials file {path}: {source}")]
+    Credentials { path: String, source: std::io::Error },
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Connects to NATS and returns the client and a JetStream context.
+///
+/// The first connection is retried until it works (any start order of the
+/// servers and services is fine); later disconnects are retried forever with
+/// a backoff capped at two seconds. A short ping interval notices a dead
+/// server within seconds, so readiness and HTTP answers reflect it quickly.
+pub async fn connect(
+    args: &NatsArgs,
+    client_name: &str,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context), ConnectError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(Duration::from_secs(2))
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(args.request_timeout))
+        .reconnect_delay_callback(|attempt| Duration::from_millis((50u64 << attempt.min(6)).min(2_000)))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        });
+    if let Some(path) = &args.creds {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let (Some(user), Some(password)) = (&args.user, &args.password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+    }
+    if let Some(token) = &args.token {
+        options = options.token(token.expose_secret().to_owned());
+    }
+    let client = options
+        .connect(args.url.as_str())
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: args.url.clone(),
+            source,
+        })?;
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(args.request_timeout);
+    Ok((client, js))
+}
+
+/// True while the client holds a live connection.
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}

@@ -1,0 +1,42 @@
+//! The contract every Tributary service shares: the protobuf event schema
+//! (`proto/`, compiled by `build.rs`), the JetStream stream and subject names,
+//! the one subject-token sanitiser, the header names and the deterministic
+//! `Nats-Msg-Id` derivations.
+//!
+//! Never: no async runtime, no I/O, no NATS client. This crate is names and
+//! bytes only, so that every service (and any tool) can depend on it cheaply.
+
+mod ids;
+mod subjects;
+
+/// Generated from `proto/tributary/v1/events.proto`.
+#[expect(clippy::all, missing_docs, reason = "generated code")]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/tributary.v1.rs"));
+}
+
+pub use ids::{metric_msg_id, raw_msg_id, raw_msg_id_from_key};
+pub use prost::Message;
+pub use subjects::{
+    DLQ_STREAM, DLQ_SUBJECTS, METRICS_STREAM, METRICS_SUBJECTS, RAW_STREAM, RAW_SUBJECTS, dlq_subject, metric_subject,
+    raw_http_subject, raw_mqtt_subject, sanitize_token,
+};
+pub use v1::{MetricEvent, RawEnvelope, SourceKind, metric_event::Value};
+
+/// Header names Tributary sets on messages.
+pub mod headers {
+    /// JetStream's de-duplication header.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// Dead letters: the stage that gave up on the message (`transformer`, `sink`).
+    pub const DLQ_STAGE: &str = "Tributary-Stage";
+    /// Dead letters: the stable reason token (also the last subject token).
+    pub const DLQ_REASON: &str = "Tributary-Reason";
+    /// Dead letters: the human-readable error.
+    pub const DLQ_ERROR: &str = "Tributary-Error";
+    /// Dead letters: the subject the message was consumed from.
+    pub const DLQ_ORIGINAL_SUBJECT: &str = "Tributary-Original-Subject";
+    /// Dead letters: its stream sequence there.
+    pub const DLQ_ORIGINAL_SEQUENCE: &str = "Tributary-Original-Sequence";
+    /// Dead letters: the original message's `Nats-Msg-Id`, if it had one.
+    pub const DLQ_ORIGINAL_MSG_ID: &str = "Tributary-Original-Msg-Id";
+}

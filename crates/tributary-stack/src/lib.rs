@@ -1,0 +1,247 @@
+//! The whole pipeline in one process, on real servers: `nats-server`,
+//! PostgreSQL and `mosquitto` from the test kit, and the four services
+//! started in-process through their `start(config, shutdown)` functions.
+//! `just dev` (the `tributary-dev` binary) and the end-to-end tests use it.
+//!
+//! Never used by a service, and never a place for pipeline logic: it only
+//! wires the real parts together the way a deployment would.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
+use tributary_runtime::CancellationToken;
+use tributary_testkit::{Mosquitto, NatsServer, Postgres, TestDb};
+
+/// The three servers the pipeline needs.
+pub struct Servers {
+    pub nats: NatsServer,
+    pub mosquitto: Mosquitto,
+    /// URL of the database the sink and query API use.
+    pub database_url: String,
+    /// Keeps the database alive (dropped after the services).
+    _database: Database,
+}
+
+enum Database {
+    /// A fresh database on the test process's shared server.
+    Test(#[expect(dead_code, reason = "held for its Drop")] TestDb),
+    /// A server of our own, with its data in a kept directory (`just dev`).
+    Own(#[expect(dead_code, reason = "held for its Drop")] Postgres),
+}
+
+impl Servers {
+    /// Fresh servers with temporary data: for tests.
+    pub async fn start_temporary() -> Result<Self> {
+        let nats = NatsServer::start()?;
+        let mosquitto = Mosquitto::start()?;
+        let db = TestDb::create().await?;
+        Ok(Self {
+            nats,
+            mosquitto,
+            database_url: db.url().to_owned(),
+            _database: Database::Test(db),
+        })
+    }
+
+    /// Servers whose data lives under `dir` and survives restarts: for `just dev`.
+    pub async fn start_in(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        let nats = NatsServer::start_in(&dir.join("nats"), None)?;
+        let mosquitto = Mosquitto::start_in(&dir.join("mosquitto"), None)?;
+        let postgres = Postgres::start_in(&dir.join("postgres"), None)?;
+        let admin_url = postgres.url("postgres");
+        let exists: bool = {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'tributary')")
+                    .fetch_one(&mut conn)
+                    .await?;
+            if !exists {
+                sqlx::query("CREATE DATABASE tributary").execute(&mut conn).await?;
+            }
+            exists
+        };
+        tracing::debug!(existing_database = exists, "database ready");
+        Ok(Self {
+            nats,
+            mosquitto,
+            database_url: postgres.url("tributary"),
+            _database: Database::Own(postgres),
+        })
+    }
+}
+
+/// How to run the services.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub producer_listen: SocketAddr,
+    pub query_listen: SocketAddr,
+    /// MQTT topic filters the producer bridges.
+    pub mqtt_topics: Vec<String>,
+    /// The sink's batch linger (short in tests, so results show quickly).
+    pub sink_linger: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let any_port: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        Self {
+            producer_listen: any_port,
+            query_listen: any_port,
+            mqtt_topics: vec!["devices/#".to_owned()],
+            sink_linger: Duration::from_millis(50),
+        }
+    }
+}
+
+/// One running service.
+pub struct Part {
+    pub name: &'static str,
+    /// Its HTTP listener (API and/or admin routes).
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), String>>,
+}
+
+impl Part {
+    fn new<E: std::fmt::Display + Send + 'static>(
+        name: &'static str,
+        handle: tributary_runtime::ServiceHandle<E>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let addr = handle.addr;
+        let task = tokio::spawn(async move { handle.wait().await.map_err(|e| e.to_string()) });
+        Self {
+            name,
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop (as on SIGTERM): the service finishes and acks what it holds.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        let name = self.name;
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .with_context(|| format!("{name} did not stop within 30 s"))?
+            .with_context(|| format!("{name} panicked"))?
+            .map_err(|e| anyhow::anyhow!("{name} failed: {e}"))
+    }
+
+    /// Sudden death (as on SIGKILL): the task is dropped mid-work; nothing
+    /// is finished or acknowledged.
+    pub fn kill(self) {
+        self.task.abort();
+        self.shutdown.cancel();
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let url = format!("{}/readyz", self.url());
+        let client = reqwest::Client::new();
+        tributary_testkit::wait_until(timeout, &format!("{} ready", self.name), || async {
+            matches!(client.get(&url).send().await, Ok(r) if r.status().is_success())
+        })
+        .await
+    }
+}
+
+/// Starts the producer (HTTP ingest and the MQTT bridge).
+pub async fn start_producer(servers: &Servers, options: &Options) -> Result<Part> {
+    let mut config = producer::Config::for_nats(&servers.nats.url());
+    config.listen = options.producer_listen;
+    if !options.mqtt_topics.is_empty() {
+        config.mqtt_broker = Some(format!("{}:{}", servers.mosquitto.host(), servers.mosquitto.port()));
+        config.mqtt_topics = options.mqtt_topics.clone();
+    }
+    let shutdown = CancellationToken::new();
+    let handle = producer::start(config, shutdown.clone())
+        .await
+        .context("starting the producer")?;
+    Ok(Part::new("producer", handle, shutdown))
+}
+
+/// Starts the transformer.
+pub async fn start_transformer(servers: &Servers) -> Result<Part> {
+    let config = transformer::Config::for_nats(&servers.nats.url());
+    let shutdown = CancellationToken::new();
+    let handle = transformer::start(config, shutdown.clone())
+        .await
+        .context("starting the transformer")?;
+    Ok(Part::new("transformer", handle, shutdown))
+}
+
+/// Starts the sink.
+pub async fn start_sink(servers: &Servers, options: &Options) -> Result<Part> {
+    let mut config = sink::Config::for_servers(&servers.nats.url(), &servers.database_url);
+    config.batch_linger = options.sink_linger;
+    let shutdown = CancellationToken::new();
+    let handle = sink::start(config, shutdown.clone())
+        .await
+        .context("starting the sink")?;
+    Ok(Part::new("sink", handle, shutdown))
+}
+
+/// Starts the query API.
+pub async fn start_query_api(servers: &Servers, options: &Options) -> Result<Part> {
+    let mut config = query_api::Config::for_database(&servers.database_url);
+    config.listen = options.query_listen;
+    let shutdown = CancellationToken::new();
+    let handle = query_api::start(config, shutdown.clone())
+        .await
+        .context("starting the query API")?;
+    Ok(Part::new("query-api", handle, shutdown))
+}
+
+/// The four services.
+pub struct Services {
+    pub producer: Part,
+    pub transformer: Part,
+    pub sink: Part,
+    pub query_api: Part,
+}
+
+impl Services {
+    /// Starts all four and waits until each reports ready.
+    pub async fn start(servers: &Servers, options: &Options) -> Result<Self> {
+        let services = Self {
+            producer: start_producer(servers, options).await?,
+            transformer: start_transformer(servers).await?,
+            sink: start_sink(servers, options).await?,
+            query_api: start_query_api(servers, options).await?,
+        };
+        for part in [
+            &services.producer,
+            &services.transformer,
+            &services.sink,
+            &services.query_api,
+        ] {
+            part.wait_ready(Duration::from_secs(30)).await?;
+        }
+        Ok(services)
+    }
+
+    /// Stops all four gracefully, the front door first.
+    pub async fn stop(self) -> Result<()> {
+        self.producer.stop().await?;
+        self.transformer.stop().await?;
+        self.sink.stop().await?;
+        self.query_api.stop().await
+    }
+}

@@ -1,0 +1,317 @@
+//! The metric-events table and everything that touches it: embedded
+//! migrations, monthly partitions created on demand, batched idempotent
+//! writes (binary COPY into a staging table, then one
+//! `INSERT … SELECT … ON CONFLICT DO NOTHING` per transaction) and range
+//! reads for the query API.
+//!
+//! Never: no NATS, no payload formats, no HTTP. SQL values are always bound;
+//! identifiers only ever go through [`sql::quote_ident`].
+
+mod copy;
+pub mod sql;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Row as _};
+use time::OffsetDateTime;
+
+/// A metric value as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowValue {
+    Number(f64),
+    Text(String),
+    Bool(bool),
+}
+
+/// One event, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub device_id: String,
+    pub metric: String,
+    /// Event time, µs since the Unix epoch.
+    pub time_us: i64,
+    pub value: RowValue,
+    pub unit: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    /// A JSON object as text, or `None` for no attributes.
+    pub attributes_json: Option<String>,
+    pub source: String,
+    pub raw_msg_id: String,
+    /// When the producer accepted the payload, µs since the Unix epoch.
+    pub ingested_at_us: i64,
+}
+
+/// One stored point, as the query API returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPoint {
+    pub time_us: i64,
+    pub value: RowValue,
+    pub unit: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    pub ingested_at_us: i64,
+    pub stored_at_us: i64,
+}
+
+/// Errors talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event time {0} µs is outside what the store accepts")]
+    TimeOutOfRange(i64),
+}
+
+impl StoreError {
+    /// True when retrying later may succeed (connection lost, server
+    /// restarting, serialisation failure); false for errors a retry repeats.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::Tls(_) => true,
+                sqlx::Error::Database(db) => {
+                    // Class 08: connection exception; 40: transaction rollback
+                    // (serialisation, deadlock); 53: insufficient resources;
+                    // 57: operator intervention (shutdown, cancel).
+                    db.code()
+                        .is_some_and(|c| ["08", "40", "53", "57"].iter().any(|class| c.starts_with(class)))
+                }
+                _ => false,
+            },
+            StoreError::TimeOutOfRange(_) => false,
+        }
+    }
+}
+
+/// Where and how to store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `postgres://user:pass@host:port/db`.
+    pub url: String,
+    /// The events table.
+    pub table: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// A connection pool to the events table.
+#[derive(Debug)]
+pub struct Store {
+    pool: PgPool,
+    table: String,
+    /// Months (year * 12 + month - 1) whose partition is known to exist.
+    partitions: Mutex<HashSet<i32>>,
+}
+
+/// Oldest and newest event times the store takes: 1970 to 2199, matching the
+/// formats' accepted range; partitions are monthly.
+const MIN_TIME_US: i64 = 0;
+const MAX_TIME_US: i64 = 7_258_118_400_000_000; // 2200-01-01T00:00:00Z
+
+impl Store {
+    /// Opens a pool. Connecting is lazy: the first query connects, so a
+    /// service starts even while the database is still coming up.
+    pub fn connect_lazy(config: &StoreConfig) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(sql::create_staging_table()))
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy(&config.url)?;
+        Ok(Self {
+            pool,
+            table: config.table.clone(),
+            partitions: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The pool (for health checks and tests).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations that have not run yet. Safe to call
+    /// from every replica at once: an advisory lock serialises them.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrations = [sql::create_events_table(&self.table)];
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_migrations'))")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS tributary_migrations (\
+             tbl text NOT NULL, version int NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (tbl, version))",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: i32 =
+            sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM tributary_migrations WHERE tbl = $1")
+                .bind(&self.table)
+                .fetch_one(&mut *tx)
+                .await?;
+        for (index, statement) in migrations.into_iter().enumerate() {
+            let version = index as i32 + 1;
+            if version <= applied {
+                continue;
+            }
+            sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO tributary_migrations (tbl, version) VALUES ($1, $2)")
+                .bind(&self.table)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(table = %self.table, version, "migration applied");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a batch in one transaction and returns how many rows were new
+    /// (the rest were already stored: redeliveries). When this returns Ok
+    /// the rows are committed.
+    pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.ensure_partitions(rows).await?;
+        let data = copy::encode(rows);
+        let mut tx = self.pool.begin().await?;
+        let mut copy_in = tx.copy_in_raw(&sql::copy_into_staging()).await?;
+        copy_in.send(data).await?;
+        copy_in.finish().await?;
+        let inserted = sqlx::query(AssertSqlSafe(sql::insert_from_staging(&self.table)))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Creates the monthly partitions the batch needs, once per month per
+    /// process. Replicas racing to create the same one are serialised by an
+    /// advisory lock.
+    async fn ensure_partitions(&self, rows: &[Row]) -> Result<(), StoreError> {
+        let mut needed = Vec::new();
+        {
+            let known = self.partitions.lock().expect("partition cache lock");
+            for row in rows {
+                if !(MIN_TIME_US..MAX_TIME_US).contains(&row.time_us) {
+                    return Err(StoreError::TimeOutOfRange(row.time_us));
+                }
+                let month = month_index(row.time_us);
+                if !known.contains(&month) && !needed.contains(&month) {
+                    needed.push(month);
+                }
+            }
+        }
+        for month in needed {
+            let (year, m) = (month.div_euclid(12), (month.rem_euclid(12) + 1) as u8);
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(AssertSqlSafe(sql::create_month_partition(&self.table, year, m)))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            self.partitions.lock().expect("partition cache lock").insert(month);
+            tracing::info!(table = %self.table, year, month = m, "partition ready");
+        }
+        Ok(())
+    }
+
+    /// The points of one series in `[from_us, to_us)`, oldest first, at most `limit`.
+    pub async fn read_series(
+        &self,
+        device_id: &str,
+        metric: &str,
+        from_us: i64,
+        to_us: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(sql::select_series(&self.table)))
+            .bind(device_id)
+            .bind(metric)
+            .bind(to_datetime(from_us)?)
+            .bind(to_datetime(to_us)?)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(point_from_row).collect()
+    }
+}
+
+fn point_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredPoint, StoreError> {
+    let value = if let Some(n) = row.try_get::<Option<f64>, _>("value_num")? {
+        RowValue::Number(n)
+    } else if let Some(b) = row.try_get::<Option<bool>, _>("value_bool")? {
+        RowValue::Bool(b)
+    } else {
+        RowValue::Text(row.try_get::<Option<String>, _>("value_text")?.unwrap_or_default())
+    };
+    let attributes = match row.try_get::<Option<serde_json::Value>, _>("attributes")? {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    Ok(StoredPoint {
+        time_us: to_unix_us(row.try_get("time")?),
+        value,
+        unit: row.try_get("unit")?,
+        latitude: row.try_get("latitude")?,
+        longitude: row.try_get("longitude")?,
+        attributes,
+        ingested_at_us: to_unix_us(row.try_get("ingested_at")?),
+        stored_at_us: to_unix_us(row.try_get("stored_at")?),
+    })
+}
+
+/// Calendar month (UTC) of a time, as year * 12 + month - 1.
+fn month_index(unix_us: i64) -> i32 {
+    let date =
+        OffsetDateTime::from_unix_timestamp(unix_us.div_euclid(1_000_000)).expect("checked against MIN/MAX_TIME_US");
+    date.year() * 12 + i32::from(u8::from(date.month())) - 1
+}
+
+fn to_datetime(unix_us: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_us) * 1000)
+        .map_err(|_| StoreError::TimeOutOfRange(unix_us))
+}
+
+fn to_unix_us(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        assert_eq!(month_index(0), 1970 * 12);
+        assert_eq!(month_index(1_506_775_817_765_000), 2017 * 12 + 8); // 2017-09
+        assert_eq!(month_index(1_514_764_799_999_999), 2017 * 12 + 11); // 2017-12-31T23:59:59.999999
+        assert_eq!(month_index(1_514_764_800_000_000), 2018 * 12); // 2018-01-01
+    }
+}

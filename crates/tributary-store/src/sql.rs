@@ -1,0 +1,132 @@
+//! Every SQL text the store sends, built in one place so it can be unit-tested
+//! as text. Identifiers go through [`quote_ident`]; values are always bound.
+
+/// Quotes an SQL identifier: wraps it in double quotes and doubles any
+/// double quote inside, so any table name is safe to splice into SQL.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The columns written per event, in COPY order.
+pub const WRITE_COLUMNS: &str = "device_id, metric, time, value_num, value_text, value_bool, unit, \
+     latitude, longitude, attributes, source, raw_msg_id, ingested_at";
+
+/// The session-local staging table every batch is copied into.
+pub const STAGING_TABLE: &str = "tributary_staging";
+
+/// Migration 1: the events table, range-partitioned by event time, keyed by
+/// the natural key so redelivered events change nothing.
+pub fn create_events_table(table: &str) -> String {
+    let t = quote_ident(table);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (\n\
+         \x20   device_id   text NOT NULL,\n\
+         \x20   metric      text NOT NULL,\n\
+         \x20   time        timestamptz NOT NULL,\n\
+         \x20   value_num   double precision,\n\
+         \x20   value_text  text,\n\
+         \x20   value_bool  boolean,\n\
+         \x20   unit        text,\n\
+         \x20   latitude    double precision,\n\
+         \x20   longitude   double precision,\n\
+         \x20   attributes  jsonb,\n\
+         \x20   source      text,\n\
+         \x20   raw_msg_id  text,\n\
+         \x20   ingested_at timestamptz NOT NULL,\n\
+         \x20   stored_at   timestamptz NOT NULL DEFAULT now(),\n\
+         \x20   PRIMARY KEY (device_id, metric, time)\n\
+         ) PARTITION BY RANGE (time)"
+    )
+}
+
+/// The per-connection staging table (no key, no partitions: COPY at full speed).
+pub fn create_staging_table() -> String {
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (\
+         device_id text, metric text, time timestamptz, value_num double precision, \
+         value_text text, value_bool boolean, unit text, latitude double precision, \
+         longitude double precision, attributes jsonb, source text, raw_msg_id text, \
+         ingested_at timestamptz) ON COMMIT DELETE ROWS"
+    )
+}
+
+/// `COPY` of one batch into the staging table.
+pub fn copy_into_staging() -> String {
+    format!("COPY {STAGING_TABLE} ({WRITE_COLUMNS}) FROM STDIN (FORMAT binary)")
+}
+
+/// Moves the staged batch into the events table; rows whose natural key is
+/// already stored (a redelivery) are skipped.
+pub fn insert_from_staging(table: &str) -> String {
+    format!(
+        "INSERT INTO {} ({WRITE_COLUMNS}) SELECT {WRITE_COLUMNS} FROM {STAGING_TABLE} \
+         ON CONFLICT DO NOTHING",
+        quote_ident(table)
+    )
+}
+
+/// The name of the partition holding one calendar month (UTC).
+pub fn partition_name(table: &str, year: i32, month: u8) -> String {
+    format!("{table}_p{year:04}{month:02}")
+}
+
+/// Creates the partition for one calendar month (UTC) if it is missing.
+pub fn create_month_partition(table: &str, year: i32, month: u8) -> String {
+    let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} \
+         FOR VALUES FROM ('{year:04}-{month:02}-01 00:00:00+00') TO ('{next_year:04}-{next_month:02}-01 00:00:00+00')",
+        quote_ident(&partition_name(table, year, month)),
+        quote_ident(table),
+    )
+}
+
+/// One series in a time range, oldest first. Binds: device, metric, from, to, limit.
+pub fn select_series(table: &str) -> String {
+    format!(
+        "SELECT time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, \
+         ingested_at, stored_at FROM {} \
+         WHERE device_id = $1 AND metric = $2 AND time >= $3 AND time < $4 \
+         ORDER BY time LIMIT $5",
+        quote_ident(table)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_identifiers() {
+        let check = |input: &str, expected: &str| assert_eq!(quote_ident(input), expected);
+        check("metric_events", "\"metric_events\"");
+        check("Weird Name", "\"Weird Name\"");
+        check("a\"b", "\"a\"\"b\"");
+        check("x\"; DROP TABLE y; --", "\"x\"\"; DROP TABLE y; --\"");
+        check("", "\"\"");
+    }
+
+    #[test]
+    fn builds_partition_ddl() {
+        assert_eq!(
+            create_month_partition("metric_events", 2017, 9),
+            "CREATE TABLE IF NOT EXISTS \"metric_events_p201709\" PARTITION OF \"metric_events\" \
+             FOR VALUES FROM ('2017-09-01 00:00:00+00') TO ('2017-10-01 00:00:00+00')"
+        );
+        assert!(create_month_partition("t", 2017, 12).ends_with("TO ('2018-01-01 00:00:00+00')"));
+    }
+
+    #[test]
+    fn builds_writes_and_reads() {
+        assert_eq!(
+            insert_from_staging("ev"),
+            format!(
+                "INSERT INTO \"ev\" ({WRITE_COLUMNS}) SELECT {WRITE_COLUMNS} FROM tributary_staging ON CONFLICT DO NOTHING"
+            )
+        );
+        assert!(create_events_table("ev").contains("PRIMARY KEY (device_id, metric, time)"));
+        assert!(create_events_table("ev").ends_with("PARTITION BY RANGE (time)"));
+        assert!(select_series("ev").contains("FROM \"ev\" WHERE device_id = $1"));
+        assert_eq!(WRITE_COLUMNS.split(", ").count(), crate::copy::FIELD_COUNT as usize);
+    }
+}

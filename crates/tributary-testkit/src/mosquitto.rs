@@ -1,0 +1,130 @@
+//! `mosquitto` on a loopback port with persistence into a directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::host::{ServerDir, find_binary, hand_to_user, touch};
+use crate::process::{ServerProcess, StartFailure, StopStep, listens_on, start_on_port, tcp_accepts};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SIGTERM: mosquitto saves its persistence file only on a clean shutdown.
+const STOP: &[StopStep] = &[
+    (libc::SIGTERM, Duration::from_secs(10)),
+    (libc::SIGKILL, Duration::from_secs(10)),
+];
+
+/// A `mosquitto` broker child process: anonymous clients allowed,
+/// persistence on, queues sized for load tests rather than the defaults
+/// (1,000 queued QoS 1 messages per client, 20 in flight).
+///
+/// Dropping it stops the broker (SIGTERM) and reaps it; a temporary
+/// directory is removed.
+#[derive(Debug)]
+pub struct Mosquitto {
+    /// Holds `mosquitto.conf`, `mosquitto.log` and `mosquitto.db`.
+    dir: ServerDir,
+    port: u16,
+    process: Option<ServerProcess>,
+}
+
+impl Mosquitto {
+    /// Broker on a free loopback port, persistence into a fresh temp dir.
+    pub fn start() -> Result<Self> {
+        Self::launch(ServerDir::temp("tributary-mosquitto-")?, None)
+    }
+
+    /// Broker persisting into `dir` (created if missing, kept on drop); a
+    /// fixed port if given.
+    pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self> {
+        Self::launch(ServerDir::kept(dir)?, port)
+    }
+
+    fn launch(dir: ServerDir, port: Option<u16>) -> Result<Self> {
+        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port))?;
+        Ok(Self {
+            dir,
+            port,
+            process: Some(process),
+        })
+    }
+
+    /// Always `127.0.0.1`.
+    pub fn host(&self) -> &str {
+        "127.0.0.1"
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the broker (SIGTERM, so it saves its persistence file; SIGKILL
+    /// after 10 s) and reaps it. A no-op when it is not running.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.stop(STOP).context("stopping mosquitto")?;
+        }
+        Ok(())
+    }
+
+    /// Stops if running and starts again on the same port with the same
+    /// persistence file, so retained messages and sessions survive.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.process = Some(spawn(self.dir.path(), self.port).map_err(|f| f.error)?);
+        Ok(())
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = format!("{e:#}"), "mosquitto did not stop cleanly");
+        }
+    }
+}
+
+fn spawn(dir: &Path, port: u16) -> Result<ServerProcess, StartFailure> {
+    let conf = dir.join("mosquitto.conf");
+    let log = dir.join("mosquitto.log");
+    fs::write(&conf, config(dir, port)).with_context(|| format!("writing {}", conf.display()))?;
+    // Started as root, mosquitto drops to user `mosquitto` and then opens its
+    // log and persistence file itself: hand it the directory.
+    touch(&log)?;
+    hand_to_user(dir, "mosquitto", "mosquitto")?;
+    let mut cmd = Command::new(binary()?);
+    cmd.current_dir(dir).arg("-c").arg(&conf);
+    // Our own pid must hold the listening socket: a bare connect could reach
+    // another process that won the port.
+    ServerProcess::start("mosquitto", &mut cmd, &log, READY_TIMEOUT, STOP, |pid| {
+        listens_on(pid, port).unwrap_or_else(|| tcp_accepts(port))
+    })
+}
+
+fn config(dir: &Path, port: u16) -> String {
+    let dir = dir.display();
+    format!(
+        "# Written by tributary-testkit; rewritten at every start.\n\
+         listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence true\n\
+         persistence_location {dir}/\n\
+         max_queued_messages 100000\n\
+         max_inflight_messages 0\n\
+         log_dest file {dir}/mosquitto.log\n"
+    )
+}
+
+fn binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    find_binary(
+        &BINARY,
+        "mosquitto",
+        &["/usr/sbin", "/usr/local/sbin"],
+        "apt-get install mosquitto",
+    )
+}

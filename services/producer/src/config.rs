@@ -1,0 +1,121 @@
+//! The producer's configuration: flags and `TRIBUTARY_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_duration};
+
+/// Tributary producer: accepts payloads over HTTP and from an MQTT broker and
+/// publishes each, unchanged, to the raw JetStream stream.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-producer", version)]
+pub struct Config {
+    /// Address for the ingest API and the admin routes (/healthz, /readyz, /metrics).
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Largest accepted HTTP request body, in bytes.
+    #[arg(long, env = "TRIBUTARY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// MQTT broker to bridge from, as host:port. Unset: no MQTT bridge.
+    #[arg(long, env = "TRIBUTARY_MQTT_BROKER")]
+    pub mqtt_broker: Option<String>,
+    /// MQTT topic filters to subscribe to at QoS 1, comma-separated (e.g. `devices/#`).
+    #[arg(long, env = "TRIBUTARY_MQTT_TOPICS", value_delimiter = ',')]
+    pub mqtt_topics: Vec<String>,
+    /// MQTT client id. The session is persistent (clean session off), so the
+    /// broker keeps messages while the bridge is away: give each replica its own id.
+    #[arg(long, env = "TRIBUTARY_MQTT_CLIENT_ID", default_value = "tributary-producer")]
+    pub mqtt_client_id: String,
+    /// MQTT user name.
+    #[arg(long, env = "TRIBUTARY_MQTT_USER")]
+    pub mqtt_user: Option<String>,
+    /// MQTT password. Never logged.
+    #[arg(long, env = "TRIBUTARY_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<SecretString>,
+    /// Source name recorded on bridged messages.
+    #[arg(long, env = "TRIBUTARY_MQTT_SOURCE", default_value = "mqtt")]
+    pub mqtt_source: String,
+    /// How long to finish in-flight work after SIGTERM before exiting anyway.
+    #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// A configuration for tests and the dev runner: loopback, port 0, no MQTT.
+    pub fn for_nats(nats_url: &str) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["tributary-producer", "--listen", "127.0.0.1:0"]);
+        config.nats = NatsArgs::with_url(nats_url);
+        config
+    }
+
+    /// Every problem with the configuration, before any I/O.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        problems.extend(self.nats.validate().err().unwrap_or_default());
+        problems.extend(self.streams.validate().err().unwrap_or_default());
+        if self.max_body_bytes == 0 {
+            problems.push("--max-body-bytes must be more than zero".to_owned());
+        }
+        match &self.mqtt_broker {
+            Some(broker) => {
+                if crate::mqtt::split_host_port(broker).is_none() {
+                    problems.push(format!("--mqtt-broker {broker:?}: expected host:port"));
+                }
+                if self.mqtt_topics.iter().all(|t| t.trim().is_empty()) {
+                    problems.push("--mqtt-broker is set but --mqtt-topics is empty".to_owned());
+                }
+                for topic in &self.mqtt_topics {
+                    if let Err(why) = crate::mqtt::check_topic_filter(topic) {
+                        problems.push(format!("--mqtt-topics {topic:?}: {why}"));
+                    }
+                }
+                if self.mqtt_client_id.is_empty() {
+                    problems.push("--mqtt-client-id must not be empty".to_owned());
+                }
+                if self.mqtt_user.is_some() != self.mqtt_password.is_some() {
+                    problems.push("--mqtt-user and --mqtt-password go together".to_owned());
+                }
+            }
+            None if !self.mqtt_topics.is_empty() => {
+                problems.push("--mqtt-topics is set but --mqtt-broker is not".to_owned());
+            }
+            None => {}
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn cli_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let config = Config::parse_from([
+            "p",
+            "--max-body-bytes",
+            "0",
+            "--mqtt-broker",
+            "nohost",
+            "--mqtt-topics",
+            "a/#/b",
+        ]);
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(Config::for_nats("nats://127.0.0.1:1").validate().is_ok());
+    }
+}

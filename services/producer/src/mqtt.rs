@@ -1,0 +1,251 @@
+//! The MQTT bridge: subscribes at QoS 1 with manual acknowledgements and a
+//! persistent session, publishes each message to `raw.mqtt.<topic levels>`,
+//! and sends the PUBACK only after JetStream has acknowledged the publish.
+//! PUBACKs go out in the order the messages came in (MQTT 3.1.1, 4.6.0-2).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use secrecy::ExposeSecret;
+use tokio::sync::mpsc;
+use tributary_runtime::CancellationToken;
+use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
+
+use crate::config::Config;
+use crate::publish::{RawPublisher, now_us};
+
+/// Splits `host:port`.
+pub fn split_host_port(broker: &str) -> Option<(String, u16)> {
+    let (host, port) = broker.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// Checks an MQTT topic filter: `#` only as the whole last level, `+` only
+/// as a whole level, not empty.
+pub fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("empty topic filter");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err("'#' must be the whole last level");
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("'+' must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+/// Largest MQTT packet accepted: matches the HTTP body limit's default.
+const MAX_PACKET: usize = 1 << 20;
+/// Messages received but not yet acknowledged by the stream.
+const IN_FLIGHT: usize = 1000;
+
+/// Runs the bridge until `shutdown`; then stops taking messages, finishes the
+/// in-flight publishes and their PUBACKs, and disconnects.
+pub async fn run_bridge(
+    config: Config,
+    publisher: Arc<RawPublisher>,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let Some((host, port)) = config.mqtt_broker.as_deref().and_then(split_host_port) else {
+        return;
+    };
+    let mut options = MqttOptions::new(config.mqtt_client_id.clone(), host, port);
+    options
+        .set_keep_alive(Duration::from_secs(10))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_inflight(IN_FLIGHT as u16);
+    if let (Some(user), Some(password)) = (&config.mqtt_user, &config.mqtt_password) {
+        options.set_credentials(user.clone(), password.expose_secret());
+    }
+    let (client, eventloop) = AsyncClient::new(options, IN_FLIGHT);
+    let (to_acker, from_loop) = mpsc::channel::<Publish>(IN_FLIGHT);
+    let acker = tokio::spawn(ack_in_order(
+        client.clone(),
+        publisher,
+        config.mqtt_source.clone(),
+        from_loop,
+        shutdown.clone(),
+    ));
+    let topics: Vec<String> = config.mqtt_topics.iter().filter(|t| !t.is_empty()).cloned().collect();
+    poll(eventloop, client, topics, to_acker, acker, connected, shutdown).await;
+}
+
+/// Drives the MQTT connection: (re)subscribes on every connect, hands each
+/// publish to the acker, and keeps polling until the acker has sent its last
+/// PUBACK after shutdown.
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    topics: Vec<String>,
+    to_acker: mpsc::Sender<Publish>,
+    mut acker: tokio::task::JoinHandle<()>,
+    connected: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let mut to_acker = Some(to_acker);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            _ = &mut acker => break,
+            () = shutdown.cancelled(), if to_acker.is_some() => {
+                // Stop taking messages: what arrives from now on stays
+                // unacknowledged, and the broker redelivers it to the session.
+                to_acker = None;
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                connected.store(true, Ordering::Relaxed);
+                tracing::info!(session_present = ack.session_present, "MQTT connected");
+                let client = client.clone();
+                let topics = topics.clone();
+                tokio::spawn(async move {
+                    for topic in topics {
+                        if let Err(error) = client.subscribe(topic.clone(), QoS::AtLeastOnce).await {
+                            tracing::warn!(%topic, %error, "MQTT subscribe request failed");
+                        }
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(tx) = &to_acker {
+                    // Waits when IN_FLIGHT messages are unacknowledged:
+                    // back-pressure reaches the broker.
+                    let _ = tx.send(publish).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => tracing::debug!(pkid = ack.pkid, "MQTT subscribed"),
+            Ok(_) => {}
+            Err(error) => {
+                connected.store(false, Ordering::Relaxed);
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = &mut acker => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    connected.store(false, Ordering::Relaxed);
+    // Flush the last PUBACKs and say goodbye; bounded so a dead broker
+    // cannot hold up shutdown.
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Publishes each message to JetStream (pipelined) and PUBACKs them in
+/// arrival order, each only after its publish is acknowledged. A failed
+/// publish is retried with the same `Nats-Msg-Id` until it lands or shutdown.
+async fn ack_in_order(
+    client: AsyncClient,
+    publisher: Arc<RawPublisher>,
+    source: String,
+    mut incoming: mpsc::Receiver<Publish>,
+    shutdown: CancellationToken,
+) {
+    let mut pending = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            message = incoming.recv(), if open && pending.len() < IN_FLIGHT => match message {
+                Some(publish) => pending.push_back(forward(publisher.clone(), source.clone(), publish, shutdown.clone())),
+                None => open = false,
+            },
+            Some(done) = pending.next() => {
+                if let Some(publish) = done {
+                    metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "accepted").increment(1);
+                    if let Err(error) = client.ack(&publish).await {
+                        tracing::warn!(%error, "MQTT PUBACK could not be queued");
+                    }
+                }
+            },
+            else => break,
+        }
+    }
+}
+
+/// Publishes one MQTT message until the stream acknowledges it. Returns the
+/// message to acknowledge, or `None` when shutdown interrupted the retries
+/// (the broker then redelivers it).
+async fn forward(
+    publisher: Arc<RawPublisher>,
+    source: String,
+    publish: Publish,
+    shutdown: CancellationToken,
+) -> Option<Publish> {
+    let topic = publish.topic.clone();
+    let msg_id = raw_msg_id("mqtt", &source, &topic, &publish.payload);
+    let envelope = RawEnvelope {
+        source_kind: SourceKind::Mqtt as i32,
+        source,
+        topic: topic.clone(),
+        content_type: String::new(),
+        received_at_us: now_us(),
+        payload: publish.payload.to_vec(),
+        metadata: Default::default(),
+    };
+    let bytes: bytes::Bytes = envelope.encode_to_vec().into();
+    let subject = raw_mqtt_subject(&topic);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match publisher.publish(subject.clone(), &msg_id, bytes.clone()).await {
+            Ok(_) => return Some(publish),
+            Err(error) => {
+                metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "retried")
+                    .increment(1);
+                tracing::warn!(%error, %subject, "publish of an MQTT message failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_topic_filters() {
+        for ok in ["a", "a/b", "a/+/c", "#", "a/#", "+", "+/+"] {
+            assert_eq!(check_topic_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b+", "#/a"] {
+            assert!(check_topic_filter(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn splits_host_and_port() {
+        assert_eq!(split_host_port("localhost:1883"), Some(("localhost".into(), 1883)));
+        assert_eq!(split_host_port("nohost"), None);
+        assert_eq!(split_host_port(":1883"), None);
+        assert_eq!(split_host_port("h:99999"), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! Publishing one raw envelope and waiting for the stream's acknowledgement.
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use bytes::Bytes;
+
+/// A publish that did not end in a stream acknowledgement. Always worth
+/// retrying with the same `Nats-Msg-Id`: the stream drops the duplicate if
+/// the first attempt did land.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to NATS")]
+    Disconnected,
+    #[error("publishing: {0}")]
+    Send(String),
+    #[error("waiting for the stream's acknowledgement: {0}")]
+    Ack(String),
+    #[error("no acknowledgement within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Publishes raw envelopes to JetStream.
+pub struct RawPublisher {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    timeout: Duration,
+}
+
+impl RawPublisher {
+    pub fn new(client: async_nats::Client, js: async_nats::jetstream::Context, timeout: Duration) -> Self {
+        Self { client, js, timeout }
+    }
+
+    /// Publishes and waits for the acknowledgement: when this returns Ok, the
+    /// message is stored (or was already, if `ack.duplicate`).
+    pub async fn publish(&self, subject: String, msg_id: &str, payload: Bytes) -> Result<PublishAck, PublishError> {
+        if !tributary_runtime::nats::is_connected(&self.client) {
+            return Err(PublishError::Disconnected);
+        }
+        let message = PublishMessage::build().payload(payload).message_id(msg_id);
+        let attempt = async {
+            let ack = self
+                .js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| PublishError::Send(e.to_string()))?;
+            ack.await.map_err(|e| PublishError::Ack(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,85 @@
+//! The query API's configuration: flags and `TRIBUTARY_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tributary_runtime::{LogArgs, parse_duration};
+
+/// Tributary query API: reads stored metric events over HTTP.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-query-api", version)]
+pub struct Config {
+    /// Address for the API and the admin routes (/healthz, /readyz, /metrics).
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:8082")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/tributary. Never logged.
+    #[arg(
+        long,
+        env = "TRIBUTARY_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/tributary"
+    )]
+    pub database_url: SecretString,
+    /// The events table the sink writes.
+    #[arg(long, env = "TRIBUTARY_TABLE", default_value = "metric_events")]
+    pub table: String,
+    /// Database connections.
+    #[arg(long, env = "TRIBUTARY_DB_CONNECTIONS", default_value_t = 8)]
+    pub db_connections: u32,
+    /// Most points one request may return.
+    #[arg(long, env = "TRIBUTARY_MAX_POINTS", default_value_t = 10_000)]
+    pub max_points: u32,
+    /// How long to finish open requests after SIGTERM before exiting anyway.
+    #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// A configuration for tests and the dev runner: loopback, port 0.
+    pub fn for_database(database_url: &str) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["tributary-query-api", "--listen", "127.0.0.1:0"]);
+        config.database_url = database_url.to_owned().into();
+        config
+    }
+
+    /// Every problem with the configuration, before any I/O.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let url = self.database_url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push("--database-url must start with postgres:// or postgresql://".to_owned());
+        }
+        if self.table.is_empty() || self.table.len() > 50 {
+            problems.push("--table must be 1 to 50 characters".to_owned());
+        }
+        if self.db_connections == 0 {
+            problems.push("--db-connections must be more than zero".to_owned());
+        }
+        if self.max_points == 0 {
+            problems.push("--max-points must be more than zero".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn cli_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let config = Config::parse_from(["q", "--database-url", "x", "--max-points", "0"]);
+        assert_eq!(config.validate().unwrap_err().len(), 2);
+        assert!(Config::for_database("postgres://127.0.0.1/x").validate().is_ok());
+    }
+}

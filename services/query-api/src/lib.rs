@@ -1,0 +1,84 @@
+//! The query API: HTTP reads over the events the sink stored.
+//! `GET /v1/series?device=…&metric=…&from=…&to=…&limit=…` returns one
+//! series' points as JSON, oldest first. Errors are JSON with a stable code.
+//!
+//! Never: no writes to the events table (it only runs the idempotent
+//! migrations, so any start order works), no NATS publishing.
+
+pub mod config;
+mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+use tributary_store::{Store, StoreConfig};
+
+pub use config::Config;
+
+/// Why the query API could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] tributary_store::StoreError),
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Starts the query API: binds (port 0 allowed), opens the database pool and
+/// applies the migrations in the background (readiness waits for them).
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+    config.validate().map_err(Error::Config)?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let store = Arc::new(Store::connect_lazy(&StoreConfig {
+        url: config.database_url.expose_secret().to_owned(),
+        table: config.table.clone(),
+        max_connections: config.db_connections,
+    })?);
+
+    let readiness = Readiness::default();
+    let migrated = Arc::new(AtomicBool::new(false));
+    let flag = migrated.clone();
+    readiness.add("database", move || flag.load(Ordering::Relaxed));
+    {
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let done = tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
+            migrated.store(done.is_some(), Ordering::Relaxed);
+        });
+    }
+
+    let router = http::router(store, config.max_points)
+        .merge(tributary_runtime::admin_router(readiness))
+        .fallback(tributary_runtime::http_error::not_found);
+    tracing::info!(%addr, "query API listening");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(Error::Serve)
+    });
+    Ok(ServiceHandle::new(addr, task))
+}
+
+/// Runs the query API until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    start(config, shutdown).await?.wait().await
+}

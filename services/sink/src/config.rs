@@ -1,0 +1,135 @@
+//! The sink's configuration: flags and `TRIBUTARY_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_duration};
+
+/// Tributary sink: consumes metric events and writes them in batches,
+/// idempotently, into PostgreSQL.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-sink", version)]
+pub struct Config {
+    /// Address for the admin routes (/healthz, /readyz, /metrics).
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:9102")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/tributary. Never logged.
+    #[arg(
+        long,
+        env = "TRIBUTARY_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/tributary"
+    )]
+    pub database_url: SecretString,
+    /// The events table (created by the embedded migrations).
+    #[arg(long, env = "TRIBUTARY_TABLE", default_value = "metric_events")]
+    pub table: String,
+    /// Database connections.
+    #[arg(long, env = "TRIBUTARY_DB_CONNECTIONS", default_value_t = 4)]
+    pub db_connections: u32,
+    /// Durable consumer name; every replica uses the same one to share the work.
+    #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "sink")]
+    pub durable: String,
+    /// Most events per database transaction.
+    #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 5000)]
+    pub batch_size: usize,
+    /// Longest a batch waits to fill before it is written anyway.
+    #[arg(long, env = "TRIBUTARY_BATCH_LINGER", default_value = "200ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+    /// Unacknowledged events allowed across all replicas.
+    #[arg(long, env = "TRIBUTARY_MAX_ACK_PENDING", default_value_t = 20_000)]
+    pub max_ack_pending: i64,
+    /// How long an event may stay unacknowledged before JetStream redelivers it.
+    #[arg(long, env = "TRIBUTARY_ACK_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// How long to finish the batch in hand after SIGTERM before exiting anyway.
+    #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// A configuration for tests and the dev runner: loopback, port 0.
+    pub fn for_servers(nats_url: &str, database_url: &str) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["tributary-sink", "--listen", "127.0.0.1:0"]);
+        config.nats = NatsArgs::with_url(nats_url);
+        config.database_url = database_url.to_owned().into();
+        config
+    }
+
+    /// Every problem with the configuration, before any I/O.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        problems.extend(self.nats.validate().err().unwrap_or_default());
+        problems.extend(self.streams.validate().err().unwrap_or_default());
+        let url = self.database_url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push("--database-url must start with postgres:// or postgresql://".to_owned());
+        }
+        if self.table.is_empty() || self.table.len() > 50 {
+            problems.push("--table must be 1 to 50 characters".to_owned());
+        }
+        if self.db_connections == 0 {
+            problems.push("--db-connections must be more than zero".to_owned());
+        }
+        if self.durable.is_empty()
+            || !self
+                .durable
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            problems.push(format!(
+                "--durable {:?}: use letters, digits, '-' and '_'",
+                self.durable
+            ));
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            problems.push("--batch-size must be 1 to 100000".to_owned());
+        }
+        if self.max_ack_pending < self.batch_size as i64 {
+            problems.push("--max-ack-pending must be at least --batch-size".to_owned());
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            problems.push("--ack-wait must be at least 1s".to_owned());
+        }
+        if self.batch_linger >= self.ack_wait {
+            problems.push("--batch-linger must be shorter than --ack-wait".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn cli_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let config = Config::parse_from(["s", "--database-url", "mysql://x", "--table", "", "--batch-size", "0"]);
+        assert_eq!(config.validate().unwrap_err().len(), 3, "{:?}", config.validate());
+        assert!(
+            Config::for_servers("nats://127.0.0.1:1", "postgres://127.0.0.1/x")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_database_url() {
+        let config = Config::for_servers("nats://127.0.0.1:1", "postgres://u:hunter2@h/x");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,124 @@
+//! The sink: a durable pull consumer on the metrics stream. It gathers
+//! events into batches (by size or by time, whichever comes first), writes
+//! each batch in one database transaction — binary COPY into a staging table,
+//! then `INSERT … ON CONFLICT DO NOTHING` on the natural key — and
+//! acknowledges the events only after that transaction commits.
+//!
+//! Never: no payload decoding beyond the `MetricEvent` schema, no HTTP API
+//! beyond the admin routes, no acknowledgement before commit.
+
+pub mod config;
+mod pipeline;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tributary_runtime::streams::ConsumerSettings;
+use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+use tributary_store::{Store, StoreConfig};
+
+pub use config::Config;
+
+/// Why the sink could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] tributary_runtime::nats::ConnectError),
+    #[error(transparent)]
+    Store(#[from] tributary_store::StoreError),
+    #[error("admin HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Starts the sink: binds the admin listener (port 0 allowed), connects to
+/// NATS and the database, and consumes in the background once the schema,
+/// the streams and its durable consumer exist.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+    config.validate().map_err(Error::Config)?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-sink").await?;
+    let store = Arc::new(Store::connect_lazy(&StoreConfig {
+        url: config.database_url.expose_secret().to_owned(),
+        table: config.table.clone(),
+        max_connections: config.db_connections,
+    })?);
+
+    let readiness = Readiness::default();
+    readiness.add("nats", move || tributary_runtime::nats::is_connected(&client));
+    let consuming = Arc::new(AtomicBool::new(false));
+    let flag = consuming.clone();
+    readiness.add("consumer", move || flag.load(Ordering::Relaxed));
+    let db_ok = Arc::new(AtomicBool::new(false));
+    let flag = db_ok.clone();
+    readiness.add("database", move || flag.load(Ordering::Relaxed));
+
+    let pipeline = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let migrated =
+                tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
+            if migrated.is_none() {
+                return;
+            }
+            db_ok.store(true, Ordering::Relaxed);
+            let settings = ConsumerSettings {
+                durable: config.durable.clone(),
+                filter_subject: String::new(),
+                ack_wait: config.ack_wait,
+                max_ack_pending: config.max_ack_pending,
+            };
+            let consumer =
+                tributary_runtime::retry::until_ok("provisioning streams and consumer", &shutdown, || async {
+                    tributary_runtime::streams::ensure_streams(&js, &config.streams).await?;
+                    tributary_runtime::streams::ensure_pull_consumer(&js, &config.streams.metrics, &settings).await
+                })
+                .await;
+            if let Some(consumer) = consumer {
+                consuming.store(true, Ordering::Relaxed);
+                let pipeline = pipeline::Pipeline {
+                    js,
+                    store,
+                    db_ok,
+                    batch_size: config.batch_size,
+                    linger: config.batch_linger,
+                };
+                pipeline.run(consumer, shutdown).await;
+                consuming.store(false, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let router = tributary_runtime::admin_router(readiness);
+    tracing::info!(%addr, "sink started");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(Error::Serve);
+        // The pipeline stops fetching on shutdown and commits and acks its batch.
+        let _ = pipeline.await;
+        served
+    });
+    Ok(ServiceHandle::new(addr, task))
+}
+
+/// Runs the sink until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    start(config, shutdown).await?.wait().await
+}

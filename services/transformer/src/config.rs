@@ -1,0 +1,98 @@
+//! The transformer's configuration: flags and `TRIBUTARY_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tributary_formats::Format;
+use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_duration};
+
+/// Tributary transformer: consumes raw payloads, decodes them and publishes
+/// one metric event per metric; undecodable input goes to the dead-letter stream.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-transformer", version)]
+pub struct Config {
+    /// Address for the admin routes (/healthz, /readyz, /metrics).
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:9101")]
+    pub listen: SocketAddr,
+    /// Payload format of the raw messages.
+    #[arg(long, env = "TRIBUTARY_FORMAT", default_value = "items")]
+    pub format: Format,
+    /// Durable consumer name; every replica uses the same one to share the work.
+    #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "transformer")]
+    pub durable: String,
+    /// Raw messages taken per batch.
+    #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Unacknowledged raw messages allowed across all replicas.
+    #[arg(long, env = "TRIBUTARY_MAX_ACK_PENDING", default_value_t = 10_000)]
+    pub max_ack_pending: i64,
+    /// How long a raw message may stay unacknowledged before JetStream redelivers it.
+    #[arg(long, env = "TRIBUTARY_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
+    /// How long to finish the batch in hand after SIGTERM before exiting anyway.
+    #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// A configuration for tests and the dev runner: loopback, port 0.
+    pub fn for_nats(nats_url: &str) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["tributary-transformer", "--listen", "127.0.0.1:0"]);
+        config.nats = NatsArgs::with_url(nats_url);
+        config
+    }
+
+    /// Every problem with the configuration, before any I/O.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        problems.extend(self.nats.validate().err().unwrap_or_default());
+        problems.extend(self.streams.validate().err().unwrap_or_default());
+        if self.durable.is_empty()
+            || !self
+                .durable
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            problems.push(format!(
+                "--durable {:?}: use letters, digits, '-' and '_'",
+                self.durable
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            problems.push("--batch-size must be 1 to 10000".to_owned());
+        }
+        if self.max_ack_pending < self.batch_size as i64 {
+            problems.push("--max-ack-pending must be at least --batch-size".to_owned());
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            problems.push("--ack-wait must be at least 1s".to_owned());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn cli_is_well_formed() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn reports_every_problem() {
+        let config = Config::parse_from(["t", "--durable", "a.b", "--batch-size", "0", "--ack-wait", "10ms"]);
+        assert_eq!(config.validate().unwrap_err().len(), 3);
+        assert!(Config::try_parse_from(["t", "--format", "nope"]).is_err());
+        assert!(Config::for_nats("nats://127.0.0.1:1").validate().is_ok());
+    }
+}

@@ -1,0 +1,102 @@
+//! The transformer: a durable pull consumer on the raw stream. It decodes
+//! each raw payload with the configured format, publishes one `MetricEvent`
+//! per metric to `metrics.<device>.<metric>` with the natural key as
+//! `Nats-Msg-Id`, and acknowledges the raw message only after every one of
+//! its events is acknowledged by the metrics stream. Input that can never
+//! decode goes to `dlq.transformer.<reason>`, then is terminated.
+//!
+//! Never: no database, no HTTP API beyond the admin routes, no
+//! acknowledgement of a raw message whose events are not all stored.
+
+pub mod config;
+mod pipeline;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tributary_runtime::streams::ConsumerSettings;
+use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+
+pub use config::Config;
+
+/// Why the transformer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Nats(#[from] tributary_runtime::nats::ConnectError),
+    #[error("admin HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Starts the transformer: binds the admin listener (port 0 allowed),
+/// connects to NATS, and consumes in the background once the streams and
+/// its durable consumer exist.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+    config.validate().map_err(Error::Config)?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-transformer").await?;
+
+    let readiness = Readiness::default();
+    readiness.add("nats", move || tributary_runtime::nats::is_connected(&client));
+    let consuming = Arc::new(AtomicBool::new(false));
+    let flag = consuming.clone();
+    readiness.add("consumer", move || flag.load(Ordering::Relaxed));
+
+    let pipeline = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let settings = ConsumerSettings {
+                durable: config.durable.clone(),
+                filter_subject: String::new(),
+                ack_wait: config.ack_wait,
+                max_ack_pending: config.max_ack_pending,
+            };
+            let consumer =
+                tributary_runtime::retry::until_ok("provisioning streams and consumer", &shutdown, || async {
+                    tributary_runtime::streams::ensure_streams(&js, &config.streams).await?;
+                    tributary_runtime::streams::ensure_pull_consumer(&js, &config.streams.raw, &settings).await
+                })
+                .await;
+            if let Some(consumer) = consumer {
+                consuming.store(true, Ordering::Relaxed);
+                pipeline::Pipeline::new(js, config.format, config.batch_size)
+                    .run(consumer, shutdown)
+                    .await;
+                consuming.store(false, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let router = tributary_runtime::admin_router(readiness);
+    tracing::info!(%addr, "transformer started");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(Error::Serve);
+        // The pipeline stops fetching on shutdown and finishes its batch.
+        let _ = pipeline.await;
+        served
+    });
+    Ok(ServiceHandle::new(addr, task))
+}
+
+/// Runs the transformer until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    start(config, shutdown).await?.wait().await
+}
