@@ -89,6 +89,9 @@ pub struct Options {
     pub mqtt_topics: Vec<String>,
     /// The sink's batch linger (short in tests, so results show quickly).
     pub sink_linger: Duration,
+    /// How long the transformer and sink may hold a message unacked before
+    /// JetStream redelivers it (short in kill tests).
+    pub ack_wait: Duration,
 }
 
 impl Default for Options {
@@ -99,6 +102,7 @@ impl Default for Options {
             query_listen: any_port,
             mqtt_topics: vec!["devices/#".to_owned()],
             sink_linger: Duration::from_millis(50),
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -178,8 +182,9 @@ pub async fn start_producer(servers: &Servers, options: &Options) -> Result<Part
 }
 
 /// Starts the transformer.
-pub async fn start_transformer(servers: &Servers) -> Result<Part> {
-    let config = transformer::Config::for_nats(&servers.nats.url());
+pub async fn start_transformer(servers: &Servers, options: &Options) -> Result<Part> {
+    let mut config = transformer::Config::for_nats(&servers.nats.url());
+    config.ack_wait = options.ack_wait;
     let shutdown = CancellationToken::new();
     let handle = transformer::start(config, shutdown.clone())
         .await
@@ -191,6 +196,7 @@ pub async fn start_transformer(servers: &Servers) -> Result<Part> {
 pub async fn start_sink(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = sink::Config::for_servers(&servers.nats.url(), &servers.database_url);
     config.batch_linger = options.sink_linger;
+    config.ack_wait = options.ack_wait;
     let shutdown = CancellationToken::new();
     let handle = sink::start(config, shutdown.clone())
         .await
@@ -222,7 +228,7 @@ impl Services {
     pub async fn start(servers: &Servers, options: &Options) -> Result<Self> {
         let services = Self {
             producer: start_producer(servers, options).await?,
-            transformer: start_transformer(servers).await?,
+            transformer: start_transformer(servers, options).await?,
             sink: start_sink(servers, options).await?,
             query_api: start_query_api(servers, options).await?,
         };

@@ -29,26 +29,37 @@ pub struct Mosquitto {
     /// Holds `mosquitto.conf`, `mosquitto.log` and `mosquitto.db`.
     dir: ServerDir,
     port: u16,
+    /// Settings prepended to the generated configuration (e.g. `deploy/mosquitto.conf`).
+    extra: String,
     process: Option<ServerProcess>,
 }
 
 impl Mosquitto {
     /// Broker on a free loopback port, persistence into a fresh temp dir.
     pub fn start() -> Result<Self> {
-        Self::launch(ServerDir::temp("tributary-mosquitto-")?, None)
+        Self::launch(ServerDir::temp("tributary-mosquitto-")?, None, String::new())
     }
 
     /// Broker persisting into `dir` (created if missing, kept on drop); a
     /// fixed port if given.
     pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self> {
-        Self::launch(ServerDir::kept(dir)?, port)
+        Self::launch(ServerDir::kept(dir)?, port, String::new())
     }
 
-    fn launch(dir: ServerDir, port: Option<u16>) -> Result<Self> {
-        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port))?;
+    /// Like [`Mosquitto::start_in`], with the settings of `config` (e.g.
+    /// `deploy/mosquitto.conf`, which must not declare listeners) placed
+    /// before the generated listener, persistence and log lines.
+    pub fn start_in_with_config(dir: &Path, port: Option<u16>, config: &Path) -> Result<Self> {
+        let extra = fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+        Self::launch(ServerDir::kept(dir)?, port, extra)
+    }
+
+    fn launch(dir: ServerDir, port: Option<u16>, extra: String) -> Result<Self> {
+        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, &extra))?;
         Ok(Self {
             dir,
             port,
+            extra,
             process: Some(process),
         })
     }
@@ -75,7 +86,7 @@ impl Mosquitto {
     /// persistence file, so retained messages and sessions survive.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        self.process = Some(spawn(self.dir.path(), self.port).map_err(|f| f.error)?);
+        self.process = Some(spawn(self.dir.path(), self.port, &self.extra).map_err(|f| f.error)?);
         Ok(())
     }
 }
@@ -88,10 +99,11 @@ impl Drop for Mosquitto {
     }
 }
 
-fn spawn(dir: &Path, port: u16) -> Result<ServerProcess, StartFailure> {
+fn spawn(dir: &Path, port: u16, extra: &str) -> Result<ServerProcess, StartFailure> {
     let conf = dir.join("mosquitto.conf");
     let log = dir.join("mosquitto.log");
-    fs::write(&conf, config(dir, port)).with_context(|| format!("writing {}", conf.display()))?;
+    fs::write(&conf, format!("{extra}\n{}", config(dir, port)))
+        .with_context(|| format!("writing {}", conf.display()))?;
     // Started as root, mosquitto drops to user `mosquitto` and then opens its
     // log and persistence file itself: hand it the directory.
     touch(&log)?;

@@ -27,25 +27,38 @@ pub struct NatsServer {
     dir: ServerDir,
     /// `None` until the first start has learned the port the server picked.
     port: Option<u16>,
+    /// A configuration file passed with `-c` (the flags still set address,
+    /// port and store, and win over it).
+    config: Option<PathBuf>,
     process: Option<ServerProcess>,
 }
 
 impl NatsServer {
     /// JetStream server on a free loopback port, store in a fresh temp dir.
     pub fn start() -> Result<Self> {
-        Self::launch(ServerDir::temp("tributary-nats-")?, None)
+        Self::launch(ServerDir::temp("tributary-nats-")?, None, None)
     }
 
     /// Same, but with the store in `dir` (created if missing, kept on drop)
     /// and, if given, a fixed port. Used by `just dev`.
     pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self> {
-        Self::launch(ServerDir::kept(dir)?, port)
+        Self::launch(ServerDir::kept(dir)?, port, None)
     }
 
-    fn launch(dir: ServerDir, port: Option<u16>) -> Result<Self> {
+    /// Like [`NatsServer::start_in`], with the server also reading `config`
+    /// (e.g. `deploy/nats-server.conf`).
+    pub fn start_in_with_config(dir: &Path, port: Option<u16>, config: &Path) -> Result<Self> {
+        let config = config
+            .canonicalize()
+            .with_context(|| format!("reading {}", config.display()))?;
+        Self::launch(ServerDir::kept(dir)?, port, Some(config))
+    }
+
+    fn launch(dir: ServerDir, port: Option<u16>, config: Option<PathBuf>) -> Result<Self> {
         let mut server = Self {
             dir,
             port,
+            config,
             process: None,
         };
         server.spawn()?;
@@ -98,6 +111,9 @@ impl NatsServer {
         // tests); it reports it in the ports file, which also signals readiness.
         let port_arg = self.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut cmd = Command::new(binary);
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
         cmd.current_dir(dir)
             .args([
                 "-js",

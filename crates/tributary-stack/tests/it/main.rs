@@ -28,8 +28,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Result<Self> {
+        Self::start_with(&Options::default()).await
+    }
+
+    pub async fn start_with(options: &Options) -> Result<Self> {
         let servers = Servers::start_temporary().await?;
-        let services = Services::start(&servers, &Options::default()).await?;
+        let services = Services::start(&servers, options).await?;
         let client = async_nats::connect(servers.nats.url())
             .await
             .context("test NATS client")?;

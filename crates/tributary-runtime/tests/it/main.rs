@@ -1,0 +1,116 @@
+//! The runtime against a real nats-server.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tributary_runtime::streams::{ConsumerSettings, ensure_pull_consumer, ensure_streams};
+use tributary_runtime::{NatsArgs, StreamArgs};
+use tributary_schema::headers;
+use tributary_testkit::NatsServer;
+
+#[tokio::test]
+async fn provisioning_is_idempotent_and_updates_limits() {
+    let nats = NatsServer::start().unwrap();
+    let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")
+        .await
+        .unwrap();
+    let args = StreamArgs::default();
+    ensure_streams(&js, &args).await.unwrap();
+    ensure_streams(&js, &args).await.unwrap();
+    let mut raw = js.get_stream("TELEMETRY_RAW").await.unwrap();
+    let info = raw.info().await.unwrap();
+    assert_eq!(info.config.subjects, ["raw.>"]);
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+    assert_eq!(info.config.max_age, Duration::from_secs(7 * 86_400));
+    let mut dlq = js.get_stream("TELEMETRY_DLQ").await.unwrap();
+    assert_eq!(
+        dlq.info().await.unwrap().config.max_age,
+        Duration::from_secs(30 * 86_400)
+    );
+
+    // A changed limit is applied to the existing stream.
+    let longer = StreamArgs {
+        max_age: Duration::from_secs(14 * 86_400),
+        ..StreamArgs::default()
+    };
+    ensure_streams(&js, &longer).await.unwrap();
+    assert_eq!(
+        raw.info().await.unwrap().config.max_age,
+        Duration::from_secs(14 * 86_400)
+    );
+
+    let settings = ConsumerSettings {
+        durable: "worker".into(),
+        filter_subject: String::new(),
+        ack_wait: Duration::from_secs(5),
+        max_ack_pending: 100,
+    };
+    ensure_pull_consumer(&js, "TELEMETRY_RAW", &settings).await.unwrap();
+    let mut again = ensure_pull_consumer(&js, "TELEMETRY_RAW", &settings).await.unwrap();
+    assert_eq!(
+        again.info().await.unwrap().config.durable_name.as_deref(),
+        Some("worker")
+    );
+}
+
+#[tokio::test]
+async fn dead_letters_carry_their_reason_and_are_terminated() {
+    let nats = NatsServer::start().unwrap();
+    let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")
+        .await
+        .unwrap();
+    ensure_streams(&js, &StreamArgs::default()).await.unwrap();
+    js.publish("raw.http.src", "garbage".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let settings = ConsumerSettings {
+        durable: "worker".into(),
+        filter_subject: String::new(),
+        ack_wait: Duration::from_secs(1),
+        max_ack_pending: 100,
+    };
+    let consumer = ensure_pull_consumer(&js, "TELEMETRY_RAW", &settings).await.unwrap();
+    let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = messages.next().await.unwrap().unwrap();
+    tributary_runtime::dlq::dead_letter(&js, "transformer", "not_json", "expected JSON\nat line 1", &message)
+        .await
+        .unwrap();
+
+    let mut dlq = js.get_stream("TELEMETRY_DLQ").await.unwrap();
+    let letter = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(letter.subject.as_str(), "dlq.transformer.not_json");
+    assert_eq!(letter.payload.as_ref(), b"garbage");
+    let header = |name: &str| letter.headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header(headers::DLQ_REASON).as_deref(), Some("not_json"));
+    assert_eq!(header(headers::DLQ_ERROR).as_deref(), Some("expected JSON at line 1"));
+    assert_eq!(header(headers::DLQ_ORIGINAL_SUBJECT).as_deref(), Some("raw.http.src"));
+    assert_eq!(header(headers::DLQ_ORIGINAL_SEQUENCE).as_deref(), Some("1"));
+
+    // Terminated: not redelivered after the ack wait, nothing left pending.
+    let mut consumer = consumer;
+    tributary_testkit::wait_until(Duration::from_secs(10), "the term to register", || {
+        let mut consumer = consumer.clone();
+        async move {
+            consumer
+                .info()
+                .await
+                .is_ok_and(|i| i.num_ack_pending == 0 && i.num_pending == 0)
+        }
+    })
+    .await
+    .unwrap();
+    let mut later = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    assert!(
+        later.next().await.is_none(),
+        "a terminated message is never redelivered"
+    );
+    assert_eq!(consumer.info().await.unwrap().num_redelivered, 0);
+}

@@ -1,0 +1,137 @@
+//! The store against a real PostgreSQL (one server per test process, one
+//! fresh database per test).
+
+use tributary_store::{Row, RowValue, Store, StoreConfig, StoreError};
+use tributary_testkit::TestDb;
+
+async fn store(db: &TestDb) -> Store {
+    let store = Store::connect_lazy(&StoreConfig {
+        url: db.url().to_owned(),
+        table: "metric_events".into(),
+        max_connections: 2,
+    })
+    .expect("pool");
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+fn row(device: &str, metric: &str, time_us: i64, value: RowValue) -> Row {
+    Row {
+        device_id: device.into(),
+        metric: metric.into(),
+        time_us,
+        value,
+        unit: None,
+        latitude: Some(50.75920624235248),
+        longitude: Some(45.13887627405175),
+        attributes_json: Some(r#"{"context":"c"}"#.into()),
+        source: "test".into(),
+        raw_msg_id: "raw-1".into(),
+        ingested_at_us: time_us + 1_000,
+    }
+}
+
+const T: i64 = 1_506_775_817_765_000; // 2017-09-30T12:50:17.765Z
+
+#[tokio::test]
+async fn a_redelivered_batch_changes_nothing() {
+    let db = TestDb::create().await.unwrap();
+    let store = store(&db).await;
+    let batch = vec![
+        row("d", "a", T, RowValue::Number(27.1245)),
+        row("d", "b", T, RowValue::Text("on".into())),
+        row("d", "c", T, RowValue::Bool(true)),
+        // The same key twice inside one batch is one row.
+        row("d", "a", T, RowValue::Number(99.0)),
+    ];
+    assert_eq!(store.write_batch(&batch).await.unwrap(), 3);
+    assert_eq!(store.write_batch(&batch).await.unwrap(), 0);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+
+    let points = store.read_series("d", "a", T - 1, T + 1, 10).await.unwrap();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].value, RowValue::Number(27.1245), "first write wins");
+    assert_eq!(points[0].time_us, T);
+    assert_eq!(points[0].latitude, Some(50.75920624235248));
+    assert_eq!(points[0].attributes["context"], "c");
+    assert_eq!(points[0].ingested_at_us, T + 1_000);
+    let text = store.read_series("d", "b", 0, T + 1, 10).await.unwrap();
+    assert_eq!(text[0].value, RowValue::Text("on".into()));
+    let boolean = store.read_series("d", "c", 0, T + 1, 10).await.unwrap();
+    assert_eq!(boolean[0].value, RowValue::Bool(true));
+}
+
+#[tokio::test]
+async fn partitions_are_created_per_month_on_demand() {
+    let db = TestDb::create().await.unwrap();
+    let store = store(&db).await;
+    let months = [T, 1_514_764_800_000_000 /* 2018-01-01 */, 0 /* 1970-01-01 */];
+    let batch: Vec<Row> = months
+        .iter()
+        .map(|&t| row("d", "m", t, RowValue::Number(1.0)))
+        .collect();
+    assert_eq!(store.write_batch(&batch).await.unwrap(), 3);
+    let partitions: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'metric_events' ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        partitions,
+        [
+            "metric_events_p197001",
+            "metric_events_p201709",
+            "metric_events_p201801"
+        ]
+    );
+
+    // A second store (another replica) finds them and writes without error.
+    let other = self::store(&db).await;
+    assert_eq!(
+        other
+            .write_batch(&[row("e", "m", T, RowValue::Number(2.0))])
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_times_out_of_range_are_refused() {
+    let db = TestDb::create().await.unwrap();
+    let store = store(&db).await;
+    store.migrate().await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM tributary_migrations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, 1);
+    let error = store
+        .write_batch(&[row("d", "m", -1, RowValue::Number(1.0))])
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::TimeOutOfRange(-1)), "{error}");
+    assert!(!error.is_transient());
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_transient_error() {
+    let port = tributary_testkit::free_port().unwrap();
+    let store = Store::connect_lazy(&StoreConfig {
+        url: format!("postgres://postgres@127.0.0.1:{port}/none"),
+        table: "metric_events".into(),
+        max_connections: 1,
+    })
+    .unwrap();
+    let error = store
+        .write_batch(&[row("d", "m", T, RowValue::Number(1.0))])
+        .await
+        .unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+}

@@ -1,0 +1,43 @@
+# Tributary: every task a person runs. `just` lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the whole pipeline locally with simulated devices (Ctrl-C stops it).
+dev *ARGS: check-servers
+    cargo run -p tributary-stack --bin tributary-dev -- {{ARGS}}
+
+# Run every test (unit, integration, end-to-end on real servers).
+test: check-servers
+    cargo test --workspace --locked
+
+# Formatting and lints, warnings denied.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Install nats-server (pinned in deploy/versions.env), PostgreSQL and mosquitto where missing.
+install-servers:
+    bash .ci/install-servers
+
+# Fail early, with the fix, when a server binary is missing.
+[private]
+check-servers:
+    bash .ci/install-servers --check
+
+# Build the four service images (needs a Docker engine).
+images TAG="dev":
+    for service in producer transformer sink query-api; do \
+        docker build -f docker/Dockerfile --target "$service" -t "tributary-$service:{{TAG}}" . ; \
+    done
+
+# Remove `just dev`'s kept server data.
+clean-dev:
+    rm -rf .dev
