@@ -101,7 +101,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
 
 /// Runs the producer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    start(config, shutdown).await?.wait().await
+    // Boxed: the start-up state (config included) would make every caller's future large.
+    Box::pin(start(config, shutdown)).await?.wait().await
 }
 
 /// Creates or updates the streams, retrying until NATS answers.

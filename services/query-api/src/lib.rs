@@ -80,5 +80,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
 
 /// Runs the query API until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
-    start(config, shutdown).await?.wait().await
+    // Boxed: the start-up state (config included) would make every caller's future large.
+    Box::pin(start(config, shutdown)).await?.wait().await
 }

@@ -78,7 +78,7 @@ async fn dead_letters_carry_their_reason_and_are_terminated() {
         .await
         .unwrap();
 
-    let mut dlq = js.get_stream("TELEMETRY_DLQ").await.unwrap();
+    let dlq = js.get_stream("TELEMETRY_DLQ").await.unwrap();
     let letter = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(letter.subject.as_str(), "dlq.transformer.not_json");
     assert_eq!(letter.payload.as_ref(), b"garbage");
