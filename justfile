@@ -14,6 +14,11 @@ dev *ARGS: check-servers
 test: check-servers
     cargo test --workspace --locked
 
+# Benchmark the whole pipeline on real servers (release builds); `just bench --help` for options.
+bench *ARGS: check-servers
+    cargo build --release --locked -p producer -p transformer -p sink -p query-api -p tributary-bench
+    target/release/tributary-bench {{ARGS}}
+
 # Formatting and lints, warnings denied.
 lint:
     cargo fmt --all -- --check

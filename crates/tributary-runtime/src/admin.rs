@@ -2,6 +2,7 @@
 //! answers), `/readyz` (its dependencies are usable) and `/metrics`
 //! (Prometheus text format).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -27,6 +28,14 @@ impl Readiness {
             .lock()
             .expect("readiness lock")
             .push((name, Arc::new(probe)));
+    }
+
+    /// Adds a probe that reads a flag, and returns the flag for the owner to set.
+    pub fn flag(&self, name: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let probe = flag.clone();
+        self.add(name, move || probe.load(Ordering::Relaxed));
+        flag
     }
 
     /// Every probe's state, and whether all pass.

@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod http_error;
 pub mod nats;
 pub mod retry;
+pub mod server;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;

@@ -95,3 +95,19 @@ pub async fn ensure_pull_consumer(
     };
     stream.create_consumer(config).await.map_err(|e| error(&e))
 }
+
+/// Creates the streams and then the durable pull consumer on `stream_name`,
+/// retrying with backoff until NATS answers. `None` if `shutdown` comes first.
+pub async fn provision_consumer(
+    js: &jetstream::Context,
+    streams: &StreamArgs,
+    stream_name: &str,
+    settings: &ConsumerSettings,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<consumer::PullConsumer> {
+    crate::retry::until_ok("provisioning streams and consumer", shutdown, || async {
+        ensure_streams(js, streams).await?;
+        ensure_pull_consumer(js, stream_name, settings).await
+    })
+    .await
+}

@@ -46,14 +46,16 @@ impl Servers {
         })
     }
 
-    /// Servers whose data lives under `dir` and survives restarts: for `just dev`.
-    pub async fn start_in(dir: &Path) -> Result<Self> {
+    /// Servers whose data lives under `dir` and survives restarts, reading
+    /// the server configurations in `deploy_dir`: for `just dev`.
+    pub async fn start_in(dir: &Path, deploy_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir
             .canonicalize()
             .with_context(|| format!("resolving {}", dir.display()))?;
-        let nats = NatsServer::start_in(&dir.join("nats"), None)?;
-        let mosquitto = Mosquitto::start_in(&dir.join("mosquitto"), None)?;
+        let nats = NatsServer::start_in_with_config(&dir.join("nats"), None, &deploy_dir.join("nats-server.conf"))?;
+        let mosquitto =
+            Mosquitto::start_in_with_config(&dir.join("mosquitto"), None, &deploy_dir.join("mosquitto.conf"))?;
         let postgres = Postgres::start_in(&dir.join("postgres"), None)?;
         let admin_url = postgres.url("postgres");
         let exists: bool = {

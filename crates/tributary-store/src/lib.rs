@@ -7,7 +7,7 @@
 //! Never: no NATS, no payload formats, no HTTP. SQL values are always bound;
 //! identifiers only ever go through [`sql::quote_ident`].
 
-mod copy;
+pub mod copy;
 pub mod sql;
 
 use std::collections::HashSet;

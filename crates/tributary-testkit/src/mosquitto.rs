@@ -1,6 +1,7 @@
 //! `mosquitto` on a loopback port with persistence into a directory.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -55,13 +56,18 @@ impl Mosquitto {
     }
 
     fn launch(dir: ServerDir, port: Option<u16>, extra: String) -> Result<Self> {
-        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, &extra))?;
+        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, &extra, !dir.is_temp()))?;
         Ok(Self {
             dir,
             port,
             extra,
             process: Some(process),
         })
+    }
+
+    /// The server's process id while it runs (for reading its CPU and memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid())
     }
 
     /// Always `127.0.0.1`.
@@ -86,7 +92,7 @@ impl Mosquitto {
     /// persistence file, so retained messages and sessions survive.
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        self.process = Some(spawn(self.dir.path(), self.port, &self.extra).map_err(|f| f.error)?);
+        self.process = Some(spawn(self.dir.path(), self.port, &self.extra, !self.dir.is_temp()).map_err(|f| f.error)?);
         Ok(())
     }
 }
@@ -99,7 +105,7 @@ impl Drop for Mosquitto {
     }
 }
 
-fn spawn(dir: &Path, port: u16, extra: &str) -> Result<ServerProcess, StartFailure> {
+fn spawn(dir: &Path, port: u16, extra: &str, kept: bool) -> Result<ServerProcess, StartFailure> {
     let conf = dir.join("mosquitto.conf");
     let log = dir.join("mosquitto.log");
     fs::write(&conf, format!("{extra}\n{}", config(dir, port)))
@@ -109,6 +115,11 @@ fn spawn(dir: &Path, port: u16, extra: &str) -> Result<ServerProcess, StartFailu
     touch(&log)?;
     hand_to_user(dir, "mosquitto", "mosquitto")?;
     let mut cmd = Command::new(binary()?);
+    // Kept servers (`just dev`) get their own process group: a terminal's Ctrl-C
+    // then reaches only the runner, which stops the services before the servers.
+    if kept {
+        cmd.process_group(0);
+    }
     cmd.current_dir(dir).arg("-c").arg(&conf);
     // Our own pid must hold the listening socket: a bare connect could reach
     // another process that won the port.

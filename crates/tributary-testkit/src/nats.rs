@@ -1,6 +1,7 @@
 //! `nats-server -js` on a loopback port, its JetStream store in a directory.
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -65,6 +66,11 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// The server's process id while it runs (for reading its CPU and memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid())
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port())
@@ -111,6 +117,11 @@ impl NatsServer {
         // tests); it reports it in the ports file, which also signals readiness.
         let port_arg = self.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut cmd = Command::new(binary);
+        // Kept servers (`just dev`) get their own process group: a terminal's Ctrl-C
+        // then reaches only the runner, which stops the services before the servers.
+        if !self.dir.is_temp() {
+            cmd.process_group(0);
+        }
         if let Some(config) = &self.config {
             cmd.arg("-c").arg(config);
         }

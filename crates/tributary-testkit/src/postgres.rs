@@ -69,6 +69,11 @@ impl Postgres {
         })
     }
 
+    /// The server's process id while it runs (for reading its CPU and memory in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.lock().ok()?.as_ref().map(|p| p.pid())
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -160,7 +165,11 @@ fn spawn(dir: &Path, port: u16, durable: bool, run_as: RunAs) -> Result<ServerPr
         .args(["-p", &port.to_string()])
         // TCP on loopback only; no Unix socket, whose path length is limited.
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
-    if !durable {
+    if durable {
+        // A kept server (`just dev`) gets its own process group: a terminal's
+        // Ctrl-C then reaches only the runner, which stops the services first.
+        cmd.process_group(0);
+    } else {
         cmd.args([
             "-c",
             "fsync=off",

@@ -13,9 +13,8 @@ pub mod mqtt;
 mod publish;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use tokio::net::TcpListener;
 use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
 
 pub use config::Config;
@@ -26,11 +25,8 @@ use publish::RawPublisher;
 pub enum Error {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("binding {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Nats(#[from] tributary_runtime::nats::ConnectError),
     #[error("HTTP server: {0}")]
@@ -42,79 +38,48 @@ pub enum Error {
 /// bridge if configured. Returns once it is serving.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
     config.validate().map_err(Error::Config)?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-
+    let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-producer").await?;
     let readiness = Readiness::default();
     let nats_client = client.clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
-    let streams_ready = Arc::new(AtomicBool::new(false));
-    let flag = streams_ready.clone();
-    readiness.add("streams", move || flag.load(Ordering::Relaxed));
-    tokio::spawn(provision(
-        js.clone(),
-        config.streams.clone(),
-        streams_ready,
-        shutdown.clone(),
-    ));
+    let streams_ready = readiness.flag("streams");
+    {
+        let (js, streams, shutdown) = (js.clone(), config.streams.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let provisioned = tributary_runtime::retry::until_ok("stream provisioning", &shutdown, || {
+                tributary_runtime::streams::ensure_streams(&js, &streams)
+            })
+            .await;
+            streams_ready.store(provisioned.is_some(), Ordering::Relaxed);
+        });
+    }
 
     let publisher = Arc::new(RawPublisher::new(client, js, config.nats.request_timeout));
-    let bridge = match &config.mqtt_broker {
-        Some(_) => {
-            let connected = Arc::new(AtomicBool::new(false));
-            let flag = connected.clone();
-            readiness.add("mqtt", move || flag.load(Ordering::Relaxed));
-            Some(tokio::spawn(mqtt::run_bridge(
-                config.clone(),
-                publisher.clone(),
-                connected,
-                shutdown.clone(),
-            )))
-        }
-        None => None,
-    };
+    let mut background = Vec::new();
+    if config.mqtt_broker.is_some() {
+        // The bridge drains its in-flight publishes and PUBACKs itself on shutdown.
+        let connected = readiness.flag("mqtt");
+        let bridge = mqtt::run_bridge(config.clone(), publisher.clone(), connected, shutdown.clone());
+        background.push(tokio::spawn(bridge));
+    }
 
     let router = http::router(publisher, config.max_body_bytes)
         .merge(tributary_runtime::admin_router(readiness))
         .fallback(tributary_runtime::http_error::not_found);
     tracing::info!(%addr, mqtt = config.mqtt_broker.is_some(), "producer listening");
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(Error::Serve);
-        if let Some(bridge) = bridge {
-            // The bridge drains its in-flight publishes and PUBACKs itself.
-            let _ = bridge.await;
-        }
-        served
-    });
-    Ok(ServiceHandle::new(addr, task))
+    Ok(tributary_runtime::server::serve(
+        listener,
+        addr,
+        router,
+        shutdown,
+        background,
+        Error::Serve,
+    ))
 }
 
 /// Runs the producer until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     // Boxed: the start-up state (config included) would make every caller's future large.
     Box::pin(start(config, shutdown)).await?.wait().await
-}
-
-/// Creates or updates the streams, retrying until NATS answers.
-async fn provision(
-    js: async_nats::jetstream::Context,
-    streams: tributary_runtime::StreamArgs,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-) {
-    let provisioned = tributary_runtime::retry::until_ok("stream provisioning", &shutdown, || {
-        tributary_runtime::streams::ensure_streams(&js, &streams)
-    })
-    .await;
-    ready.store(provisioned.is_some(), Ordering::Relaxed);
 }

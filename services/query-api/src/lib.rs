@@ -9,10 +9,9 @@ pub mod config;
 mod http;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
 use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
 use tributary_store::{Store, StoreConfig};
 
@@ -23,11 +22,8 @@ pub use config::Config;
 pub enum Error {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("binding {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Store(#[from] tributary_store::StoreError),
     #[error("HTTP server: {0}")]
@@ -38,14 +34,7 @@ pub enum Error {
 /// applies the migrations in the background (readiness waits for them).
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
     config.validate().map_err(Error::Config)?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let store = Arc::new(Store::connect_lazy(&StoreConfig {
         url: config.database_url.expose_secret().to_owned(),
         table: config.table.clone(),
@@ -53,9 +42,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     })?);
 
     let readiness = Readiness::default();
-    let migrated = Arc::new(AtomicBool::new(false));
-    let flag = migrated.clone();
-    readiness.add("database", move || flag.load(Ordering::Relaxed));
+    let migrated = readiness.flag("database");
     {
         let store = store.clone();
         let shutdown = shutdown.clone();
@@ -65,17 +52,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         });
     }
 
+    tracing::info!(%addr, "query API listening");
     let router = http::router(store, config.max_points)
         .merge(tributary_runtime::admin_router(readiness))
         .fallback(tributary_runtime::http_error::not_found);
-    tracing::info!(%addr, "query API listening");
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(Error::Serve)
-    });
-    Ok(ServiceHandle::new(addr, task))
+    Ok(tributary_runtime::server::serve(
+        listener,
+        addr,
+        router,
+        shutdown,
+        Vec::new(),
+        Error::Serve,
+    ))
 }
 
 /// Runs the query API until `shutdown` is cancelled.

@@ -11,10 +11,8 @@
 pub mod config;
 mod pipeline;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use tokio::net::TcpListener;
 use tributary_runtime::streams::ConsumerSettings;
 use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
 
@@ -25,11 +23,8 @@ pub use config::Config;
 pub enum Error {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("binding {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Nats(#[from] tributary_runtime::nats::ConnectError),
     #[error("admin HTTP server: {0}")]
@@ -41,21 +36,12 @@ pub enum Error {
 /// its durable consumer exist.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
     config.validate().map_err(Error::Config)?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-transformer").await?;
 
     let readiness = Readiness::default();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&client));
-    let consuming = Arc::new(AtomicBool::new(false));
-    let flag = consuming.clone();
-    readiness.add("consumer", move || flag.load(Ordering::Relaxed));
+    let consuming = readiness.flag("consumer");
 
     let pipeline = {
         let shutdown = shutdown.clone();
@@ -66,34 +52,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
                 ack_wait: config.ack_wait,
                 max_ack_pending: config.max_ack_pending,
             };
-            let consumer =
-                tributary_runtime::retry::until_ok("provisioning streams and consumer", &shutdown, || async {
-                    tributary_runtime::streams::ensure_streams(&js, &config.streams).await?;
-                    tributary_runtime::streams::ensure_pull_consumer(&js, &config.streams.raw, &settings).await
-                })
-                .await;
-            if let Some(consumer) = consumer {
+            let stream = &config.streams.raw;
+            let provisioned =
+                tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
+            if let Some(consumer) = provisioned.await {
                 consuming.store(true, Ordering::Relaxed);
-                pipeline::Pipeline::new(js, config.format, config.batch_size)
-                    .run(consumer, shutdown)
-                    .await;
+                let pipeline = pipeline::Pipeline::new(js, config.format, config.batch_size);
+                pipeline.run(consumer, shutdown).await;
                 consuming.store(false, Ordering::Relaxed);
             }
         })
     };
 
-    let router = tributary_runtime::admin_router(readiness);
     tracing::info!(%addr, "transformer started");
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(Error::Serve);
-        // The pipeline stops fetching on shutdown and finishes its batch.
-        let _ = pipeline.await;
-        served
-    });
-    Ok(ServiceHandle::new(addr, task))
+    let router = tributary_runtime::admin_router(readiness);
+    Ok(tributary_runtime::server::serve(
+        listener,
+        addr,
+        router,
+        shutdown,
+        vec![pipeline],
+        Error::Serve,
+    ))
 }
 
 /// Runs the transformer until `shutdown` is cancelled.

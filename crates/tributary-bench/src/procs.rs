@@ -1,0 +1,171 @@
+//! The services as separate release processes, and what `/proc` says about
+//! any process: CPU time and peak memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// One service binary running as a child process.
+pub struct Service {
+    pub name: &'static str,
+    pub addr: String,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `bin_dir/tributary-<name>` on a free loopback port with the
+    /// given `TRIBUTARY_*` variables; output goes to `log_dir/<name>.log`.
+    pub fn spawn(name: &'static str, bin_dir: &Path, log_dir: &Path, env: &[(&str, String)]) -> Result<Self> {
+        let binary = bin_dir.join(format!("tributary-{name}"));
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is missing: build it with `cargo build --release -p {name}` (`just bench` does)",
+            binary.display()
+        );
+        let port = tributary_testkit::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(&binary)
+            .env("TRIBUTARY_LISTEN", &addr)
+            .env("TRIBUTARY_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { name, addr, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls `/readyz` until 200.
+    pub async fn wait_ready(&self) -> Result<()> {
+        let url = format!("http://{}/readyz", self.addr);
+        let client = reqwest::Client::new();
+        tributary_testkit::wait_until(Duration::from_secs(60), &format!("{} ready", self.name), || async {
+            matches!(client.get(&url).send().await, Ok(r) if r.status().is_success())
+        })
+        .await
+    }
+
+    /// SIGTERM (graceful), then reap.
+    pub fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        anyhow::bail!("{} did not stop within 30 s of SIGTERM", self.name)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time and peak memory of a process (and, for PostgreSQL, its backends).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// User + system CPU time, microseconds.
+    pub cpu_us: u64,
+    /// Peak resident set size (VmHWM), bytes; for a process group the largest member's.
+    pub peak_rss: u64,
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` CPU fields.
+fn ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// Reads one process: (ppid, cpu µs, VmHWM bytes). None once it has exited.
+fn read_process(pid: u32) -> Option<(u32, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ppid: u32 = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let cpu_us = (utime + stime) * 1_000_000 / ticks_per_second();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some((ppid, cpu_us, hwm_kb * 1024))
+}
+
+/// Usage of `pid` alone.
+pub fn usage(pid: u32) -> Usage {
+    read_process(pid)
+        .map(|(_, cpu_us, peak_rss)| Usage { cpu_us, peak_rss })
+        .unwrap_or_default()
+}
+
+/// Usage of `pid` plus its live direct children (PostgreSQL's backends).
+/// Children that exited are not counted: sample at the start and end of a
+/// window, where the backends of a pool are long-lived.
+pub fn usage_with_children(pid: u32) -> Usage {
+    let mut total = usage(pid);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((ppid, cpu_us, peak_rss)) = read_process(child)
+            && ppid == pid
+        {
+            total.cpu_us += cpu_us;
+            total.peak_rss = total.peak_rss.max(peak_rss);
+        }
+    }
+    total
+}
+
+/// The directory holding the release binaries, next to this one.
+pub fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_usage() {
+        let me = usage(std::process::id());
+        assert!(me.peak_rss > 0);
+        let busy: u64 = (0..5_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
+        assert!(busy > 0);
+        assert!(usage(std::process::id()).cpu_us >= me.cpu_us);
+        assert_eq!(usage(u32::MAX), Usage::default(), "a missing process reads as nothing");
+    }
+}

@@ -1,0 +1,374 @@
+//! One benchmark run: servers, the four services as release processes, the
+//! machine's limits, then load phases driven by the simulator.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sqlx::PgPool;
+use tributary_runtime::{CancellationToken, parse_duration};
+use tributary_schema::Message as _;
+use tributary_testkit::{Mosquitto, NatsServer, Postgres};
+
+use crate::limits::{self, Limits, Targets};
+use crate::measure::{self, Freshness, LossCheck};
+use crate::procs::{self, Service, Usage};
+
+/// Drive the whole pipeline with simulated devices and measure it against
+/// this machine's own limits.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tributary-bench")]
+pub struct Args {
+    /// Short run (about a minute): 20 s per transport, smaller limit measurements.
+    #[arg(long)]
+    pub quick: bool,
+    /// Which ingest path to load.
+    #[arg(long, value_enum, default_value = "both")]
+    pub transport: TransportChoice,
+    /// Offered load, payloads per second in total.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Instead of one fixed rate, raise the rate step by step (x1.5 from --rate)
+    /// until the pipeline no longer keeps up, and report the highest sustained one.
+    #[arg(long)]
+    pub find_max: bool,
+    /// Length of each load phase (default 2m, or 20s with --quick; each --find-max step: a third of it).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Metrics per payload.
+    #[arg(long, default_value_t = 10)]
+    pub metrics: u32,
+    /// Simulated devices.
+    #[arg(long, default_value_t = 200)]
+    pub devices: u32,
+    /// Where the release binaries are (default: next to this one).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    Http,
+    Mqtt,
+    Both,
+}
+
+impl Args {
+    fn phase_duration(&self) -> Duration {
+        self.duration.unwrap_or(if self.quick {
+            Duration::from_secs(20)
+        } else {
+            Duration::from_secs(120)
+        })
+    }
+
+    fn transports(&self) -> Vec<simulator::Transport> {
+        match self.transport {
+            TransportChoice::Http => vec![simulator::Transport::Http],
+            TransportChoice::Mqtt => vec![simulator::Transport::Mqtt],
+            TransportChoice::Both => vec![simulator::Transport::Http, simulator::Transport::Mqtt],
+        }
+    }
+}
+
+/// Everything measured in one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub args: Args,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub limits: Limits,
+    pub phases: Vec<Phase>,
+    /// For --find-max: the highest sustained rate per transport (payloads/s).
+    pub max_sustained: Vec<(String, Option<f64>)>,
+}
+
+/// One load phase at one rate over one transport.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub transport: String,
+    pub offered_per_s: f64,
+    pub load: Duration,
+    /// Payloads the producer acknowledged, per second of load.
+    pub accepted_per_s: f64,
+    pub failed: u64,
+    /// Rows committed while the load ran, per second.
+    pub committed_per_s: f64,
+    /// Time after the load ended until every row was stored.
+    pub drain: Duration,
+    pub freshness: Freshness,
+    pub loss: LossCheck,
+    /// (process, CPU µs per committed row, peak RSS bytes)
+    pub usage: Vec<(String, f64, u64)>,
+}
+
+impl Phase {
+    /// Kept up: nothing lost, the database committed at least 90% of the
+    /// offered metric rate while the load ran, and drained within 2 s after.
+    pub fn sustained(&self, metrics: u32) -> bool {
+        self.loss.passed()
+            && self.failed == 0
+            && self.committed_per_s >= 0.9 * self.offered_per_s * f64::from(metrics)
+            && self.drain <= Duration::from_secs(2)
+    }
+}
+
+/// The servers and services under test.
+struct Bench {
+    _dir: tempfile::TempDir,
+    nats: NatsServer,
+    postgres: Postgres,
+    mosquitto: Mosquitto,
+    database_url: String,
+    db: PgPool,
+    services: Vec<Service>,
+}
+
+impl Bench {
+    async fn start(bin_dir: &std::path::Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("tributary-bench-").tempdir()?;
+        let nats = NatsServer::start()?;
+        // A server with default durability (fsync on), unlike the tests'.
+        let postgres = Postgres::start_in(&dir.path().join("postgres"), None)?;
+        let mosquitto = Mosquitto::start()?;
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&postgres.url("postgres")).await?;
+            sqlx::query("CREATE DATABASE tributary").execute(&mut conn).await?;
+        }
+        let database_url = postgres.url("tributary");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let nats_url = nats.url();
+        let broker = format!("{}:{}", mosquitto.host(), mosquitto.port());
+        let services = vec![
+            Service::spawn(
+                "producer",
+                bin_dir,
+                &logs,
+                &[
+                    ("TRIBUTARY_NATS_URL", nats_url.clone()),
+                    ("TRIBUTARY_MQTT_BROKER", broker),
+                    ("TRIBUTARY_MQTT_TOPICS", "devices/#".into()),
+                    ("TRIBUTARY_MQTT_CLIENT_ID", "bench-producer".into()),
+                ],
+            )?,
+            Service::spawn(
+                "transformer",
+                bin_dir,
+                &logs,
+                &[("TRIBUTARY_NATS_URL", nats_url.clone())],
+            )?,
+            Service::spawn(
+                "sink",
+                bin_dir,
+                &logs,
+                &[
+                    ("TRIBUTARY_NATS_URL", nats_url),
+                    ("TRIBUTARY_DATABASE_URL", database_url.clone()),
+                ],
+            )?,
+            Service::spawn(
+                "query-api",
+                bin_dir,
+                &logs,
+                &[("TRIBUTARY_DATABASE_URL", database_url.clone())],
+            )?,
+        ];
+        for service in &services {
+            service.wait_ready().await?;
+        }
+        let db = PgPool::connect(&database_url).await?;
+        Ok(Self {
+            _dir: dir,
+            nats,
+            postgres,
+            mosquitto,
+            database_url,
+            db,
+            services,
+        })
+    }
+
+    /// Every process that does the pipeline's work, and the load generator.
+    fn usage(&self) -> Vec<(String, Usage)> {
+        let mut all: Vec<(String, Usage)> = self
+            .services
+            .iter()
+            .map(|s| (s.name.to_owned(), procs::usage(s.pid())))
+            .collect();
+        let pid = |p: Option<u32>| p.unwrap_or(0);
+        all.push(("nats-server".into(), procs::usage(pid(self.nats.pid()))));
+        all.push(("postgres".into(), procs::usage_with_children(pid(self.postgres.pid()))));
+        all.push(("mosquitto".into(), procs::usage(pid(self.mosquitto.pid()))));
+        all.push(("simulator (bench process)".into(), procs::usage(std::process::id())));
+        all
+    }
+
+    fn producer_url(&self) -> String {
+        format!("http://{}", self.services[0].addr)
+    }
+
+    async fn phase(
+        &self,
+        transport: simulator::Transport,
+        rate: f64,
+        load: Duration,
+        seed: u64,
+        args: &Args,
+    ) -> Result<Phase> {
+        let mut config = match transport {
+            simulator::Transport::Http => {
+                let mut c = simulator::Config::http(&self.producer_url());
+                c.source = "bench".into();
+                c
+            }
+            simulator::Transport::Mqtt => simulator::Config::mqtt(self.mosquitto.host(), self.mosquitto.port()),
+        };
+        config.devices = args.devices;
+        config.metrics = args.metrics;
+        config.rate = rate;
+        config.duration = Some(load);
+        config.seed = seed;
+        config.concurrency = 256;
+
+        let since = measure::now_us();
+        let before = self.usage();
+        let started = Instant::now();
+        let sent = simulator::run(config, CancellationToken::new())
+            .await
+            .context("simulator")?;
+        let load_elapsed = started.elapsed();
+        let committed_during_load = measure::stored_rows(&self.db, since).await?;
+        measure::wait_settled(&self.db, since, sent.metrics_sent, Duration::from_secs(15)).await?;
+        let drain = started.elapsed().saturating_sub(load_elapsed);
+        let after = self.usage();
+        let loss = measure::loss_check(&self.db, since, sent.metrics_sent).await?;
+        let freshness = measure::freshness(&self.db, since).await?;
+        let rows = loss.stored.max(1) as f64;
+        let usage = before
+            .iter()
+            .zip(&after)
+            .map(|((name, b), (_, a))| {
+                (
+                    name.clone(),
+                    a.cpu_us.saturating_sub(b.cpu_us) as f64 / rows,
+                    a.peak_rss,
+                )
+            })
+            .collect();
+        let secs = load_elapsed.as_secs_f64();
+        Ok(Phase {
+            transport: format!("{transport:?}").to_lowercase(),
+            offered_per_s: rate,
+            load: load_elapsed,
+            accepted_per_s: sent.acknowledged as f64 / secs,
+            failed: sent.failed,
+            committed_per_s: committed_during_load as f64 / secs,
+            drain,
+            freshness,
+            loss,
+            usage,
+        })
+    }
+
+    fn stop(self) -> Result<()> {
+        for service in self.services {
+            service.stop()?;
+        }
+        Ok(())
+    }
+}
+
+/// A representative encoded `MetricEvent` and device payload, for the limits.
+fn sample_messages(metrics: u32) -> (Vec<u8>, Vec<u8>) {
+    let (_, payload) = simulator::Fleet::new(1, metrics, 7, 1_506_775_817_765_000, 1_000_000).next_payload();
+    let event = tributary_schema::MetricEvent {
+        device_id: "594d186e51b3bc4eb0abafd9".into(),
+        metric: "AvQvnGas".into(),
+        time_us: 1_506_775_817_765_000,
+        value: Some(tributary_schema::Value::Number(27035.2344)),
+        latitude: Some(50.75920624235248),
+        longitude: Some(45.13887627405175),
+        attributes: [("context".to_owned(), "594e7bfb463aee1301da2d6b".to_owned())].into(),
+        source: "bench".into(),
+        raw_msg_id: "http:bench:0123456789abcdef0123456789abcdef".into(),
+        ingested_at_us: 1_506_775_817_900_000,
+        ..Default::default()
+    };
+    (event.encode_to_vec(), payload)
+}
+
+/// Runs the benchmark and returns its report.
+pub async fn run(args: Args) -> Result<Report> {
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
+    let bench = Bench::start(&bin_dir).await?;
+    tracing::info!("servers and services up; measuring this machine's limits");
+    let (event, payload) = sample_messages(args.metrics);
+    let limits = limits::measure(
+        &Targets {
+            nats_url: &bench.nats.url(),
+            database_url: &bench.database_url,
+            mqtt_host: bench.mosquitto.host(),
+            mqtt_port: bench.mosquitto.port(),
+        },
+        &event,
+        &payload,
+        if args.quick { 30_000 } else { 200_000 },
+    )
+    .await?;
+
+    let mut phases = Vec::new();
+    let mut max_sustained = Vec::new();
+    let mut seed = 100;
+    for transport in args.transports() {
+        if args.find_max {
+            let step = args.phase_duration() / 3;
+            let mut rate = args.rate;
+            let mut best = None;
+            loop {
+                seed += 1;
+                tracing::info!(?transport, rate, "find-max step");
+                let phase = bench.phase(transport, rate, step, seed, &args).await?;
+                let kept_up = phase.sustained(args.metrics);
+                phases.push(phase);
+                if !kept_up {
+                    break;
+                }
+                best = Some(rate);
+                rate *= 1.5;
+            }
+            max_sustained.push((format!("{transport:?}").to_lowercase(), best));
+        } else {
+            seed += 1;
+            tracing::info!(?transport, rate = args.rate, "load phase");
+            phases.push(
+                bench
+                    .phase(transport, args.rate, args.phase_duration(), seed, &args)
+                    .await?,
+            );
+        }
+    }
+    bench.stop()?;
+    Ok(Report {
+        args,
+        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        memory_gib: memory_gib(),
+        limits,
+        phases,
+        max_sustained,
+    })
+}
+
+fn memory_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,673 @@
+//! The fleet: a deterministic generator of "items" JSON payloads (DESIGN.md,
+//! payload formats), pure and without I/O.
+//!
+//! Every device has its own random stream derived from the seed and its
+//! index, a fixed id, a fixed location near the fleet's site, and per metric
+//! a base value. Each reading is
+//!
+//! ```text
+//! base + drift + daily cycle + noise (+ an occasional spike)
+//! ```
+//!
+//! where the drift is a slow mean-reverting random walk and the daily cycle
+//! is a sine over the device's local solar day (from its longitude) of event
+//! time. Now and then a metric is left out of a payload (a gap), as real
+//! devices do.
+//!
+//! The output depends only on the constructor's arguments: the same seed,
+//! start time and interval give byte-identical payloads on every machine and
+//! every build, so a benchmark or a test can regenerate what was sent.
+
+use std::fmt::Write as _;
+
+use crate::rng::{Rng, mix};
+use crate::timestamp::format_millis;
+
+/// A metric is left out of a payload once in this many readings.
+pub const GAP_ONE_IN: u64 = 200;
+/// A reading is a spike once in this many readings.
+pub const SPIKE_ONE_IN: u64 = 500;
+/// Event time has millisecond resolution on the wire, so a device's payloads
+/// are at least this far apart to keep its timestamps strictly increasing.
+pub const MIN_INTERVAL_US: i64 = 1000;
+
+/// Domain tags for deriving independent random streams from one seed.
+const FLEET_STREAM: u64 = 0xF1EE7;
+const DEVICE_STREAM: u64 = 0xDE71CE;
+
+/// How a value is written into `items`, as the reference deployment does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// A numeric string with four decimals: `"27.1245"`.
+    String4,
+    /// A JSON integer: `-107`.
+    Integer,
+    /// A JSON number with one decimal: `7.2`.
+    Decimal1,
+}
+
+/// How one kind of sensor behaves.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    /// Range from which each device draws its base value.
+    base: (f64, f64),
+    /// Amplitude of the daily cycle (each device scales it by 0.5–1.5).
+    daily: f64,
+    /// Phase of the daily cycle in days: the peak comes at local time
+    /// `0.25 + phase` of the day.
+    phase: f64,
+    /// Standard deviation of the reading-to-reading noise.
+    noise: f64,
+    /// Standard deviation of one step of the drift's random walk.
+    drift: f64,
+    /// Physically possible range; readings are clamped into it.
+    limits: (f64, f64),
+    encoding: Encoding,
+}
+
+/// The metrics of the reference deployment (a well-head telemetry unit and
+/// its radio), in the order a payload lists them.
+const NAMED: [(&str, Profile); 10] = [
+    // Fluid pressure, bar.
+    (
+        "APFluid",
+        Profile {
+            base: (15.0, 40.0),
+            daily: 1.2,
+            phase: 0.35,
+            noise: 0.25,
+            drift: 0.02,
+            limits: (0.0, 250.0),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Fluid temperature, °C.
+    (
+        "AvTFluid",
+        Profile {
+            base: (25.0, 70.0),
+            daily: 4.0,
+            phase: 0.4,
+            noise: 0.15,
+            drift: 0.02,
+            limits: (-40.0, 150.0),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Volumetric fluid flow, m³/d.
+    (
+        "AvQvFluid",
+        Profile {
+            base: (50.0, 400.0),
+            daily: 8.0,
+            phase: 0.1,
+            noise: 2.5,
+            drift: 0.4,
+            limits: (0.0, 5000.0),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Oil mass flow, t/d.
+    (
+        "AvQmOil",
+        Profile {
+            base: (20.0, 250.0),
+            daily: 5.0,
+            phase: 0.1,
+            noise: 1.5,
+            drift: 0.25,
+            limits: (0.0, 5000.0),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Gas flow at normal conditions, Nm³/d.
+    (
+        "AvQvnGas",
+        Profile {
+            base: (500.0, 8000.0),
+            daily: 120.0,
+            phase: 0.15,
+            noise: 30.0,
+            drift: 4.0,
+            limits: (0.0, 100_000.0),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Fluid density, g/cm³.
+    (
+        "Adfld",
+        Profile {
+            base: (0.80, 1.05),
+            daily: 0.004,
+            phase: 0.4,
+            noise: 0.0015,
+            drift: 0.0002,
+            limits: (0.5, 1.5),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Gas relative density.
+    (
+        "Adgas",
+        Profile {
+            base: (0.60, 0.95),
+            daily: 0.003,
+            phase: 0.4,
+            noise: 0.0015,
+            drift: 0.0002,
+            limits: (0.3, 1.5),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Water cut, %.
+    (
+        "AvWater",
+        Profile {
+            base: (5.0, 70.0),
+            daily: 0.8,
+            phase: 0.2,
+            noise: 0.4,
+            drift: 0.05,
+            limits: (0.0, 100.0),
+            encoding: Encoding::String4,
+        },
+    ),
+    // Radio signal strength, dBm.
+    (
+        "rssi",
+        Profile {
+            base: (-115.0, -70.0),
+            daily: 3.0,
+            phase: 0.9,
+            noise: 2.0,
+            drift: 0.05,
+            limits: (-130.0, -30.0),
+            encoding: Encoding::Integer,
+        },
+    ),
+    // Radio signal-to-noise ratio, dB.
+    (
+        "snr",
+        Profile {
+            base: (-5.0, 12.0),
+            daily: 1.5,
+            phase: 0.9,
+            noise: 0.8,
+            drift: 0.02,
+            limits: (-20.0, 20.0),
+            encoding: Encoding::Decimal1,
+        },
+    ),
+];
+
+/// Extra metrics past the named ones: `temp_1`, `temp_2`, …, ambient °C.
+const EXTRA: Profile = Profile {
+    base: (15.0, 35.0),
+    daily: 5.0,
+    phase: 0.375,
+    noise: 0.3,
+    drift: 0.02,
+    limits: (-40.0, 85.0),
+    encoding: Encoding::String4,
+};
+
+/// The name of metric `index` (0-based) in every payload.
+pub fn metric_name(index: usize) -> String {
+    match NAMED.get(index) {
+        Some((name, _)) => (*name).to_owned(),
+        None => format!("temp_{}", index - NAMED.len() + 1),
+    }
+}
+
+fn profile(index: usize) -> &'static Profile {
+    NAMED.get(index).map_or(&EXTRA, |(_, profile)| profile)
+}
+
+/// One payload, with what the run needs to account for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// The device's `_id`.
+    pub device_id: String,
+    /// The JSON document.
+    pub body: Vec<u8>,
+    /// Entries in its `items` (fewer than the fleet's metrics when a gap
+    /// left some out; never zero).
+    pub metrics: u32,
+    /// Its event time, microseconds since the epoch (written with
+    /// millisecond precision).
+    pub event_time_us: i64,
+}
+
+/// Per device, per metric state.
+#[derive(Debug, Clone)]
+struct Series {
+    base: f64,
+    daily: f64,
+    phase: f64,
+    drift: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Device {
+    id: String,
+    lon: f64,
+    lat: f64,
+    /// Event time of the device's first payload.
+    first_time_us: i64,
+    /// Payloads generated so far.
+    sent: i64,
+    rng: Rng,
+    series: Vec<Series>,
+}
+
+/// The deterministic payload generator.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    context: String,
+    /// `"name":` for each metric, ready to write.
+    keys: Vec<String>,
+    devices: Vec<Device>,
+    next: usize,
+    interval_us: i64,
+}
+
+impl Fleet {
+    /// A fleet of `devices` devices (at least 1) sending `metrics` metrics
+    /// each (at least 1). Device `i`'s first event time is
+    /// `start_time_us + i * interval_us / devices`, so the fleet's payloads
+    /// are evenly spread in event time; each device's then advances by
+    /// `interval_us` (at least [`MIN_INTERVAL_US`]) per round.
+    pub fn new(devices: u32, metrics: u32, seed: u64, start_time_us: i64, interval_us: i64) -> Self {
+        let devices = devices.max(1);
+        let metrics = metrics.max(1) as usize;
+        let interval_us = interval_us.max(MIN_INTERVAL_US);
+        let mut fleet_rng = Rng::new(mix(&[seed, FLEET_STREAM]));
+        let context = ObjectIds::new(&mut fleet_rng).id(0);
+        // Ids like MongoDB ObjectIds minted by one process: shared time and
+        // random parts, then a counter, so they are distinct within a fleet.
+        let ids = ObjectIds::new(&mut fleet_rng);
+        let site = (fleet_rng.range(-170.0, 170.0), fleet_rng.range(-55.0, 65.0));
+        let devices = (0..devices)
+            .map(|index| {
+                let mut rng = Rng::new(mix(&[seed, DEVICE_STREAM, u64::from(index)]));
+                let lon = site.0 + rng.range(-0.5, 0.5);
+                let lat = site.1 + rng.range(-0.5, 0.5);
+                let series = (0..metrics)
+                    .map(|m| {
+                        let p = profile(m);
+                        Series {
+                            base: rng.range(p.base.0, p.base.1),
+                            daily: p.daily * rng.range(0.5, 1.5),
+                            // Local solar time: the device's longitude
+                            // shifts its day against UTC.
+                            phase: p.phase + rng.range(-0.05, 0.05) - lon / 360.0,
+                            drift: 0.0,
+                        }
+                    })
+                    .collect();
+                let stagger = i64::from(index) * interval_us / i64::from(devices);
+                Device {
+                    id: ids.id(index),
+                    lon,
+                    lat,
+                    first_time_us: start_time_us.saturating_add(stagger),
+                    sent: 0,
+                    rng,
+                    series,
+                }
+            })
+            .collect();
+        let keys = (0..metrics).map(|m| format!("\"{}\":", metric_name(m))).collect();
+        Self {
+            context,
+            keys,
+            devices,
+            next: 0,
+            interval_us,
+        }
+    }
+
+    /// The next payload in order (round-robin over devices; each device's
+    /// event time advances by `interval_us` per round): (device id, JSON).
+    pub fn next_payload(&mut self) -> (String, Vec<u8>) {
+        let payload = self.next_message();
+        (payload.device_id, payload.body)
+    }
+
+    /// Like [`Fleet::next_payload`], with the number of metrics in the
+    /// payload and its event time.
+    pub fn next_message(&mut self) -> Payload {
+        let index = self.next;
+        self.next = (index + 1) % self.devices.len();
+        let interval_us = self.interval_us;
+        let device = &mut self.devices[index];
+        let time_us = device
+            .first_time_us
+            .saturating_add(device.sent.saturating_mul(interval_us));
+        device.sent += 1;
+
+        let mut body = String::with_capacity(160 + 24 * self.keys.len());
+        // Writing into a String cannot fail.
+        let _ = write!(
+            body,
+            r#"{{"_id":"{}","context":"{}","loc":[{},{}],"timestamp":"{}","items":{{"#,
+            device.id,
+            self.context,
+            device.lon,
+            device.lat,
+            format_millis(time_us)
+        );
+        let day = time_us.rem_euclid(86_400_000_000) as f64 / 86_400_000_000.0;
+        let last = self.keys.len() - 1;
+        let mut written = 0u32;
+        for (m, (key, series)) in self.keys.iter().zip(&mut device.series).enumerate() {
+            let p = profile(m);
+            let rng = &mut device.rng;
+            // Every random draw happens whether or not the reading is sent,
+            // so a gap does not shift the values that follow.
+            let gap = rng.one_in(GAP_ONE_IN);
+            let noise = rng.gaussian();
+            let step = rng.gaussian();
+            let spike = rng.one_in(SPIKE_ONE_IN);
+            let spike_sign = if rng.one_in(2) { 1.0 } else { -1.0 };
+            let spike_size = rng.range(4.0, 8.0);
+
+            series.drift = series.drift * 0.995 + p.drift * step;
+            let mut value = series.base + series.drift + series.daily * sin_turns(day - series.phase) + p.noise * noise;
+            if spike {
+                value += spike_sign * spike_size * (series.daily + 3.0 * p.noise);
+            }
+            let value = value.clamp(p.limits.0, p.limits.1);
+            // Never send an empty `items`: keep the last reading if every
+            // other one was left out.
+            if gap && !(m == last && written == 0) {
+                continue;
+            }
+            if written > 0 {
+                body.push(',');
+            }
+            body.push_str(key);
+            write_value(&mut body, value, p.encoding);
+            written += 1;
+        }
+        body.push_str("}}");
+        Payload {
+            device_id: device.id.clone(),
+            body: body.into_bytes(),
+            metrics: written,
+            event_time_us: time_us,
+        }
+    }
+
+    /// The fleet's `context`, the same in every payload.
+    pub fn context(&self) -> &str {
+        &self.context
+    }
+
+    /// The device ids, in the order the fleet cycles through them.
+    pub fn device_ids(&self) -> impl Iterator<Item = &str> {
+        self.devices.iter().map(|d| d.id.as_str())
+    }
+
+    /// Event time of the fleet's first payload.
+    pub fn start_time_us(&self) -> i64 {
+        self.devices[0].first_time_us
+    }
+
+    /// Each device's event time advances by this much per round.
+    pub fn interval_us(&self) -> i64 {
+        self.interval_us
+    }
+}
+
+fn write_value(out: &mut String, value: f64, encoding: Encoding) {
+    // `+ 0.0` turns a -0.0 from rounding into 0.0.
+    let _ = match encoding {
+        Encoding::String4 => write!(out, "\"{:.4}\"", (value * 1e4).round() / 1e4 + 0.0),
+        Encoding::Integer => write!(out, "{}", value.round() as i64),
+        Encoding::Decimal1 => write!(out, "{}", (value * 10.0).round() / 10.0 + 0.0),
+    };
+}
+
+/// Ids shaped like MongoDB ObjectIds from one process: a 4-byte creation
+/// time (2012–2020), 5 process-random bytes, a 3-byte counter.
+struct ObjectIds {
+    seconds: u32,
+    random: u64,
+    counter: u32,
+}
+
+impl ObjectIds {
+    fn new(rng: &mut Rng) -> Self {
+        Self {
+            seconds: 0x5000_0000 | (rng.next_u64() >> 36) as u32,
+            random: rng.next_u64() >> 24,
+            counter: (rng.next_u64() >> 40) as u32,
+        }
+    }
+
+    /// The `n`th id: distinct for distinct `n` below 2^24.
+    fn id(&self, n: u32) -> String {
+        let counter = self.counter.wrapping_add(n) & 0xFF_FFFF;
+        format!("{:08x}{:010x}{counter:06x}", self.seconds, self.random)
+    }
+}
+
+/// sin(2π·turns), from a polynomial rather than `f64::sin` so that the
+/// result, and so every payload, is the same on every platform.
+fn sin_turns(turns: f64) -> f64 {
+    let mut x = turns - turns.floor(); // [0, 1)
+    let mut sign = 1.0;
+    if x >= 0.5 {
+        x -= 0.5;
+        sign = -1.0;
+    }
+    if x > 0.25 {
+        x = 0.5 - x;
+    }
+    // x in [0, 1/4]: the Taylor series to x^11 is within 6e-8 on [0, π/2].
+    let a = x * std::f64::consts::TAU;
+    let a2 = a * a;
+    let series = a * (1.0 - a2 / 6.0 * (1.0 - a2 / 20.0 * (1.0 - a2 / 42.0 * (1.0 - a2 / 72.0 * (1.0 - a2 / 110.0)))));
+    sign * series
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::timestamp::parse_rfc3339;
+
+    const START: i64 = 1_700_000_000_000_000;
+
+    fn fleet(seed: u64) -> Fleet {
+        Fleet::new(10, 10, seed, START, 1_000_000)
+    }
+
+    #[test]
+    fn same_seed_same_bytes_different_seed_different_bytes() {
+        let (mut a, mut b, mut c) = (fleet(1), fleet(1), fleet(2));
+        let mut differ = 0;
+        for _ in 0..1000 {
+            let (pa, pb, pc) = (a.next_payload(), b.next_payload(), c.next_payload());
+            assert_eq!(pa, pb);
+            if pa.1 != pc.1 {
+                differ += 1;
+            }
+        }
+        assert_eq!(differ, 1000);
+        assert_ne!(fleet(1).context(), fleet(2).context());
+    }
+
+    #[test]
+    fn output_is_pinned() {
+        // The same arguments must give these bytes in every version: change
+        // this only on purpose, knowing stored test expectations and
+        // benchmark baselines made with the old output no longer match.
+        let mut fleet = Fleet::new(2, 12, 1, 1_506_775_817_765_000, 1_000_000);
+        let (device, body) = fleet.next_payload();
+        assert_eq!(device, "52ebaad35bba6c140863e0f6");
+        assert_eq!(
+            String::from_utf8(body).expect("UTF-8"),
+            concat!(
+                r#"{"_id":"52ebaad35bba6c140863e0f6","context":"56f328d5dd8ae28a6811bd16","#,
+                r#""loc":[-163.15891483013436,55.502804160634746],"timestamp":"2017-09-30T12:50:17.765Z","#,
+                r#""items":{"APFluid":"32.6299","AvTFluid":"22.4738","AvQvFluid":"235.1364","#,
+                r#""AvQmOil":"244.0954","AvQvnGas":"1265.0173","Adfld":"0.9002","Adgas":"0.8200","#,
+                r#""AvWater":"30.2948","rssi":-94,"snr":-2.1,"temp_1":"24.7710","temp_2":"25.4777"}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn payloads_have_the_expected_shape() {
+        let mut fleet = Fleet::new(7, 14, 3, START, 250_000);
+        let ids: Vec<String> = fleet.device_ids().map(str::to_owned).collect();
+        let context = fleet.context().to_owned();
+        assert_eq!(ids.len(), 7);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(id.len(), 24);
+            assert!(
+                id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{id}"
+            );
+            assert!(!ids[..n].contains(id), "duplicate id {id}");
+        }
+        let names: Vec<String> = (0..14).map(metric_name).collect();
+        assert_eq!(names[0], "APFluid");
+        assert_eq!(names[9], "snr");
+        assert_eq!(names[10], "temp_1");
+        assert_eq!(names[13], "temp_4");
+
+        let mut locations = HashMap::new();
+        for n in 0..700 {
+            let payload = fleet.next_message();
+            let json: serde_json::Value = serde_json::from_slice(&payload.body).expect("JSON");
+            let object = json.as_object().expect("an object");
+            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+            assert_eq!(keys.len(), 5, "{json}");
+            assert_eq!(json["_id"], ids[n % 7].as_str());
+            assert_eq!(payload.device_id, ids[n % 7]);
+            assert_eq!(json["context"], context.as_str());
+            let loc = json["loc"].as_array().expect("loc");
+            let (lon, lat) = (loc[0].as_f64().expect("lon"), loc[1].as_f64().expect("lat"));
+            assert!(
+                (-180.0..=180.0).contains(&lon) && (-90.0..=90.0).contains(&lat),
+                "{json}"
+            );
+            assert_eq!(
+                *locations.entry(payload.device_id.clone()).or_insert((lon, lat)),
+                (lon, lat)
+            );
+            let timestamp = json["timestamp"].as_str().expect("timestamp");
+            assert_eq!(timestamp.len(), "2017-09-30T12:50:17.765Z".len(), "{timestamp}");
+            assert_eq!(parse_rfc3339(timestamp), Ok(payload.event_time_us / 1000 * 1000));
+            let items = json["items"].as_object().expect("items");
+            assert_eq!(items.len() as u32, payload.metrics);
+            for (name, value) in items {
+                assert!(names.contains(name), "{name}");
+                match name.as_str() {
+                    "rssi" => assert!(value.as_i64().is_some_and(|v| (-130..=-30).contains(&v)), "{value}"),
+                    "snr" => assert!(value.as_f64().is_some_and(|v| (-20.0..=20.0).contains(&v)), "{value}"),
+                    _ => {
+                        let text = value.as_str().expect("a numeric string");
+                        let (_, decimals) = text.split_once('.').expect("decimals");
+                        assert_eq!(decimals.len(), 4, "{text}");
+                        assert!(text.parse::<f64>().is_ok_and(f64::is_finite), "{text}");
+                    }
+                }
+            }
+        }
+        assert_eq!(locations.len(), 7);
+    }
+
+    #[test]
+    fn each_device_timestamps_strictly_increase() {
+        // The smallest interval, spread over many devices: millisecond
+        // timestamps must still never repeat for a device.
+        for (devices, interval) in [(10, 1), (3, 1500), (50, 1_000_000)] {
+            let mut fleet = Fleet::new(devices, 3, 9, START, interval);
+            let mut last: HashMap<String, String> = HashMap::new();
+            for _ in 0..devices * 200 {
+                let payload = fleet.next_message();
+                let json: serde_json::Value = serde_json::from_slice(&payload.body).expect("JSON");
+                let timestamp = json["timestamp"].as_str().expect("timestamp").to_owned();
+                if let Some(previous) = last.insert(payload.device_id, timestamp.clone()) {
+                    // Same-width RFC 3339 UTC strings order like the times.
+                    assert!(previous < timestamp, "{previous} then {timestamp}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn event_time_follows_the_schedule() {
+        let mut fleet = Fleet::new(4, 1, 1, START, 2_000_000);
+        let times: Vec<i64> = (0..8).map(|_| fleet.next_message().event_time_us).collect();
+        let expected: Vec<i64> = (0..8).map(|k| START + k * 500_000).collect();
+        assert_eq!(times, expected);
+    }
+
+    #[test]
+    fn gaps_are_rare_and_counted() {
+        let mut fleet = Fleet::new(20, 10, 5, START, 1_000_000);
+        let (mut total, payloads) = (0u64, 20_000u64);
+        for _ in 0..payloads {
+            let payload = fleet.next_message();
+            let json: serde_json::Value = serde_json::from_slice(&payload.body).expect("JSON");
+            let items = json["items"].as_object().expect("items").len() as u32;
+            assert_eq!(items, payload.metrics);
+            assert!((1..=10).contains(&items));
+            total += u64::from(items);
+        }
+        let gaps = payloads * 10 - total;
+        // Expected 1 in 200 of 200,000 readings: 1,000.
+        assert!((800..1200).contains(&gaps), "{gaps} gaps");
+        // One metric per payload: a gap would empty `items`, so none happen.
+        let mut single = Fleet::new(1, 1, 5, START, 1_000_000);
+        assert!((0..2000).all(|_| single.next_message().metrics == 1));
+    }
+
+    #[test]
+    fn values_vary_like_sensors() {
+        let mut fleet = Fleet::new(1, 10, 11, START, 60_000_000);
+        let mut temperature = Vec::new();
+        for _ in 0..1440 {
+            let json: serde_json::Value = serde_json::from_slice(&fleet.next_message().body).expect("JSON");
+            if let Some(v) = json["items"]["AvTFluid"].as_str() {
+                temperature.push(v.parse::<f64>().expect("number"));
+            }
+        }
+        let min = temperature.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = temperature.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        // A day of minutes: the daily cycle (±2–6 °C) shows; not a constant.
+        assert!(max - min > 3.0, "{min}..{max}");
+        assert!(max - min < 60.0, "{min}..{max}");
+    }
+
+    #[test]
+    fn sine_matches_the_library() {
+        for i in -2000..2000 {
+            let turns = f64::from(i) / 997.0;
+            let expected = (turns * std::f64::consts::TAU).sin();
+            assert!((sin_turns(turns) - expected).abs() < 1e-6, "{turns}");
+        }
+    }
+
+    #[test]
+    fn writes_values_like_the_devices() {
+        let check = |value: f64, encoding: Encoding, text: &str| {
+            let mut out = String::new();
+            write_value(&mut out, value, encoding);
+            assert_eq!(out, text, "{value}");
+        };
+        check(27.124_49, Encoding::String4, "\"27.1245\"");
+        check(35.49, Encoding::String4, "\"35.4900\"");
+        check(-0.000_01, Encoding::String4, "\"0.0000\"");
+        check(-106.6, Encoding::Integer, "-107");
+        check(7.24, Encoding::Decimal1, "7.2");
+        check(12.0, Encoding::Decimal1, "12");
+        check(-0.01, Encoding::Decimal1, "0");
+    }
+}
