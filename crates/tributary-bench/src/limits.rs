@@ -1,238 +1,514 @@
-//! This machine's raw limits, measured in the same run as the pipeline with
-//! the same message sizes, so each stage can be reported as a share of the
-//! limit it depends on. Each figure is measured alone: they share the cores.
+//! This machine's raw limits, measured in the same run as the pipeline and
+//! with the same message sizes, so each stage can be reported as a fraction
+//! of what the servers underneath it manage on their own.
+//!
+//! Each measurement makes its own scratch stream, table or topic, times only
+//! the section that moves messages, and removes what it made even when it
+//! fails. They run one after another: on two cores, measuring two at once
+//! would halve both.
 
-use std::time::Instant;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use async_nats::Subject;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use sqlx::{AssertSqlSafe, Connection};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use tributary_store::{Row, RowValue, copy, sql};
 
-/// Raw rates this machine reaches.
+/// Raw rates this machine reaches, measured in the same run as the pipeline.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
     /// JetStream async publish, acks pipelined (~1,000 in flight), file storage, messages/s.
     pub js_publish_per_s: f64,
     /// JetStream pull consume (batches of 500) + ack of each message, messages/s.
     pub js_consume_per_s: f64,
-    /// `COPY … FROM STDIN (FORMAT binary)` into an events-shaped table without its key, rows/s.
+    /// `COPY … FROM STDIN (FORMAT binary)` into a table shaped like the events table but with no key, rows/s.
     pub copy_rows_per_s: f64,
     /// MQTT QoS 1 publish → PUBACK round trips through the broker (~1,000 in flight), messages/s.
     pub mqtt_qos1_per_s: f64,
 }
 
 /// Where the servers are.
+#[derive(Clone, Copy)]
 pub struct Targets<'a> {
     pub nats_url: &'a str,
+    /// May hold a password: never logged.
     pub database_url: &'a str,
     pub mqtt_host: &'a str,
     pub mqtt_port: u16,
 }
 
-/// Measures all four, one after another. `event` is a representative encoded
-/// `MetricEvent`, `payload` a representative device payload.
+/// Publish acks (JetStream) and PUBACKs (MQTT) kept in flight, as the producer and transformer do.
+const IN_FLIGHT: usize = 1_000;
+/// Messages per pull request, as the sink asks for.
+const PULL_BATCH: usize = 500;
+/// Rows per COPY transaction: the sink's default batch.
+const COPY_CHUNK: usize = 5_000;
+/// A measurement that makes no progress for this long has failed.
+const STALL: Duration = Duration::from_secs(10);
+/// Event times of the scratch messages and rows (2017-09-30, like the sample data).
+const BASE_TIME_US: i64 = 1_506_775_817_765_000;
+
+/// Measures all four, one after another (never concurrently: they share 2 cores). `event` is a representative
+/// encoded MetricEvent (for the JetStream figures); `payload` a representative device payload (for MQTT);
+/// `count` messages/rows per measurement.
 pub async fn measure(targets: &Targets<'_>, event: &[u8], payload: &[u8], count: usize) -> Result<Limits> {
     Ok(Limits {
-        js_publish_per_s: js_publish_rate(targets.nats_url, event, count).await?,
-        js_consume_per_s: js_consume_rate(targets.nats_url, event, count).await?,
-        copy_rows_per_s: copy_rate(targets.database_url, count).await?,
-        mqtt_qos1_per_s: mqtt_qos1_rate(targets.mqtt_host, targets.mqtt_port, payload, count / 2).await?,
+        js_publish_per_s: js_publish_rate(targets.nats_url, event, count)
+            .await
+            .context("measuring JetStream publish")?,
+        js_consume_per_s: js_consume_rate(targets.nats_url, event, count)
+            .await
+            .context("measuring JetStream consume")?,
+        copy_rows_per_s: copy_rate(targets.database_url, count)
+            .await
+            .context("measuring binary COPY")?,
+        mqtt_qos1_per_s: mqtt_qos1_rate(targets.mqtt_host, targets.mqtt_port, payload, count)
+            .await
+            .context("measuring MQTT QoS 1")?,
     })
 }
 
-const IN_FLIGHT: usize = 1000;
-
-fn scratch_name() -> String {
-    format!("{}_{}", std::process::id(), crate::measure::now_us() % 1_000_000_000)
-}
-
-async fn jetstream(nats_url: &str) -> Result<jetstream::Context> {
-    let client = async_nats::connect(nats_url).await.context("connecting to NATS")?;
-    let mut js = jetstream::new(client);
-    js.set_timeout(std::time::Duration::from_secs(10));
-    Ok(js)
-}
-
-async fn scratch_stream(js: &jetstream::Context) -> Result<(String, String)> {
-    let suffix = scratch_name();
-    let (name, subject) = (format!("BENCH_LIMITS_{suffix}"), format!("bench.limits.{suffix}"));
-    js.create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![subject.clone()],
-        storage: stream::StorageType::File,
-        duplicate_window: std::time::Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("creating stream {name}: {e}"))?;
-    Ok((name, subject))
-}
-
-/// Publishes `count` messages with unique `Nats-Msg-Id`s, ~1,000 acks in flight.
-async fn publish_all(js: &jetstream::Context, subject: &str, message: &[u8], count: usize) -> Result<()> {
-    let payload = bytes::Bytes::copy_from_slice(message);
-    let mut acks = FuturesUnordered::new();
-    for i in 0..count {
-        let publish = PublishMessage::build()
-            .payload(payload.clone())
-            .message_id(format!("limit-{i}"));
-        acks.push(
-            js.send_publish(subject.to_owned(), publish)
-                .await
-                .map_err(|e| anyhow::anyhow!("publish: {e}"))?
-                .into_future(),
+/// Publishes `count` copies of `message`, each with its own `Nats-Msg-Id`, to a scratch file-storage stream
+/// with ~1,000 acks in flight, and returns messages/s from the first publish to the last ack.
+pub async fn js_publish_rate(nats_url: &str, message: &[u8], count: usize) -> Result<f64> {
+    ensure!(count > 0, "nothing to measure: count is 0");
+    let scratch = ScratchStream::create(nats_url).await?;
+    let result = async {
+        let start = Instant::now();
+        publish_all(&scratch, Bytes::copy_from_slice(message), count).await?;
+        let elapsed = start.elapsed();
+        let stored = scratch.stream.get_info().await.context("stream info")?.state.messages;
+        ensure!(
+            stored == count as u64,
+            "the scratch stream holds {stored} messages, not {count}"
         );
-        while acks.len() >= IN_FLIGHT {
-            acks.next()
+        Ok(rate(count, elapsed))
+    }
+    .await;
+    let rate = scratch.delete(result).await?;
+    tracing::info!(
+        rate = rate.round() as u64,
+        count,
+        bytes = message.len(),
+        "JetStream publish limit"
+    );
+    Ok(rate)
+}
+
+/// Fills a scratch stream with `count` copies of `message` (not timed), then drains it through a durable pull
+/// consumer (batches of 500, an explicit ack per message, like the sink) and returns messages/s from
+/// subscribing until the server has every ack.
+pub async fn js_consume_rate(nats_url: &str, message: &[u8], count: usize) -> Result<f64> {
+    ensure!(count > 0, "nothing to measure: count is 0");
+    let scratch = ScratchStream::create(nats_url).await?;
+    let result = async {
+        publish_all(&scratch, Bytes::copy_from_slice(message), count).await?;
+        let mut consumer: consumer::PullConsumer = scratch
+            .stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("bench-limits".to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                // As the sink's default: well above one pull batch, so acks never throttle delivery.
+                max_ack_pending: 20_000,
+                ..Default::default()
+            })
+            .await
+            .context("creating the scratch consumer")?;
+
+        let start = Instant::now();
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .messages()
+            .await
+            .context("subscribing")?;
+        for received in 0..count {
+            let message = tokio::time::timeout(STALL, messages.next())
                 .await
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
+                .with_context(|| format!("no message for {STALL:?} after {received}"))?
+                .context("the message stream ended")?
+                .context("receiving")?;
+            message.ack().await.map_err(|e| anyhow!(e)).context("acknowledging")?;
+        }
+        // Acks are plain publishes: the drain is done once the server has applied them all.
+        scratch.client.flush().await.context("flushing acks")?;
+        let deadline = Instant::now() + STALL;
+        loop {
+            let info = consumer.info().await.context("consumer info")?;
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                ensure!(
+                    info.ack_floor.stream_sequence == count as u64,
+                    "the consumer acknowledged up to {}, not {count}",
+                    info.ack_floor.stream_sequence
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} acks still pending after {STALL:?}", info.num_ack_pending);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = start.elapsed();
+        drop(messages);
+        Ok(rate(count, elapsed))
+    }
+    .await;
+    let rate = scratch.delete(result).await?;
+    tracing::info!(
+        rate = rate.round() as u64,
+        count,
+        bytes = message.len(),
+        "JetStream consume limit"
+    );
+    Ok(rate)
+}
+
+/// COPYs `count` rows (binary format, 5,000 per transaction, like the sink's batches) into a scratch table with
+/// the events table's columns, defaults and NOT NULLs but no key and no partitions, and returns rows/s. Encoding
+/// happens before the clock starts: this is the database's limit, not the encoder's.
+pub async fn copy_rate(database_url: &str, count: usize) -> Result<f64> {
+    ensure!(count > 0, "nothing to measure: count is 0");
+    let mut conn = PgConnection::connect(database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let table = format!("bench_limits_{}", suffix());
+    let created = create_copy_table(&mut conn, &table).await;
+    let result = match created {
+        Ok(()) => copy_rows(&mut conn, &table, count).await,
+        Err(e) => Err(e),
+    };
+    let dropped = sqlx::query(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS {}",
+        sql::quote_ident(&table)
+    )))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("dropping the scratch table {table}"));
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing the COPY connection");
+    }
+    let rate = result?;
+    dropped?;
+    tracing::info!(
+        rate = rate.round() as u64,
+        count,
+        chunk = COPY_CHUNK,
+        "binary COPY limit"
+    );
+    Ok(rate)
+}
+
+/// Publishes `count` QoS 1 messages of `payload` to a scratch topic nobody subscribes to, ~1,000 in flight, and
+/// returns messages/s from the first publish to the last PUBACK.
+pub async fn mqtt_qos1_rate(host: &str, port: u16, payload: &[u8], count: usize) -> Result<f64> {
+    ensure!(count > 0, "nothing to measure: count is 0");
+    let suffix = suffix();
+    let mut options = MqttOptions::new(format!("tributary-bench-limits-{suffix}"), host, port);
+    options
+        .set_inflight(IN_FLIGHT as u16)
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, eventloop) = AsyncClient::new(options, IN_FLIGHT);
+    let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let driver = tokio::spawn(drive_mqtt(eventloop, count, connected_tx, done_tx));
+
+    let result = async {
+        if connected_rx.await.is_err() {
+            // The event loop gave up before the broker accepted us; its error says why.
+            return Err(driver_error(driver).await);
+        }
+        let topic = format!("bench/limits/{suffix}");
+        let start = Instant::now();
+        for _ in 0..count {
+            if client
+                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.to_vec())
+                .await
+                .is_err()
+            {
+                return Err(driver_error(driver).await);
+            }
+        }
+        let Ok(last_ack) = done_rx.await else {
+            return Err(driver_error(driver).await);
+        };
+        let elapsed = last_ack - start;
+        if client.disconnect().await.is_ok() {
+            match tokio::time::timeout(STALL, driver).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::debug!(error = %e, "MQTT disconnect"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "MQTT event loop task"),
+                Err(_) => tracing::debug!("MQTT event loop did not stop after disconnect"),
+            }
+        }
+        Ok(rate(count, elapsed))
+    }
+    .await;
+    let rate = result.context("MQTT QoS 1 publish")?;
+    tracing::info!(
+        rate = rate.round() as u64,
+        count,
+        bytes = payload.len(),
+        "MQTT QoS 1 limit"
+    );
+    Ok(rate)
+}
+
+/// Polls the MQTT event loop: reports the CONNACK, counts PUBACKs and reports when the `count`th arrives, and
+/// returns once the client's DISCONNECT has gone out. Fails if the connection fails or no packet arrives for
+/// [`STALL`] while acks are outstanding.
+async fn drive_mqtt(
+    mut eventloop: rumqttc::EventLoop,
+    count: usize,
+    connected: tokio::sync::oneshot::Sender<()>,
+    done: tokio::sync::oneshot::Sender<Instant>,
+) -> Result<()> {
+    let mut connected = Some(connected);
+    let mut done = Some(done);
+    let mut acked = 0usize;
+    loop {
+        let event = match tokio::time::timeout(STALL, eventloop.poll()).await {
+            Ok(event) => event.context("MQTT connection")?,
+            Err(_) if done.is_some() => bail!("no MQTT packet for {STALL:?} with {acked} of {count} PUBACKs"),
+            Err(_) => continue,
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Event::Incoming(Packet::PubAck(_)) => {
+                acked += 1;
+                if acked == count {
+                    // Sending fails only if the measurement has already given up.
+                    let _ = done.take().map(|tx| tx.send(Instant::now()));
+                }
+            }
+            Event::Outgoing(Outgoing::Disconnect) => return Ok(()),
+            _ => {}
         }
     }
+}
+
+/// Why the MQTT event loop task stopped early.
+async fn driver_error(driver: tokio::task::JoinHandle<Result<()>>) -> anyhow::Error {
+    match driver.await {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => anyhow!("the MQTT event loop stopped early"),
+        Err(e) => anyhow!(e).context("the MQTT event loop task failed"),
+    }
+}
+
+/// A stream `BENCH_LIMITS_<suffix>` on subject `bench.limits.<suffix>`, stored like the pipeline's streams.
+struct ScratchStream {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    subject: Subject,
+    suffix: String,
+}
+
+impl ScratchStream {
+    async fn create(nats_url: &str) -> Result<Self> {
+        let client = async_nats::connect(nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(10));
+        let suffix = suffix();
+        let subject = format!("bench.limits.{suffix}");
+        let stream = js
+            .create_stream(stream::Config {
+                name: format!("BENCH_LIMITS_{suffix}"),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                discard: stream::DiscardPolicy::Old,
+                duplicate_window: Duration::from_secs(120),
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .context("creating the scratch stream")?;
+        Ok(Self {
+            client,
+            js,
+            stream,
+            subject: Subject::from(subject),
+            suffix,
+        })
+    }
+
+    /// Deletes the stream, then returns the measurement's result (its error first, if both failed).
+    async fn delete(self, result: Result<f64>) -> Result<f64> {
+        let name = self.stream.cached_info().config.name.clone();
+        let deleted = self
+            .js
+            .delete_stream(&name)
+            .await
+            .with_context(|| format!("deleting the scratch stream {name}"));
+        let rate = result?;
+        deleted?;
+        Ok(rate)
+    }
+}
+
+/// Publishes `count` copies of `payload`, each with a unique `Nats-Msg-Id` shaped like the pipeline's
+/// (`device.metric.time`), keeping [`IN_FLIGHT`] acks outstanding; returns once all are acknowledged.
+async fn publish_all(scratch: &ScratchStream, payload: Bytes, count: usize) -> Result<()> {
+    let mut acks = FuturesUnordered::new();
+    for i in 0..count {
+        if acks.len() >= IN_FLIGHT {
+            check_ack(acks.next().await.expect("acks are in flight"))?;
+        }
+        let id = format!("limits{}.metric.{}", scratch.suffix, BASE_TIME_US + i as i64);
+        let message = PublishMessage::build().payload(payload.clone()).message_id(id);
+        let ack = scratch
+            .js
+            .send_publish(scratch.subject.clone(), message)
+            .await
+            .with_context(|| format!("publishing message {i}"))?;
+        acks.push(ack.into_future());
+    }
     while let Some(ack) = acks.next().await {
-        ack.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
+        check_ack(ack)?;
     }
     Ok(())
 }
 
-/// JetStream async publish rate, messages/s.
-pub async fn js_publish_rate(nats_url: &str, message: &[u8], count: usize) -> Result<f64> {
-    let js = jetstream(nats_url).await?;
-    let (name, subject) = scratch_stream(&js).await?;
-    let started = Instant::now();
-    publish_all(&js, &subject, message, count).await?;
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    js.delete_stream(&name)
-        .await
-        .map_err(|e| anyhow::anyhow!("deleting {name}: {e}"))?;
-    tracing::info!(rate = rate.round(), count, "JetStream publish limit");
-    Ok(rate)
+fn check_ack(ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>) -> Result<()> {
+    let ack = ack.context("publish ack")?;
+    ensure!(!ack.duplicate, "message {} was taken for a duplicate", ack.sequence);
+    Ok(())
 }
 
-/// JetStream pull consume + per-message ack rate, messages/s.
-pub async fn js_consume_rate(nats_url: &str, message: &[u8], count: usize) -> Result<f64> {
-    let js = jetstream(nats_url).await?;
-    let (name, subject) = scratch_stream(&js).await?;
-    publish_all(&js, &subject, message, count).await?;
-    let consumer = js
-        .get_stream(&name)
+/// Creates `table` with the events table's columns, types, NOT NULLs and defaults but without its key and
+/// partitioning: the store's own DDL under a throwaway name, copied with `LIKE` (which leaves keys behind).
+async fn create_copy_table(conn: &mut PgConnection, table: &str) -> Result<()> {
+    let shape = format!("{table}_shape");
+    let mut tx = conn.begin().await?;
+    sqlx::query(AssertSqlSafe(sql::create_events_table(&shape)))
+        .execute(&mut *tx)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("limits".into()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
+        .context("creating the events-table template")?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)",
+        sql::quote_ident(table),
+        sql::quote_ident(&shape)
+    )))
+    .execute(&mut *tx)
+    .await
+    .with_context(|| format!("creating the scratch table {table}"))?;
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE {}", sql::quote_ident(&shape))))
+        .execute(&mut *tx)
         .await
-        .map_err(|e| anyhow::anyhow!("creating consumer: {e}"))?;
-    let started = Instant::now();
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(500)
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut seen = 0;
-    while seen < count {
-        let message = messages
-            .next()
-            .await
-            .context("stream ended")?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        message.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-        seen += 1;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    drop(messages);
-    js.delete_stream(&name)
-        .await
-        .map_err(|e| anyhow::anyhow!("deleting {name}: {e}"))?;
-    tracing::info!(rate = rate.round(), count, "JetStream consume limit");
-    Ok(rate)
+        .context("dropping the events-table template")?;
+    tx.commit().await?;
+    Ok(())
 }
 
-/// Binary COPY rate into an events-shaped table without a key, rows/s, in
-/// transactions of 5,000 rows (the sink's batch).
-pub async fn copy_rate(database_url: &str, count: usize) -> Result<f64> {
-    let mut conn = sqlx::PgConnection::connect(database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    let table = format!("bench_limits_{}", scratch_name());
-    let ddl = sql::create_events_table(&table)
-        .replace(",\n    PRIMARY KEY (device_id, metric, time)", "")
-        .replace(" PARTITION BY RANGE (time)", "");
-    sqlx::query(AssertSqlSafe(ddl)).execute(&mut conn).await?;
-    let rows: Vec<Row> = (0..5_000)
-        .map(|i| Row {
-            device_id: format!("594d186e51b3bc4eb0ab{:04}", i % 200),
-            metric: "AvQvnGas".into(),
-            time_us: 1_506_775_817_765_000 + i as i64 * 1000,
-            value: RowValue::Number(27035.2344),
-            unit: None,
-            latitude: Some(50.75920624235248),
-            longitude: Some(45.13887627405175),
-            attributes_json: Some(r#"{"context":"594e7bfb463aee1301da2d6b"}"#.into()),
-            source: "bench".into(),
-            raw_msg_id: "http:bench:0123456789abcdef0123456789abcdef".into(),
-            ingested_at_us: 1_506_775_817_900_000,
+/// Encodes `count` rows in chunks (not timed), then COPYs each chunk in its own transaction (timed).
+async fn copy_rows(conn: &mut PgConnection, table: &str, count: usize) -> Result<f64> {
+    let chunks: Vec<Vec<u8>> = (0..count)
+        .step_by(COPY_CHUNK)
+        .map(|first| {
+            let rows: Vec<Row> = (first..count.min(first + COPY_CHUNK)).map(sample_row).collect();
+            copy::encode(&rows)
         })
         .collect();
-    let chunk = copy::encode(&rows);
     let statement = format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
-        sql::quote_ident(&table),
+        sql::quote_ident(table),
         sql::WRITE_COLUMNS
     );
-    let started = Instant::now();
-    let mut written = 0;
-    while written < count {
+
+    let start = Instant::now();
+    for chunk in chunks {
         let mut tx = conn.begin().await?;
-        let mut copy_in = tx.copy_in_raw(&statement).await?;
-        copy_in.send(chunk.as_slice()).await?;
-        copy_in.finish().await?;
-        tx.commit().await?;
-        written += rows.len();
+        let mut copy_in = tx.copy_in_raw(&statement).await.context("starting COPY")?;
+        copy_in.send(chunk).await.context("sending COPY data")?;
+        copy_in.finish().await.context("finishing COPY")?;
+        tx.commit().await.context("committing a COPY chunk")?;
     }
-    let rate = written as f64 / started.elapsed().as_secs_f64();
-    sqlx::query(AssertSqlSafe(format!("DROP TABLE {}", sql::quote_ident(&table))))
-        .execute(&mut conn)
-        .await?;
-    tracing::info!(rate = rate.round(), count = written, "COPY limit");
-    Ok(rate)
+    let elapsed = start.elapsed();
+
+    let stored: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}",
+        sql::quote_ident(table)
+    )))
+    .fetch_one(&mut *conn)
+    .await?;
+    ensure!(
+        stored == count as i64,
+        "the scratch table holds {stored} rows, not {count}"
+    );
+    Ok(rate(count, elapsed))
 }
 
-/// MQTT QoS 1 publish → PUBACK rate through the broker, messages/s.
-pub async fn mqtt_qos1_rate(host: &str, port: u16, payload: &[u8], count: usize) -> Result<f64> {
-    let mut options = MqttOptions::new(format!("bench-limits-{}", scratch_name()), host, port);
-    options
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(IN_FLIGHT as u16);
-    let (client, mut eventloop) = AsyncClient::new(options, IN_FLIGHT);
-    let topic = format!("bench/limits/{}", scratch_name());
-    let payload = payload.to_vec();
-    let publisher = tokio::spawn(async move {
-        for _ in 0..count {
-            client
-                .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
-                .await?;
-        }
-        Ok::<_, rumqttc::ClientError>(client)
-    });
-    let started = Instant::now();
-    let mut acked = 0;
-    while acked < count {
-        if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.context("MQTT connection")? {
-            acked += 1;
+/// A row shaped like the bench's sample event: 100 devices × 10 metrics, one event per metric per second.
+fn sample_row(i: usize) -> Row {
+    let time_us = BASE_TIME_US + (i / 1_000) as i64 * 1_000_000;
+    Row {
+        device_id: format!("594d186e51b3bc4eb0ab{:04x}", i % 100),
+        metric: format!("AvQvnG{:02}", (i / 100) % 10),
+        time_us,
+        value: RowValue::Number(27_035.234_4 + i as f64),
+        unit: None,
+        latitude: Some(50.759_206_242_352_48),
+        longitude: Some(45.138_876_274_051_75),
+        attributes_json: Some(r#"{"context":"594e7bfb463aee1301da2d6b"}"#.to_owned()),
+        source: "bench".to_owned(),
+        raw_msg_id: format!("http:bench:{:032x}", i / 10),
+        ingested_at_us: time_us + 135_000,
+    }
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Sixteen hex digits, different per call and per process: scratch names never collide with a concurrent run
+/// or with leftovers of a killed one.
+fn suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:016x}", RandomState::new().hash_one((std::process::id(), nanos, n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_differ_and_fit_stream_and_table_names() {
+        let (a, b) = (suffix(), suffix());
+        assert_ne!(a, b);
+        for s in [a, b] {
+            assert_eq!(s.len(), 16);
+            assert!(s.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         }
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    let client = publisher.await??;
-    client.disconnect().await?;
-    tracing::info!(rate = rate.round(), count, "MQTT QoS 1 limit");
-    Ok(rate)
+
+    #[test]
+    fn sample_rows_have_distinct_natural_keys() {
+        let keys: std::collections::HashSet<_> = (0..5_000)
+            .map(sample_row)
+            .map(|r| (r.device_id, r.metric, r.time_us))
+            .collect();
+        assert_eq!(keys.len(), 5_000);
+    }
 }

@@ -107,6 +107,39 @@ pub async fn wait_settled(db: &PgPool, since_us: i64, expected: u64, idle: Durat
     Ok(last)
 }
 
+/// Messages the transformer and the sink have not finished: pending plus
+/// delivered-but-unacknowledged on both durable consumers.
+pub async fn backlog(js: &async_nats::jetstream::Context) -> Result<u64> {
+    let mut total = 0;
+    for (stream, durable) in [("TELEMETRY_RAW", "transformer"), ("TELEMETRY_METRICS", "sink")] {
+        let stream = js.get_stream(stream).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut consumer = stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = consumer.info().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        total += info.num_pending + info.num_ack_pending as u64;
+    }
+    Ok(total)
+}
+
+/// Waits until both consumers have nothing left (everything accepted is
+/// committed or dead-lettered), or until the backlog has not shrunk for
+/// `idle`. Cheap to poll: it asks NATS, not the database under test.
+pub async fn wait_drained(js: &async_nats::jetstream::Context, idle: Duration) -> Result<u64> {
+    let mut last = backlog(js).await?;
+    let mut last_change = tokio::time::Instant::now();
+    while last > 0 && last_change.elapsed() < idle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = backlog(js).await?;
+        if now < last {
+            last_change = tokio::time::Instant::now();
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 /// Time from acceptance by the producer to the row being stored, in ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Freshness {

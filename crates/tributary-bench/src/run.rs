@@ -121,6 +121,7 @@ struct Bench {
     mosquitto: Mosquitto,
     database_url: String,
     db: PgPool,
+    js: async_nats::jetstream::Context,
     services: Vec<Service>,
 }
 
@@ -179,6 +180,7 @@ impl Bench {
             service.wait_ready().await?;
         }
         let db = PgPool::connect(&database_url).await?;
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
         Ok(Self {
             _dir: dir,
             nats,
@@ -186,6 +188,7 @@ impl Bench {
             mosquitto,
             database_url,
             db,
+            js,
             services,
         })
     }
@@ -240,7 +243,7 @@ impl Bench {
             .context("simulator")?;
         let load_elapsed = started.elapsed();
         let committed_during_load = measure::stored_rows(&self.db, since).await?;
-        measure::wait_settled(&self.db, since, sent.metrics_sent, Duration::from_secs(15)).await?;
+        measure::wait_drained(&self.js, Duration::from_secs(15)).await?;
         let drain = started.elapsed().saturating_sub(load_elapsed);
         let after = self.usage();
         let loss = measure::loss_check(&self.db, since, sent.metrics_sent).await?;
