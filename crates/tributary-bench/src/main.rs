@@ -9,7 +9,7 @@ async fn main() -> ExitCode {
     let args = tributary_bench::run::Args::parse();
     tributary_runtime::telemetry::init(&tributary_runtime::LogArgs {
         log_format: tributary_runtime::telemetry::LogFormat::Text,
-        log_filter: std::env::var("TRIBUTARY_LOG").unwrap_or_else(|_| "info".into()),
+        log_filter: std::env::var("TRIBUTARY_LOG").unwrap_or_else(|_| "info,sqlx=error".into()),
     });
     match tributary_bench::run::run(args).await {
         Ok(report) => {
