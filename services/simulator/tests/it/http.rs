@@ -226,3 +226,26 @@ async fn the_fleet_is_reproducible_through_the_config() {
         assert_eq!(a.next_payload(), b.next_payload());
     }
 }
+
+#[tokio::test]
+async fn two_runs_at_one_seed_send_identical_payloads_and_another_seed_differs() {
+    async fn received(seed: u64) -> Vec<Vec<u8>> {
+        let server = Server::new(0, StatusCode::ACCEPTED);
+        let url = server.start().await;
+        let mut config = config(&url, 150);
+        config.seed = seed;
+        let report = run(config).await;
+        assert_eq!(report.acknowledged, 150, "{report:?}");
+        let mut bodies: Vec<Vec<u8>> = server.bodies().into_iter().map(|(_, body)| body).collect();
+        bodies.sort();
+        bodies
+    }
+    let first = received(7).await;
+    let second = received(7).await;
+    assert_eq!(first.len(), 150);
+    assert!(
+        first == second,
+        "the same seed and start time must reproduce every byte"
+    );
+    assert!(received(8).await != first, "another seed sends other payloads");
+}
