@@ -235,3 +235,50 @@ async fn http_errors_are_json_with_stable_codes() -> Result<()> {
     }
     h.stop().await
 }
+
+#[tokio::test]
+async fn the_sink_dead_letters_events_it_can_never_store_and_goes_on() -> Result<()> {
+    use tributary_schema::{MetricEvent, Value as EventValue};
+    let h = Harness::start().await?;
+    // Straight onto the metrics stream, past the transformer: bytes that are
+    // no MetricEvent, and an event whose time the store refuses.
+    h.js.publish("metrics.dev.garbage", vec![0xff, 0xff, 0xff].into())
+        .await?
+        .await?;
+    let too_early = MetricEvent {
+        device_id: "dev".into(),
+        metric: "early".into(),
+        time_us: -1_000_000,
+        value: Some(EventValue::Number(1.0)),
+        ..Default::default()
+    };
+    h.js.publish("metrics.dev.early", too_early.encode_to_vec().into())
+        .await?
+        .await?;
+    h.post_accepted("plant-7", SAMPLE).await?;
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await?, 10, "the good events around the bad ones are stored");
+
+    let letters = h.dead_letters().await?;
+    let mut found: Vec<(String, String, String)> = letters
+        .iter()
+        .map(|(subject, headers, _)| {
+            let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+            (
+                subject.clone(),
+                header(headers::DLQ_ORIGINAL_SUBJECT),
+                header(headers::DLQ_ERROR),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, "dlq.sink.bad_event");
+    assert_eq!(found[0].1, "metrics.dev.garbage");
+    assert!(found[0].2.contains("not a MetricEvent"), "{:?}", found[0].2);
+    assert_eq!(found[1].0, "dlq.sink.time_out_of_range");
+    assert_eq!(found[1].1, "metrics.dev.early");
+    assert!(found[1].2.contains("outside"), "{:?}", found[1].2);
+    h.services.sink.wait_ready(DEADLINE).await?;
+    h.stop().await
+}
