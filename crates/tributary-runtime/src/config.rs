@@ -146,6 +146,35 @@ pub struct LogArgs {
     pub log_filter: String,
 }
 
+/// Problems with a durable pull consumer's settings (the transformer's and
+/// the sink's `--durable`, `--batch-size`, `--max-ack-pending`, `--ack-wait`).
+pub fn consumer_problems(
+    durable: &str,
+    batch_size: usize,
+    max_batch_size: usize,
+    max_ack_pending: i64,
+    ack_wait: Duration,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if durable.is_empty()
+        || !durable
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problems.push(format!("--durable {durable:?}: use letters, digits, '-' and '_'"));
+    }
+    if !(1..=max_batch_size).contains(&batch_size) {
+        problems.push(format!("--batch-size must be 1 to {max_batch_size}"));
+    }
+    if max_ack_pending < batch_size as i64 {
+        problems.push("--max-ack-pending must be at least --batch-size".to_owned());
+    }
+    if ack_wait < Duration::from_secs(1) {
+        problems.push("--ack-wait must be at least 1s".to_owned());
+    }
+    problems
+}
+
 /// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

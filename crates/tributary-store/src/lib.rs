@@ -104,6 +104,25 @@ pub struct StoreConfig {
     pub max_connections: u32,
 }
 
+impl StoreConfig {
+    /// Every problem with these settings (as `--database-url`, `--table`,
+    /// `--db-connections`), before any I/O.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            problems.push("--database-url must start with postgres:// or postgresql://".to_owned());
+        }
+        // Partition names append `_pYYYYMM`; PostgreSQL cuts identifiers at 63 bytes.
+        if self.table.is_empty() || self.table.len() > 50 {
+            problems.push("--table must be 1 to 50 characters".to_owned());
+        }
+        if self.max_connections == 0 {
+            problems.push("--db-connections must be more than zero".to_owned());
+        }
+        problems
+    }
+}
+
 /// A connection pool to the events table.
 #[derive(Debug)]
 pub struct Store {

@@ -46,19 +46,19 @@ impl Config {
         config
     }
 
+    /// The database settings as the store takes them.
+    pub fn store_config(&self) -> tributary_store::StoreConfig {
+        tributary_store::StoreConfig {
+            url: self.database_url.expose_secret().to_owned(),
+            table: self.table.clone(),
+            max_connections: self.db_connections,
+        }
+    }
+
     /// Every problem with the configuration, before any I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        let url = self.database_url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            problems.push("--database-url must start with postgres:// or postgresql://".to_owned());
-        }
-        if self.table.is_empty() || self.table.len() > 50 {
-            problems.push("--table must be 1 to 50 characters".to_owned());
-        }
-        if self.db_connections == 0 {
-            problems.push("--db-connections must be more than zero".to_owned());
-        }
+        problems.extend(self.store_config().problems());
         if self.max_points == 0 {
             problems.push("--max-points must be more than zero".to_owned());
         }

@@ -11,9 +11,8 @@ mod http;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use secrecy::ExposeSecret;
 use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
-use tributary_store::{Store, StoreConfig};
+use tributary_store::Store;
 
 pub use config::Config;
 
@@ -35,11 +34,7 @@ pub enum Error {
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
-    let store = Arc::new(Store::connect_lazy(&StoreConfig {
-        url: config.database_url.expose_secret().to_owned(),
-        table: config.table.clone(),
-        max_connections: config.db_connections,
-    })?);
+    let store = Arc::new(Store::connect_lazy(&config.store_config())?);
 
     let readiness = Readiness::default();
     let migrated = readiness.flag("database");

@@ -64,41 +64,28 @@ impl Config {
         config
     }
 
+    /// The database settings as the store takes them.
+    pub fn store_config(&self) -> tributary_store::StoreConfig {
+        tributary_store::StoreConfig {
+            url: self.database_url.expose_secret().to_owned(),
+            table: self.table.clone(),
+            max_connections: self.db_connections,
+        }
+    }
+
     /// Every problem with the configuration, before any I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         problems.extend(self.nats.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
-        let url = self.database_url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            problems.push("--database-url must start with postgres:// or postgresql://".to_owned());
-        }
-        if self.table.is_empty() || self.table.len() > 50 {
-            problems.push("--table must be 1 to 50 characters".to_owned());
-        }
-        if self.db_connections == 0 {
-            problems.push("--db-connections must be more than zero".to_owned());
-        }
-        if self.durable.is_empty()
-            || !self
-                .durable
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            problems.push(format!(
-                "--durable {:?}: use letters, digits, '-' and '_'",
-                self.durable
-            ));
-        }
-        if !(1..=100_000).contains(&self.batch_size) {
-            problems.push("--batch-size must be 1 to 100000".to_owned());
-        }
-        if self.max_ack_pending < self.batch_size as i64 {
-            problems.push("--max-ack-pending must be at least --batch-size".to_owned());
-        }
-        if self.ack_wait < Duration::from_secs(1) {
-            problems.push("--ack-wait must be at least 1s".to_owned());
-        }
+        problems.extend(self.store_config().problems());
+        problems.extend(tributary_runtime::config::consumer_problems(
+            &self.durable,
+            self.batch_size,
+            100_000,
+            self.max_ack_pending,
+            self.ack_wait,
+        ));
         if self.batch_linger >= self.ack_wait {
             problems.push("--batch-linger must be shorter than --ack-wait".to_owned());
         }

@@ -13,10 +13,9 @@ mod pipeline;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use secrecy::ExposeSecret;
 use tributary_runtime::streams::ConsumerSettings;
 use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
-use tributary_store::{Store, StoreConfig};
+use tributary_store::Store;
 
 pub use config::Config;
 
@@ -42,11 +41,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-sink").await?;
-    let store = Arc::new(Store::connect_lazy(&StoreConfig {
-        url: config.database_url.expose_secret().to_owned(),
-        table: config.table.clone(),
-        max_connections: config.db_connections,
-    })?);
+    let store = Arc::new(Store::connect_lazy(&config.store_config())?);
 
     let readiness = Readiness::default();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&client));

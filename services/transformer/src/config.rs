@@ -54,26 +54,13 @@ impl Config {
         let mut problems = Vec::new();
         problems.extend(self.nats.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
-        if self.durable.is_empty()
-            || !self
-                .durable
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            problems.push(format!(
-                "--durable {:?}: use letters, digits, '-' and '_'",
-                self.durable
-            ));
-        }
-        if !(1..=10_000).contains(&self.batch_size) {
-            problems.push("--batch-size must be 1 to 10000".to_owned());
-        }
-        if self.max_ack_pending < self.batch_size as i64 {
-            problems.push("--max-ack-pending must be at least --batch-size".to_owned());
-        }
-        if self.ack_wait < Duration::from_secs(1) {
-            problems.push("--ack-wait must be at least 1s".to_owned());
-        }
+        problems.extend(tributary_runtime::config::consumer_problems(
+            &self.durable,
+            self.batch_size,
+            10_000,
+            self.max_ack_pending,
+            self.ack_wait,
+        ));
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 }
