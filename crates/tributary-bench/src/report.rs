@@ -62,11 +62,12 @@ pub fn render(report: &Report) -> String {
     }
     for (transport, best) in &report.max_sustained {
         match best {
-            Some(rate) => {
+            Some((rate, committed)) => {
                 let _ = writeln!(
                     out,
-                    "highest sustained rate over {transport}: {rate:.0} payloads/s = {:.0} metric rows/s",
-                    rate * f64::from(a.metrics)
+                    "highest sustained rate over {transport}: {rate:.0} payloads/s offered, {committed:.0} metric rows/s \
+                     committed (steps of {:.0} s: a longer run at that rate is the real test)",
+                    report.phases.first().map_or(0.0, |p| p.load.as_secs_f64())
                 );
             }
             None => {

@@ -79,8 +79,9 @@ pub struct Report {
     pub memory_gib: f64,
     pub limits: Limits,
     pub phases: Vec<Phase>,
-    /// For --find-max: the highest sustained rate per transport (payloads/s).
-    pub max_sustained: Vec<(String, Option<f64>)>,
+    /// For --find-max: per transport, the highest sustained offered rate
+    /// (payloads/s) and the rows/s committed at it.
+    pub max_sustained: Vec<(String, Option<(f64, f64)>)>,
 }
 
 /// One load phase at one rate over one transport.
@@ -334,11 +335,12 @@ pub async fn run(args: Args) -> Result<Report> {
                 tracing::info!(?transport, rate, "find-max step");
                 let phase = bench.phase(transport, rate, step, seed, &args).await?;
                 let kept_up = phase.sustained(args.metrics);
+                let committed = phase.committed_per_s;
                 phases.push(phase);
                 if !kept_up {
                     break;
                 }
-                best = Some(rate);
+                best = Some((rate, committed));
                 rate *= 1.5;
             }
             max_sustained.push((format!("{transport:?}").to_lowercase(), best));
