@@ -41,6 +41,9 @@ pub struct Args {
     /// Simulated devices.
     #[arg(long, default_value_t = 200)]
     pub devices: u32,
+    /// HTTP only: payloads per request (a JSON array). 1 posts each on its own.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Where the release binaries are (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -225,6 +228,7 @@ impl Bench {
             simulator::Transport::Http => {
                 let mut c = simulator::Config::http(&self.producer_url());
                 c.source = "bench".into();
+                c.batch = args.batch;
                 c
             }
             simulator::Transport::Mqtt => simulator::Config::mqtt(self.mosquitto.host(), self.mosquitto.port()),

@@ -16,6 +16,10 @@
 //!
 //! Other top-level fields are ignored. Points come sorted by metric name,
 //! whatever `serde_json`'s `preserve_order` feature says.
+//!
+//! A batch is a JSON array of such objects (one request, many readings); it
+//! decodes to all their points, or, if any element fails, to that element's
+//! error wrapped in [`DecodeError::InBatch`]: the batch is refused whole.
 
 use std::collections::BTreeMap;
 
@@ -30,7 +34,23 @@ const CONTEXT: &str = "context";
 const ITEMS: &str = "items";
 
 pub(crate) fn decode(payload: &[u8]) -> Result<Vec<Point>, DecodeError> {
-    let object = json::parse_object(payload)?;
+    let objects = json::parse_objects(payload)?;
+    if objects.len() == 1 {
+        return decode_object(&objects[0]);
+    }
+    let mut points = Vec::new();
+    for (index, object) in objects.iter().enumerate() {
+        let decoded = decode_object(object).map_err(|error| DecodeError::InBatch {
+            index,
+            error: Box::new(error),
+        })?;
+        points.extend(decoded);
+    }
+    Ok(points)
+}
+
+/// One items object.
+fn decode_object(object: &Map<String, Json>) -> Result<Vec<Point>, DecodeError> {
     let device_id = device_id(object.get(DEVICE))?;
     let time_us = match object.get(TIMESTAMP) {
         None | Some(Json::Null) => {
@@ -49,7 +69,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Vec<Point>, DecodeError> {
         attributes.insert(CONTEXT.to_owned(), context);
     }
 
-    let mut points = items(&object)?
+    let mut points = items(object)?
         .iter()
         .map(|(metric, value)| {
             Ok(Point {

@@ -11,6 +11,36 @@ const EXCERPT_CHARS: usize = 64;
 ///
 /// A leading UTF-8 byte-order mark is skipped: some device firmware writes one
 /// and it says nothing about the content.
+/// Parses a payload that is one JSON object or an array of them (a batch).
+pub(crate) fn parse_objects(payload: &[u8]) -> Result<Vec<Map<String, Value>>, DecodeError> {
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(object)) => Ok(vec![object]),
+        Ok(Value::Array(elements)) if !elements.is_empty() => elements
+            .into_iter()
+            .enumerate()
+            .map(|(index, element)| match element {
+                Value::Object(object) => Ok(object),
+                other => Err(DecodeError::InBatch {
+                    index,
+                    error: Box::new(DecodeError::NotObject {
+                        found: type_name(&other),
+                    }),
+                }),
+            })
+            .collect(),
+        Ok(Value::Array(_)) => Err(DecodeError::NoMetrics {
+            field: "[]".to_owned(),
+            problem: "is an empty batch".to_owned(),
+        }),
+        Ok(other) => Err(DecodeError::NotObject {
+            found: type_name(&other),
+        }),
+        Err(e) => Err(DecodeError::NotJson { detail: e.to_string() }),
+    }
+}
+
+#[cfg_attr(not(test), expect(dead_code, reason = "kept for formats that take one object only"))]
 pub(crate) fn parse_object(payload: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
     match serde_json::from_slice::<Value>(payload) {

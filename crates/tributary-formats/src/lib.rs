@@ -143,6 +143,11 @@ pub enum DecodeError {
 
     #[error("no metrics: `{field}` {problem}")]
     NoMetrics { field: String, problem: String },
+
+    /// One element of a batch (a JSON array of payloads) failed; the whole
+    /// batch is refused, under the element's reason.
+    #[error("element {index} of the batch: {error}")]
+    InBatch { index: usize, error: Box<DecodeError> },
 }
 
 impl DecodeError {
@@ -161,6 +166,7 @@ impl DecodeError {
             DecodeError::BadLocation { .. } => "bad_location",
             DecodeError::BadValue { .. } => "bad_value",
             DecodeError::NoMetrics { .. } => "no_metrics",
+            DecodeError::InBatch { error, .. } => error.reason(),
         }
     }
 }

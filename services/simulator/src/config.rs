@@ -92,9 +92,14 @@ pub struct Config {
     /// --start-time give byte-identical payloads.
     #[arg(long, env = "TRIBUTARY_SIM_SEED", default_value_t = 1)]
     pub seed: u64,
-    /// HTTP requests or MQTT publishes awaiting their acknowledgement at most.
+    /// Payloads awaiting their acknowledgement at most (HTTP requests carry
+    /// --batch payloads each; MQTT publishes carry one).
     #[arg(long, env = "TRIBUTARY_SIM_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+    /// HTTP only: payloads per request, sent as one JSON array (the items
+    /// format's batch). 1 sends each payload on its own.
+    #[arg(long, env = "TRIBUTARY_SIM_BATCH", default_value_t = 1)]
+    pub batch: usize,
     /// Event time of the first payload, RFC 3339 (e.g. 2024-05-01T00:00:00Z),
     /// for reproducible runs. Default: now.
     #[arg(long, env = "TRIBUTARY_SIM_START_TIME")]
@@ -163,8 +168,14 @@ impl Config {
                 if let Err(why) = ingest_url(&self.producer_url, &self.source) {
                     problems.push(why);
                 }
+                if !(1..=1000).contains(&self.batch) || (self.concurrency > 0 && self.batch > self.concurrency) {
+                    problems.push("--batch must be 1 to 1000 and at most --concurrency".to_owned());
+                }
             }
             Transport::Mqtt => {
+                if self.batch != 1 {
+                    problems.push("--batch is for HTTP; MQTT sends one payload per message".to_owned());
+                }
                 if self.qos > 1 {
                     problems.push(format!("--qos {}: must be 0 or 1", self.qos));
                 }

@@ -1,5 +1,6 @@
 //! HTTP transport: `POST {producer_url}/v1/ingest/{source}`, one payload per
-//! request, each in its own task. A `503` (the producer's answer while
+//! request, or `--batch` payloads as one JSON array, each request in its own
+//! task. A `503` (the producer's answer while
 //! JetStream is unavailable), a `429` or a transport error is retried,
 //! honouring `Retry-After`, a bounded number of times.
 
@@ -29,6 +30,8 @@ pub struct HttpSender {
     url: Arc<str>,
     tally: Arc<Tally>,
     tasks: JoinSet<()>,
+    batch: usize,
+    pending: Vec<(Payload, OwnedSemaphorePermit)>,
 }
 
 impl HttpSender {
@@ -46,22 +49,56 @@ impl HttpSender {
             url: url.into(),
             tally,
             tasks: JoinSet::new(),
+            batch: config.batch.max(1),
+            pending: Vec::new(),
         })
     }
 
-    /// Starts posting `payload`; the permit is released when it is settled.
+    /// Queues `payload` and posts once a batch is full (at once without
+    /// batching); each permit is released when its payload is settled.
     pub fn send(&mut self, payload: Payload, permit: OwnedSemaphorePermit) {
+        self.tally.sent();
+        self.pending.push((payload, permit));
+        if self.pending.len() >= self.batch {
+            self.flush();
+        }
+    }
+
+    /// Posts what is queued, if anything: one payload as itself, several as
+    /// a JSON array.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         // Reap finished tasks so the set stays as small as what is in flight.
         while self.tasks.try_join_next().is_some() {}
-        self.tally.sent();
+        let batch = std::mem::take(&mut self.pending);
         let (client, url, tally) = (self.client.clone(), self.url.clone(), self.tally.clone());
         self.tasks.spawn(async move {
-            match post(&client, &url, payload.body).await {
-                Ok(()) => tally.acknowledged(payload.metrics),
-                Err(why) => tally.failed(&why),
-            }
+            let body = match batch.as_slice() {
+                [(one, _)] => one.body.clone(),
+                many => {
+                    let mut body = Vec::with_capacity(many.iter().map(|(p, _)| p.body.len() + 1).sum::<usize>() + 1);
+                    body.push(b'[');
+                    for (i, (payload, _)) in many.iter().enumerate() {
+                        if i > 0 {
+                            body.push(b',');
+                        }
+                        body.extend_from_slice(&payload.body);
+                    }
+                    body.push(b']');
+                    body
+                }
+            };
+            let result = post(&client, &url, body).await;
             // Counted before released: the drain relies on that order.
-            drop(permit);
+            for (payload, permit) in batch {
+                match &result {
+                    Ok(()) => tally.acknowledged(payload.metrics),
+                    Err(why) => tally.failed(why),
+                }
+                drop(permit);
+            }
         });
     }
 

@@ -142,6 +142,13 @@ impl Sender {
         }
     }
 
+    /// Sends what a batching transport still holds.
+    fn flush(&mut self) {
+        if let Self::Http(sender) = self {
+            sender.flush();
+        }
+    }
+
     /// Stops whatever is still running; no counter changes afterwards.
     async fn finish(self) {
         match self {
@@ -215,6 +222,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, 
         sent += 1;
     }
 
+    sender.flush();
     // Every payload in flight holds a permit until it is acknowledged or
     // has failed: holding all of them means nothing is outstanding.
     let all = u32::try_from(config.concurrency).unwrap_or(u32::MAX);

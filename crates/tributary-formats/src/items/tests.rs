@@ -404,10 +404,13 @@ fn not_json_or_not_object() {
     assert_eq!(reason(b"garbage"), "not_json");
     assert_eq!(reason(&SAMPLE.as_bytes()[..SAMPLE.len() - 1]), "not_json");
     assert_eq!(reason(b"\xff{}"), "not_json");
-    assert_eq!(reason(b"[]"), "not_object");
+    assert_eq!(reason(b"[]"), "no_metrics", "an empty batch");
     assert_eq!(reason(b"null"), "not_object");
     assert_eq!(reason(b"\"{}\""), "not_object");
-    check("[1,2]", "not_object: payload is a JSON array, not an object");
+    check(
+        "[1,2]",
+        "not_object: element 0 of the batch: payload is a JSON number, not an object",
+    );
     check("42", "not_object: payload is a JSON number, not an object");
     check(
         "{",
@@ -499,4 +502,35 @@ fn never_panics_on_mangled_input() {
     }
     // The mutations should not all be trivially rejected.
     assert!(accepted > 10, "only {accepted} of {} accepted", inputs.len());
+}
+
+#[test]
+fn a_batch_decodes_to_the_points_of_every_element() {
+    let second = SAMPLE.replace("2017-09-30T12:50:17.765Z", "2017-09-30T12:50:18.765Z");
+    let batch = format!("[{SAMPLE},{second}]");
+    let points = decode(Format::Items, batch.as_bytes()).unwrap();
+    assert_eq!(points.len(), 20);
+    assert_eq!(points[0].time_us, 1_506_775_817_765_000);
+    assert_eq!(points[10].time_us, 1_506_775_818_765_000);
+    assert_eq!(points, {
+        let mut both = decode(Format::Items, SAMPLE.as_bytes()).unwrap();
+        both.extend(decode(Format::Items, second.as_bytes()).unwrap());
+        both
+    });
+    // A batch of one is the object itself.
+    assert_eq!(
+        decode(Format::Items, format!("[{SAMPLE}]").as_bytes()).unwrap(),
+        decode(Format::Items, SAMPLE.as_bytes()).unwrap()
+    );
+}
+
+#[test]
+fn one_bad_element_refuses_the_whole_batch_and_says_which() {
+    let bad = r#"{"_id":"d","items":{"x":1}}"#;
+    let error = decode(Format::Items, format!("[{SAMPLE},{bad}]").as_bytes()).unwrap_err();
+    assert_eq!(error.reason(), "missing_timestamp");
+    assert_eq!(
+        error.to_string(),
+        "element 1 of the batch: no timestamp: `timestamp` is absent or null"
+    );
 }

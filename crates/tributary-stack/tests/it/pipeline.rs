@@ -282,3 +282,25 @@ async fn the_sink_dead_letters_events_it_can_never_store_and_goes_on() -> Result
     h.services.sink.wait_ready(DEADLINE).await?;
     h.stop().await
 }
+
+#[tokio::test]
+async fn batched_posts_are_stored_metric_by_metric() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut config = simulator::Config::http(&h.services.producer.url());
+    config.devices = 3;
+    config.metrics = 10;
+    config.rate = 1000.0;
+    config.count = Some(60);
+    config.batch = 6;
+    let report = simulator::run(config, tributary_runtime::CancellationToken::new()).await?;
+    assert_eq!(
+        (report.sent, report.acknowledged, report.failed),
+        (60, 60, 0),
+        "{report:?}"
+    );
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await? as u64, report.metrics_sent);
+    let raw = h.js.get_stream("TELEMETRY_RAW").await?;
+    assert_eq!(raw.cached_info().state.messages, 10, "ten requests of six payloads");
+    h.stop().await
+}

@@ -249,3 +249,36 @@ async fn two_runs_at_one_seed_send_identical_payloads_and_another_seed_differs()
     );
     assert!(received(8).await != first, "another seed sends other payloads");
 }
+
+#[tokio::test]
+async fn batches_carry_several_payloads_as_one_json_array() {
+    let server = Server::new(0, StatusCode::ACCEPTED);
+    let url = server.start().await;
+    let mut config = config(&url, 100);
+    config.batch = 8;
+    let report = run(config.clone()).await;
+    assert_eq!(
+        (report.sent, report.acknowledged, report.failed),
+        (100, 100, 0),
+        "{report:?}"
+    );
+
+    let requests: Vec<Vec<u8>> = server.bodies().into_iter().map(|(_, body)| body).collect();
+    assert_eq!(requests.len(), 13, "100 payloads in batches of 8: 12 full, 1 of 4");
+    let mut received: Vec<Vec<u8>> = Vec::new();
+    for body in &requests {
+        match serde_json::from_slice::<serde_json::Value>(body).expect("JSON") {
+            serde_json::Value::Array(items) => {
+                received.extend(items.iter().map(|item| serde_json::to_vec(item).expect("re-encode")))
+            }
+            one => received.push(serde_json::to_vec(&one).expect("re-encode")),
+        }
+    }
+    let mut expected: Vec<Vec<u8>> = expected(&config, 100)
+        .into_iter()
+        .map(|(_, body, _)| serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&body).unwrap()).unwrap())
+        .collect();
+    received.sort();
+    expected.sort();
+    assert!(received == expected, "the batches hold exactly the fleet's payloads");
+}
