@@ -175,6 +175,14 @@ pub fn consumer_problems(
     problems
 }
 
+/// Splits `host:port` (an IPv6 host in brackets: `[::1]:1883`).
+pub fn split_host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
 /// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -214,6 +222,15 @@ mod tests {
         check("-1s", None);
         check("5 s", None);
         check("99999999999999999999d", None);
+    }
+
+    #[test]
+    fn splits_host_and_port() {
+        assert_eq!(split_host_port("localhost:1883"), Some(("localhost".into(), 1883)));
+        assert_eq!(split_host_port("[::1]:1883"), Some(("::1".into(), 1883)));
+        assert_eq!(split_host_port("nohost"), None);
+        assert_eq!(split_host_port(":1883"), None);
+        assert_eq!(split_host_port("h:99999"), None);
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Config {
         }
         match &self.mqtt_broker {
             Some(broker) => {
-                if crate::mqtt::split_host_port(broker).is_none() {
+                if tributary_runtime::config::split_host_port(broker).is_none() {
                     problems.push(format!("--mqtt-broker {broker:?}: expected host:port"));
                 }
                 if self.mqtt_topics.iter().all(|t| t.trim().is_empty()) {

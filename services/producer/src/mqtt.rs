@@ -13,17 +13,11 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tributary_runtime::CancellationToken;
+use tributary_runtime::config::split_host_port;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
 
 use crate::config::Config;
 use crate::publish::{RawPublisher, now_us};
-
-/// Splits `host:port`.
-pub fn split_host_port(broker: &str) -> Option<(String, u16)> {
-    let (host, port) = broker.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    (!host.is_empty()).then(|| (host.to_owned(), port))
-}
 
 /// Checks an MQTT topic filter: `#` only as the whole last level, `+` only
 /// as a whole level, not empty.
@@ -239,13 +233,5 @@ mod tests {
         for bad in ["", "a/#/b", "a#", "a/b+", "#/a"] {
             assert!(check_topic_filter(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn splits_host_and_port() {
-        assert_eq!(split_host_port("localhost:1883"), Some(("localhost".into(), 1883)));
-        assert_eq!(split_host_port("nohost"), None);
-        assert_eq!(split_host_port(":1883"), None);
-        assert_eq!(split_host_port("h:99999"), None);
     }
 }

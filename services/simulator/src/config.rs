@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use tributary_runtime::{LogArgs, parse_duration};
 
+/// Splits `host:port` (shared with the producer).
+pub use tributary_runtime::config::split_host_port;
+
 /// Most devices in one fleet (ids stay distinct up to 2^24).
 pub const MAX_DEVICES: u32 = 1_000_000;
 /// Most metrics per payload (keeps a payload well under the 1 MiB limits).
@@ -250,14 +253,6 @@ pub fn ingest_url(producer_url: &str, source: &str) -> Result<String, String> {
         ));
     }
     Ok(format!("{base}/v1/ingest/{source}"))
-}
-
-/// Splits `host:port` (or `[v6 address]:port`).
-pub fn split_host_port(broker: &str) -> Option<(String, u16)> {
-    let (host, port) = broker.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 #[cfg(test)]
