@@ -23,10 +23,29 @@ pub struct Pipeline {
     pub linger: Duration,
 }
 
-/// A fetched event, decoded.
-struct Pending {
-    message: jetstream::Message,
-    row: Row,
+/// The batch being gathered: decoded rows, and the messages they came from
+/// (same order), kept apart so the rows go to the store without a copy.
+#[derive(Default)]
+struct Batch {
+    rows: Vec<Row>,
+    messages: Vec<jetstream::Message>,
+}
+
+impl Batch {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            rows: Vec::with_capacity(n),
+            messages: Vec::with_capacity(n),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
 }
 
 impl Pipeline {
@@ -42,7 +61,7 @@ impl Pipeline {
         })
         .await;
         let Some(mut messages) = messages else { return };
-        let mut batch: Vec<Pending> = Vec::with_capacity(self.batch_size);
+        let mut batch = Batch::with_capacity(self.batch_size);
         'consume: loop {
             // Wait for the first event of a batch, then fill it until it is
             // full or the linger time has passed.
@@ -78,7 +97,7 @@ impl Pipeline {
     async fn take(
         &self,
         next: Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
-        batch: &mut Vec<Pending>,
+        batch: &mut Batch,
     ) {
         let message = match next {
             Ok(message) => message,
@@ -88,7 +107,10 @@ impl Pipeline {
             }
         };
         match to_row(&message.payload) {
-            Ok(row) => batch.push(Pending { message, row }),
+            Ok(row) => {
+                batch.rows.push(row);
+                batch.messages.push(message);
+            }
             Err(why) => {
                 if let Err(failure) =
                     tributary_runtime::dlq::dead_letter(&self.js, STAGE, "bad_event", &why, &message).await
@@ -102,18 +124,18 @@ impl Pipeline {
     /// Writes a batch and acknowledges it. Transient database failures are
     /// retried (the events stay unacknowledged, kept alive with progress
     /// acks); rows the database rejects for good are dead-lettered one by one.
-    async fn flush(&self, batch: Vec<Pending>, shutdown: &CancellationToken) {
+    async fn flush(&self, batch: Batch, shutdown: &CancellationToken) {
         let started = Instant::now();
-        let rows: Vec<Row> = batch.iter().map(|p| p.row.clone()).collect();
+        let rows = &batch.rows;
         let mut delay = Duration::from_millis(100);
         let result = loop {
-            match self.store.write_batch(&rows).await {
+            match self.store.write_batch(rows).await {
                 Ok(inserted) => break Ok(inserted),
                 Err(error) if error.is_transient() => {
                     self.db_ok.store(false, Ordering::Relaxed);
                     tracing::warn!(%error, rows = rows.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
                     // Keep JetStream from redelivering what we still hold.
-                    join_all(batch.iter().map(|p| p.message.ack_with(AckKind::Progress))).await;
+                    join_all(batch.messages.iter().map(|m| m.ack_with(AckKind::Progress))).await;
                     tokio::select! {
                         () = shutdown.cancelled() => {
                             // Leave the batch unacknowledged: it is redelivered
@@ -132,7 +154,7 @@ impl Pipeline {
         match result {
             Ok(inserted) => {
                 let duplicates = rows.len() as u64 - inserted;
-                self.ack_all(batch.iter().map(|p| &p.message)).await;
+                self.ack_all(&batch.messages).await;
                 metrics::counter!("tributary_sink_rows_total", "outcome" => "inserted").increment(inserted);
                 metrics::counter!("tributary_sink_rows_total", "outcome" => "duplicate").increment(duplicates);
                 metrics::histogram!("tributary_sink_batch_duration_seconds").record(started.elapsed());
@@ -140,16 +162,16 @@ impl Pipeline {
             }
             Err(error) => {
                 tracing::warn!(%error, rows = rows.len(), "the database rejected a batch; writing its rows one by one");
-                for pending in batch {
-                    self.write_one(pending, shutdown).await;
+                for (row, message) in batch.rows.iter().zip(&batch.messages) {
+                    self.write_one(row, message, shutdown).await;
                 }
             }
         }
     }
 
     /// Writes a single row, to isolate the one a whole batch failed on.
-    async fn write_one(&self, pending: Pending, shutdown: &CancellationToken) {
-        let single = std::slice::from_ref(&pending.row);
+    async fn write_one(&self, row: &Row, message: &jetstream::Message, shutdown: &CancellationToken) {
+        let single = std::slice::from_ref(row);
         let result = tributary_runtime::retry::until_ok("writing a single row", shutdown, || async {
             match self.store.write_batch(single).await {
                 Err(error) if error.is_transient() => Err(error),
@@ -159,12 +181,11 @@ impl Pipeline {
         .await;
         match result {
             None => {}
-            Some(Ok(_)) => self.ack_all([&pending.message]).await,
+            Some(Ok(_)) => self.ack_all([message]).await,
             Some(Err(error)) => {
                 let reason = rejection_reason(&error);
                 if let Err(failure) =
-                    tributary_runtime::dlq::dead_letter(&self.js, STAGE, reason, &error.to_string(), &pending.message)
-                        .await
+                    tributary_runtime::dlq::dead_letter(&self.js, STAGE, reason, &error.to_string(), message).await
                 {
                     tracing::warn!(%failure, "dead-lettering failed; the event will be redelivered");
                 }
