@@ -6,6 +6,9 @@ fn main() {
     println!("cargo:rerun-if-changed={proto_root}");
     let fds = protox::compile([&file], [proto_root]).expect("proto/ must compile");
     prost_build::Config::new()
+        // Ordered maps: the same event always encodes to the same bytes, and
+        // decoded attributes come sorted.
+        .btree_map(["."])
         .compile_fds(fds)
         .expect("prost code generation");
 }

@@ -25,6 +25,11 @@ pub use timestamp::{TIME_RANGE_US, format_timestamp, parse_timestamp};
 /// Payloads larger than this are rejected with `too_large` before any parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// Longest device id or metric name, in bytes of UTF-8. Longer names are
+/// refused with `name_too_long`: they would not fit a database key, and no
+/// real device needs them.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// A payload format the transformer can decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -144,6 +149,14 @@ pub enum DecodeError {
     #[error("no metrics: `{field}` {problem}")]
     NoMetrics { field: String, problem: String },
 
+    #[error("{what} of {len} bytes ({excerpt:?}) is over the limit of {limit} bytes")]
+    NameTooLong {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+        excerpt: String,
+    },
+
     /// One element of a batch (a JSON array of payloads) failed; the whole
     /// batch is refused, under the element's reason.
     #[error("element {index} of the batch: {error}")]
@@ -154,7 +167,7 @@ impl DecodeError {
     /// A short, stable, `snake_case` token for the failure, used as a NATS subject
     /// token and a metrics label. One of: `not_json`, `not_object`,
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
-    /// `bad_value`, `no_metrics`, `too_large`.
+    /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
@@ -166,6 +179,7 @@ impl DecodeError {
             DecodeError::BadLocation { .. } => "bad_location",
             DecodeError::BadValue { .. } => "bad_value",
             DecodeError::NoMetrics { .. } => "no_metrics",
+            DecodeError::NameTooLong { .. } => "name_too_long",
             DecodeError::InBatch { error, .. } => error.reason(),
         }
     }
@@ -178,7 +192,8 @@ impl DecodeError {
 /// # Errors
 ///
 /// A [`DecodeError`] when the payload can never be decoded; payloads over
-/// [`MAX_PAYLOAD_BYTES`] are rejected before parsing.
+/// [`MAX_PAYLOAD_BYTES`] are rejected before parsing, and payloads with a
+/// device id or metric name over [`MAX_NAME_BYTES`] after it.
 pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(DecodeError::TooLarge {
@@ -186,9 +201,28 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
             limit: MAX_PAYLOAD_BYTES,
         });
     }
-    match format {
-        Format::Items => items::decode(payload),
+    let points = match format {
+        Format::Items => items::decode(payload)?,
+    };
+    check_names(&points)?;
+    Ok(points)
+}
+
+/// Refuses names over [`MAX_NAME_BYTES`], for every format alike.
+fn check_names(points: &[Point]) -> Result<(), DecodeError> {
+    for point in points {
+        for (what, name) in [("device id", &point.device_id), ("metric name", &point.metric)] {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(DecodeError::NameTooLong {
+                    what,
+                    len: name.len(),
+                    limit: MAX_NAME_BYTES,
+                    excerpt: json::excerpt(name),
+                });
+            }
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,6 +278,12 @@ mod tests {
                 field: String::new(),
                 problem: String::new(),
             },
+            DecodeError::NameTooLong {
+                what: "device id",
+                len: 0,
+                limit: 0,
+                excerpt: String::new(),
+            },
         ];
         let mut reasons: Vec<_> = errors.iter().map(DecodeError::reason).collect();
         for reason in &reasons {
@@ -266,5 +306,41 @@ mod tests {
         // Exactly at the limit it is parsed (and here fails as not JSON).
         let payload = vec![b' '; MAX_PAYLOAD_BYTES];
         assert_eq!(decode(Format::Items, &payload).unwrap_err().reason(), "not_json");
+    }
+
+    #[test]
+    fn names_past_the_bound_are_refused() {
+        fn payload(device: &str, metric: &str) -> Vec<u8> {
+            serde_json::json!({"_id": device, "timestamp": 1_506_775_817, "items": {metric: 1, "ok": 2}})
+                .to_string()
+                .into_bytes()
+        }
+        fn check(device: &str, metric: &str, expected: Result<usize, &str>) {
+            let actual = decode(Format::Items, &payload(device, metric))
+                .map(|points| points.len())
+                .map_err(|e| e.reason());
+            assert_eq!(
+                actual,
+                expected,
+                "device of {} bytes, metric of {}",
+                device.len(),
+                metric.len()
+            );
+        }
+        let at_limit = "d".repeat(MAX_NAME_BYTES);
+        check(&at_limit, &"m".repeat(MAX_NAME_BYTES), Ok(2));
+        check(&"d".repeat(MAX_NAME_BYTES + 1), "m", Err("name_too_long"));
+        check("d", &"m".repeat(MAX_NAME_BYTES + 1), Err("name_too_long"));
+        // The cases found by trying: 4,000 characters, 1,400 dots, 340 emoji (1,360 bytes).
+        check(&"x".repeat(4_000), "m", Err("name_too_long"));
+        check(&".".repeat(1_400), "m", Err("name_too_long"));
+        check(&"\u{1F600}".repeat(340), "m", Err("name_too_long"));
+        // 64 emoji are 256 bytes: at the limit.
+        check(&"\u{1F600}".repeat(64), "m", Ok(2));
+        let message = decode(Format::Items, &payload(&"x".repeat(4_000), "m"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.starts_with("device id of 4000 bytes"), "{message}");
+        assert!(message.len() < 200, "the message stays short: {message}");
     }
 }

@@ -4,6 +4,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
+use bytes::Bytes;
 use tributary_schema::{dlq_subject, headers};
 
 /// Why a dead letter could not be written. The original message is then left
@@ -28,6 +29,40 @@ pub async fn dead_letter(
     error: &str,
     message: &jetstream::Message,
 ) -> Result<(), DeadLetterError> {
+    publish(js, stage, reason, error, message, message.payload.clone(), None).await?;
+    message
+        .ack_with(AckKind::Term)
+        .await
+        .map_err(|e| DeadLetterError::Terminate(e.to_string()))
+}
+
+/// Publishes one part of `message` (for example one event of a batch whose
+/// other events were stored) to the dead-letter stream as `payload`, with the
+/// same headers as [`dead_letter`] plus the part's index. The original message
+/// is left alone: the caller acknowledges it once the rest of it is handled.
+/// A redelivery of the same message dead-letters the same part under the
+/// same id, which the stream drops as a duplicate.
+pub async fn dead_letter_part(
+    js: &jetstream::Context,
+    stage: &str,
+    reason: &str,
+    error: &str,
+    message: &jetstream::Message,
+    part: u32,
+    payload: Bytes,
+) -> Result<(), DeadLetterError> {
+    publish(js, stage, reason, error, message, payload, Some(part)).await
+}
+
+async fn publish(
+    js: &jetstream::Context,
+    stage: &str,
+    reason: &str,
+    error: &str,
+    message: &jetstream::Message,
+    payload: Bytes,
+    part: Option<u32>,
+) -> Result<(), DeadLetterError> {
     let subject = dlq_subject(stage, reason);
     let mut headers = HeaderMap::new();
     headers.insert(headers::DLQ_STAGE, stage);
@@ -38,18 +73,19 @@ pub async fn dead_letter(
     if let Some(id) = message.headers.as_ref().and_then(|h| h.get(headers::MSG_ID)) {
         headers.insert(headers::DLQ_ORIGINAL_MSG_ID, id.as_str());
     }
-    let dedupe = match message.info() {
-        Ok(info) => {
-            headers.insert(
-                headers::DLQ_ORIGINAL_SEQUENCE,
-                info.stream_sequence.to_string().as_str(),
-            );
-            // A redelivery of the same stream message is the same dead letter.
-            Some(format!("{stage}:{}:{}", info.stream, info.stream_sequence))
-        }
-        Err(_) => None,
-    };
-    if let Some(id) = dedupe {
+    if let Some(part) = part {
+        headers.insert(headers::DLQ_ORIGINAL_PART, part.to_string().as_str());
+    }
+    if let Ok(info) = message.info() {
+        headers.insert(
+            headers::DLQ_ORIGINAL_SEQUENCE,
+            info.stream_sequence.to_string().as_str(),
+        );
+        // A redelivery of the same stream message is the same dead letter.
+        let id = match part {
+            None => format!("{stage}:{}:{}", info.stream, info.stream_sequence),
+            Some(part) => format!("{stage}:{}:{}:{part}", info.stream, info.stream_sequence),
+        };
         headers.insert(headers::MSG_ID, id.as_str());
     }
     let publish_error = |e: &dyn std::fmt::Display| DeadLetterError::Publish {
@@ -57,15 +93,12 @@ pub async fn dead_letter(
         message: e.to_string(),
     };
     let ack: PublishAckFuture = js
-        .publish_with_headers(subject.clone(), headers, message.payload.clone())
+        .publish_with_headers(subject.clone(), headers, payload)
         .await
         .map_err(|e| publish_error(&e))?;
     ack.await.map_err(|e| publish_error(&e))?;
     metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned(), "reason" => reason.to_owned())
         .increment(1);
-    tracing::warn!(stage, reason, error, subject = %message.subject, "dead-lettered");
-    message
-        .ack_with(AckKind::Term)
-        .await
-        .map_err(|e| DeadLetterError::Terminate(e.to_string()))
+    tracing::warn!(stage, reason, error, subject = %message.subject, part, "dead-lettered");
+    Ok(())
 }

@@ -25,10 +25,18 @@ pub fn raw_msg_id_from_key(kind: &str, source: &str, key: &str) -> String {
     format!("{kind}:{}:key:{}", sanitize_token(source), hex128(&digest))
 }
 
-/// Id of a metric event: its natural key (device, metric, event time). The
-/// sanitised tokens contain no dots, so the joined id is unambiguous.
-pub fn metric_msg_id(device_id: &str, metric: &str, time_us: i64) -> String {
-    format!("{}.{}.{time_us}", sanitize_token(device_id), sanitize_token(metric))
+/// Id of the `MetricBatch` carrying chunk `chunk` of the events that the raw
+/// message `raw_msg_id` yields for `device_id`. A redelivered raw message
+/// decodes to the same batches and so republishes the same ids, which the
+/// metrics stream drops as duplicates. The device token holds no `:`, so the
+/// parts cannot run into each other.
+pub fn metric_batch_msg_id(raw_msg_id: &str, device_id: &str, chunk: u32) -> String {
+    format!("{raw_msg_id}:{}:{chunk}", sanitize_token(device_id))
+}
+
+/// The first 128 bits of the SHA-256 of `bytes`, as lower-case hex.
+pub(crate) fn digest_hex128(bytes: &[u8]) -> String {
+    hex128(&Sha256::digest(bytes))
 }
 
 /// The first 128 bits of a digest as lower-case hex: plenty against
@@ -67,12 +75,16 @@ mod tests {
     }
 
     #[test]
-    fn metric_ids_follow_the_natural_key() {
-        assert_eq!(
-            metric_msg_id("dev", "temp", 1_506_775_817_765_000),
-            "dev.temp.1506775817765000"
+    fn batch_ids_name_raw_message_device_and_chunk() {
+        let raw = raw_msg_id("http", "plant", "/v1/ingest/plant", b"{}");
+        assert_eq!(metric_batch_msg_id(&raw, "dev", 0), format!("{raw}:dev:0"));
+        assert_eq!(metric_batch_msg_id(&raw, "a.b", 2), format!("{raw}:a~2Eb:2"));
+        assert_ne!(metric_batch_msg_id(&raw, "dev", 0), metric_batch_msg_id(&raw, "dev", 1));
+        assert_ne!(
+            metric_batch_msg_id(&raw, "dev", 0),
+            metric_batch_msg_id(&raw, "dev2", 0)
         );
-        assert_ne!(metric_msg_id("a.b", "c", 1), metric_msg_id("a", "b.c", 1));
-        assert_ne!(metric_msg_id("d", "m", 1), metric_msg_id("d", "m", 2));
+        // Bounded whatever the device id.
+        assert!(metric_batch_msg_id(&raw, &"x".repeat(5_000), 9).len() < raw.len() + 140);
     }
 }

@@ -15,13 +15,13 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/tributary.v1.rs"));
 }
 
-pub use ids::{metric_msg_id, raw_msg_id, raw_msg_id_from_key};
+pub use ids::{metric_batch_msg_id, raw_msg_id, raw_msg_id_from_key};
 pub use prost::Message;
 pub use subjects::{
-    DLQ_STREAM, DLQ_SUBJECTS, METRICS_STREAM, METRICS_SUBJECTS, RAW_STREAM, RAW_SUBJECTS, dlq_subject, metric_subject,
-    raw_http_subject, raw_mqtt_subject, sanitize_token,
+    DLQ_STREAM, DLQ_SUBJECTS, MAX_SUBJECT_LEN, MAX_TOKEN_LEN, METRICS_STREAM, METRICS_SUBJECTS, RAW_STREAM,
+    RAW_SUBJECTS, dlq_subject, metric_subject, raw_http_subject, raw_mqtt_subject, sanitize_token,
 };
-pub use v1::{MetricEvent, RawEnvelope, SourceKind, metric_event::Value};
+pub use v1::{MetricBatch, MetricEvent, RawEnvelope, SourceKind, metric_event::Value};
 
 /// Header names Tributary sets on messages.
 pub mod headers {
@@ -37,6 +37,9 @@ pub mod headers {
     pub const DLQ_ORIGINAL_SUBJECT: &str = "Tributary-Original-Subject";
     /// Dead letters: its stream sequence there.
     pub const DLQ_ORIGINAL_SEQUENCE: &str = "Tributary-Original-Sequence";
+    /// Dead letters of one part of a message (one event of a `MetricBatch`):
+    /// the part's index in the original message, from 0.
+    pub const DLQ_ORIGINAL_PART: &str = "Tributary-Original-Part";
     /// Dead letters: the original message's `Nats-Msg-Id`, if it had one.
     pub const DLQ_ORIGINAL_MSG_ID: &str = "Tributary-Original-Msg-Id";
 }

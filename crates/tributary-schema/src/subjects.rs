@@ -4,7 +4,7 @@
 pub const RAW_STREAM: &str = "TELEMETRY_RAW";
 /// Subjects of [`RAW_STREAM`].
 pub const RAW_SUBJECTS: &str = "raw.>";
-/// One event per metric (`MetricEvent`).
+/// Decoded metric events, one `MetricBatch` per raw message and device.
 pub const METRICS_STREAM: &str = "TELEMETRY_METRICS";
 /// Subjects of [`METRICS_STREAM`].
 pub const METRICS_SUBJECTS: &str = "metrics.>";
@@ -13,23 +13,42 @@ pub const DLQ_STREAM: &str = "TELEMETRY_DLQ";
 /// Subjects of [`DLQ_STREAM`].
 pub const DLQ_SUBJECTS: &str = "dlq.>";
 
-/// Turns any string into one safe NATS subject token.
+/// Longest token [`sanitize_token`] returns, in bytes.
+pub const MAX_TOKEN_LEN: usize = 128;
+/// Longest subject the subject builders return, in bytes. nats-server refuses
+/// a control line over 4 KiB by closing the whole connection (which then
+/// reconnects and fails again), so every subject stays far below it.
+pub const MAX_SUBJECT_LEN: usize = 512;
+
+/// Marks a token whose tail was replaced by a digest. A token that was not
+/// cut never contains it: every `~` it holds is followed by two hex digits.
+const DIGEST_MARK: &str = "~~";
+/// `~~` plus 32 hex digits.
+const DIGEST_TOKEN_LEN: usize = DIGEST_MARK.len() + 32;
+
+/// Turns any string into one safe NATS subject token of at most
+/// [`MAX_TOKEN_LEN`] bytes.
 ///
 /// ASCII letters, digits, `-` and `_` pass through unchanged; every other
 /// byte of the UTF-8 text (dots, wildcards `*` and `>`, spaces, `$`,
 /// non-printables, non-ASCII, and `~` itself) becomes `~` followed by two
 /// upper-case hex digits. The empty string becomes a lone `~`, which no
 /// non-empty input can produce because every escape has two hex digits after
-/// its `~`.
+/// its `~`. When the escaped text is longer than [`MAX_TOKEN_LEN`], its head
+/// is kept (never cutting an escape in two) and the rest is replaced by `~~`
+/// and the first 128 bits of the SHA-256 of the whole input, in hex.
 ///
-/// So the result is never empty, never a wildcard, never contains a dot, and
-/// the mapping is injective: different inputs give different tokens. The
-/// original value always travels in the message itself.
+/// So the result is never empty, never a wildcard, never contains a dot and
+/// never exceeds [`MAX_TOKEN_LEN`] bytes. Different inputs give different
+/// tokens: inputs that fit are mapped injectively and never produce `~~`;
+/// cut inputs always end in `~~` and a digest, and two of them share a token
+/// only if their 128-bit digests collide. The original value always travels
+/// in the message itself.
 pub fn sanitize_token(input: &str) -> String {
     if input.is_empty() {
         return "~".to_owned();
     }
-    let mut out = String::with_capacity(input.len());
+    let mut out = String::with_capacity(input.len().min(MAX_TOKEN_LEN));
     for &b in input.as_bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
             out.push(b as char);
@@ -39,8 +58,26 @@ pub fn sanitize_token(input: &str) -> String {
             out.push(HEX[usize::from(b >> 4)] as char);
             out.push(HEX[usize::from(b & 0xF)] as char);
         }
+        if out.len() > MAX_TOKEN_LEN {
+            return cut_with_digest(out, MAX_TOKEN_LEN, input.as_bytes());
+        }
     }
     out
+}
+
+/// Cuts an escaped token so that it and a digest token fit in `limit` bytes,
+/// without splitting an escape, and appends `~~<digest of whole>`.
+fn cut_with_digest(mut escaped: String, limit: usize, whole: &[u8]) -> String {
+    let mut keep = limit - DIGEST_TOKEN_LEN;
+    // An escape is `~XY`: if the cut falls inside one, cut before its `~`.
+    let bytes = escaped.as_bytes();
+    if let Some(tilde) = bytes[keep.saturating_sub(2)..keep].iter().position(|&b| b == b'~') {
+        keep = keep - 2 + tilde;
+    }
+    escaped.truncate(keep);
+    escaped.push_str(DIGEST_MARK);
+    escaped.push_str(&crate::ids::digest_hex128(whole));
+    escaped
 }
 
 /// `raw.http.<source>`.
@@ -50,18 +87,34 @@ pub fn raw_http_subject(source: &str) -> String {
 
 /// `raw.mqtt.<topic levels>`: each `/`-separated level of the MQTT topic
 /// becomes one sanitised token, so NATS wildcards can select by topic level.
+/// A topic whose subject would exceed [`MAX_SUBJECT_LEN`] keeps the levels
+/// that fit and ends in one `~~<digest of the whole topic>` token.
 pub fn raw_mqtt_subject(topic: &str) -> String {
-    let mut subject = String::from("raw.mqtt");
+    const PREFIX: &str = "raw.mqtt";
+    let mut subject = String::from(PREFIX);
     for level in topic.split('/') {
+        let token = sanitize_token(level);
+        if subject.len() + 1 + token.len() > MAX_SUBJECT_LEN - (1 + DIGEST_TOKEN_LEN) {
+            return cut_subject(subject, topic);
+        }
         subject.push('.');
-        subject.push_str(&sanitize_token(level));
+        subject.push_str(&token);
     }
     subject
 }
 
-/// `metrics.<device>.<metric>`.
-pub fn metric_subject(device_id: &str, metric: &str) -> String {
-    format!("metrics.{}.{}", sanitize_token(device_id), sanitize_token(metric))
+/// Ends an over-long subject with one digest token standing for the whole
+/// topic (the subject's head stays selectable by wildcards).
+fn cut_subject(mut head: String, topic: &str) -> String {
+    head.push('.');
+    head.push_str(DIGEST_MARK);
+    head.push_str(&crate::ids::digest_hex128(topic.as_bytes()));
+    head
+}
+
+/// `metrics.<device>`: every `MetricBatch` of one device.
+pub fn metric_subject(device_id: &str) -> String {
+    format!("metrics.{}", sanitize_token(device_id))
 }
 
 /// `dlq.<stage>.<reason>`.
@@ -146,9 +199,143 @@ mod tests {
         assert_eq!(raw_mqtt_subject("site/a.b/+/#"), "raw.mqtt.site.a~2Eb.~2B.~23");
         assert_eq!(raw_mqtt_subject("/leading"), "raw.mqtt.~.leading");
         assert_eq!(
-            metric_subject("594d186e51b3bc4eb0abafd9", "APFluid"),
-            "metrics.594d186e51b3bc4eb0abafd9.APFluid"
+            metric_subject("594d186e51b3bc4eb0abafd9"),
+            "metrics.594d186e51b3bc4eb0abafd9"
         );
+        assert_eq!(metric_subject("plant.7/pump"), "metrics.plant~2E7~2Fpump");
         assert_eq!(dlq_subject("transformer", "not_json"), "dlq.transformer.not_json");
+    }
+
+    /// A token of exactly `n` bytes that needs no escaping.
+    fn plain(n: usize) -> String {
+        "a".repeat(n)
+    }
+
+    #[test]
+    fn long_tokens_are_cut_and_end_in_a_digest() {
+        // Up to the bound nothing changes.
+        check(&plain(MAX_TOKEN_LEN), &plain(MAX_TOKEN_LEN));
+        let cut = sanitize_token(&plain(MAX_TOKEN_LEN + 1));
+        assert_eq!(cut.len(), MAX_TOKEN_LEN);
+        assert!(cut.starts_with(&plain(MAX_TOKEN_LEN - DIGEST_TOKEN_LEN)), "{cut}");
+        assert_eq!(cut.matches(DIGEST_MARK).count(), 1, "{cut}");
+        // Inputs that differ only past the cut still differ.
+        assert_ne!(
+            sanitize_token(&format!("{}x", plain(500))),
+            sanitize_token(&format!("{}y", plain(500)))
+        );
+        // The cases that once broke the pipeline: 4,000 characters, 1,400
+        // dots, 340 emoji, and a 60,000-character topic level.
+        for input in [plain(4_000), ".".repeat(1_400), "\u{1F600}".repeat(340), plain(60_000)] {
+            let token = sanitize_token(&input);
+            assert!(token.len() <= MAX_TOKEN_LEN, "{} bytes", token.len());
+            assert!(token.contains(DIGEST_MARK));
+            assert!(!token.contains('.'));
+            assert_well_formed(&token);
+        }
+    }
+
+    /// Every `~` of the token is a whole escape or the digest mark.
+    fn assert_well_formed(token: &str) {
+        let (head, digest) = token.split_once(DIGEST_MARK).unwrap_or((token, ""));
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+        let bytes = head.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'~' && head != "~" {
+                assert!(
+                    i + 2 < bytes.len() && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit(),
+                    "a split escape at {i}: {token}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_never_splits_an_escape() {
+        // Shift an escape across the cut position one byte at a time.
+        for pad in 0..6 {
+            let input = format!(
+                "{}{}",
+                plain(MAX_TOKEN_LEN - DIGEST_TOKEN_LEN - 3 + pad),
+                ".".repeat(40)
+            );
+            let token = sanitize_token(&input);
+            assert!(token.len() <= MAX_TOKEN_LEN);
+            assert_well_formed(&token);
+        }
+    }
+
+    #[test]
+    fn cut_tokens_never_meet_uncut_ones() {
+        // Every uncut token is free of `~~`; every cut one has it.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let pieces = ["", "~", "~~", ".", "a", "~7E"];
+        for n in [
+            MAX_TOKEN_LEN - 3,
+            MAX_TOKEN_LEN - 2,
+            MAX_TOKEN_LEN - 1,
+            MAX_TOKEN_LEN,
+            MAX_TOKEN_LEN + 1,
+        ] {
+            for a in pieces {
+                for b in pieces {
+                    let input = format!("{a}{}{b}", plain(n.saturating_sub(a.len() + b.len())));
+                    let token = sanitize_token(&input);
+                    assert!(token.len() <= MAX_TOKEN_LEN);
+                    assert_eq!(
+                        token.contains(DIGEST_MARK),
+                        escaped_len(&input) > MAX_TOKEN_LEN,
+                        "{input}"
+                    );
+                    assert_well_formed(&token);
+                    if let Some(previous) = seen.insert(token, input.clone()) {
+                        assert_eq!(previous, input, "collision");
+                    }
+                }
+            }
+        }
+    }
+
+    fn escaped_len(input: &str) -> usize {
+        input
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    1
+                } else {
+                    3
+                }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn subjects_are_bounded() {
+        // A topic of 60,000 characters in one level, and one of 30,000 levels.
+        for topic in [
+            plain(60_000),
+            "a/".repeat(30_000),
+            format!("site/{}", ".".repeat(5_000)),
+        ] {
+            let subject = raw_mqtt_subject(&topic);
+            assert!(subject.len() <= MAX_SUBJECT_LEN, "{} bytes", subject.len());
+            assert!(subject.starts_with("raw.mqtt."));
+            assert!(
+                subject.split('.').all(|t| !t.is_empty() && t != "*" && t != ">"),
+                "{subject}"
+            );
+        }
+        // The head of a cut subject keeps its levels, and distinct long topics stay distinct.
+        let long = format!("plant/7/{}", "x/".repeat(400));
+        assert!(raw_mqtt_subject(&long).starts_with("raw.mqtt.plant.7.x.x."));
+        assert_ne!(
+            raw_mqtt_subject(&format!("{long}a")),
+            raw_mqtt_subject(&format!("{long}b"))
+        );
+        // Short topics are untouched.
+        assert_eq!(raw_mqtt_subject("a/b"), "raw.mqtt.a.b");
+        for device in [plain(4_000), ".".repeat(1_400), "\u{1F600}".repeat(340)] {
+            assert!(metric_subject(&device).len() <= "metrics.".len() + MAX_TOKEN_LEN);
+        }
     }
 }

@@ -1,5 +1,13 @@
-//! consume events → batch → write (one transaction) → ack.
+//! consume metric batches → gather rows → write (one transaction) → ack.
+//!
+//! A sink batch is many JetStream messages, each a `MetricBatch` of many
+//! events. Every message is acknowledged only after the transaction holding
+//! its rows commits (ARCHITECTURE.md, "Delivery rules", rule 1). When the
+//! database refuses a batch for good, the batch is split in halves until the
+//! refused events are isolated; each of those goes to `dlq.sink.<reason>` on
+//! its own, as a `MetricBatch` of one, and everything beside it is stored.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -8,7 +16,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use futures::future::join_all;
 use tributary_runtime::CancellationToken;
-use tributary_schema::{Message as _, MetricEvent, Value};
+use tributary_schema::{Message as _, MetricBatch, MetricEvent, Value};
 use tributary_store::{Row, RowValue, Store, StoreError};
 
 /// The stage name in dead-letter subjects and headers.
@@ -19,52 +27,56 @@ pub struct Pipeline {
     pub store: Arc<Store>,
     /// Readiness: false while the database is failing.
     pub db_ok: Arc<AtomicBool>,
+    /// Most rows per transaction (a batch also always takes whole messages).
     pub batch_size: usize,
     pub linger: Duration,
 }
 
-/// The batch being gathered: decoded rows, and the messages they came from
-/// (same order), kept apart so the rows go to the store without a copy.
+/// The batch being gathered: the rows to write, where each came from, and
+/// the messages to acknowledge after the commit.
 #[derive(Default)]
 struct Batch {
     rows: Vec<Row>,
-    messages: Vec<jetstream::Message>,
+    /// Per row: its message's index in `messages` and its event's index in that message.
+    origins: Vec<(u32, u32)>,
+    messages: Vec<Taken>,
 }
 
-impl Batch {
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            rows: Vec::with_capacity(n),
-            messages: Vec::with_capacity(n),
-        }
-    }
+/// A message in the batch.
+struct Taken {
+    message: jetstream::Message,
+    /// An event of it could not be dead-lettered: leave it unacknowledged so
+    /// that it comes back (its stored rows are then skipped by the key).
+    hold: bool,
+}
 
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
+/// What happened to a batch's rows.
+#[derive(Default)]
+struct Written {
+    inserted: u64,
+    duplicates: u64,
+    dead_lettered: u64,
 }
 
 impl Pipeline {
     /// Consumes until `shutdown`; then writes and acknowledges the batch it
     /// is gathering and stops.
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
+        // Messages carry about ten events each: ask for enough to fill a batch.
+        let pull = self.batch_size.div_ceil(10).clamp(1, 1000);
         let messages = tributary_runtime::retry::until_ok("subscribing to the metrics stream", &shutdown, || {
             consumer
                 .stream()
-                .max_messages_per_batch(self.batch_size.min(1000))
+                .max_messages_per_batch(pull)
                 .heartbeat(Duration::from_secs(5))
                 .messages()
         })
         .await;
         let Some(mut messages) = messages else { return };
-        let mut batch = Batch::with_capacity(self.batch_size);
         'consume: loop {
-            // Wait for the first event of a batch, then fill it until it is
+            // Wait for the first message of a batch, then fill it until it is
             // full or the linger time has passed.
+            let mut batch = Batch::default();
             let first = tokio::select! {
                 () = shutdown.cancelled() => break 'consume,
                 next = messages.next() => next,
@@ -72,7 +84,7 @@ impl Pipeline {
             let Some(first) = first else { break };
             self.take(first, &mut batch).await;
             let deadline = tokio::time::Instant::now() + self.linger;
-            while batch.len() < self.batch_size {
+            while batch.rows.len() < self.batch_size {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => break,
                     () = shutdown.cancelled() => break,
@@ -82,8 +94,8 @@ impl Pipeline {
                     },
                 }
             }
-            if !batch.is_empty() {
-                self.flush(std::mem::take(&mut batch), &shutdown).await;
+            if !batch.messages.is_empty() {
+                self.flush(batch, &shutdown).await;
             }
             if shutdown.is_cancelled() {
                 break;
@@ -92,8 +104,9 @@ impl Pipeline {
         tracing::info!("sink pipeline stopped");
     }
 
-    /// Decodes a fetched message into the batch; dead-letters it if it is not
-    /// a usable `MetricEvent`.
+    /// Decodes a fetched message into the batch. A message that is no
+    /// `MetricBatch` is dead-lettered whole; an event in it that can never be
+    /// stored is dead-lettered alone and its batch-mates are kept.
     async fn take(
         &self,
         next: Result<jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
@@ -102,93 +115,162 @@ impl Pipeline {
         let message = match next {
             Ok(message) => message,
             Err(error) => {
-                tracing::warn!(%error, "pulling metric events");
+                tracing::warn!(%error, "pulling metric batches");
                 return;
             }
         };
-        match to_row(&message.payload) {
-            Ok(row) => {
-                batch.rows.push(row);
-                batch.messages.push(message);
-            }
-            Err(why) => {
+        let decoded = match MetricBatch::decode(message.payload.as_ref()) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                let why = format!("the message is not a MetricBatch: {error}");
                 if let Err(failure) =
                     tributary_runtime::dlq::dead_letter(&self.js, STAGE, "bad_event", &why, &message).await
                 {
-                    tracing::warn!(%failure, "dead-lettering failed; the event will be redelivered");
+                    tracing::warn!(%failure, "dead-lettering failed; the message will be redelivered");
+                }
+                return;
+            }
+        };
+        let index = batch.messages.len() as u32;
+        let mut hold = false;
+        for (part, event) in decoded.events.into_iter().enumerate() {
+            let part = part as u32;
+            match to_row(event) {
+                Ok(row) => {
+                    batch.rows.push(row);
+                    batch.origins.push((index, part));
+                }
+                Err(refused) => {
+                    let (event, why) = *refused;
+                    hold |= !self
+                        .dead_letter_event(&message, part, Some(event), "bad_event", &why)
+                        .await;
                 }
             }
         }
+        batch.messages.push(Taken { message, hold });
     }
 
-    /// Writes a batch and acknowledges it. Transient database failures are
-    /// retried (the events stay unacknowledged, kept alive with progress
-    /// acks); rows the database rejects for good are dead-lettered one by one.
-    async fn flush(&self, batch: Batch, shutdown: &CancellationToken) {
+    /// Writes a batch and acknowledges its messages. Transient database
+    /// failures are retried (the messages stay unacknowledged, kept alive
+    /// with progress acks); a batch the database refuses for good is halved
+    /// until the refused events are isolated and dead-lettered.
+    async fn flush(&self, mut batch: Batch, shutdown: &CancellationToken) {
         let started = Instant::now();
-        let rows = &batch.rows;
+        let mut written = Written::default();
+        // Ranges of rows still to write; the first half of a split is written first.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(32);
+        todo.push(0..batch.rows.len());
+        let mut splits = 0u32;
+        while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let Some(result) = self.write_retrying(&batch, range.clone(), shutdown).await else {
+                // Shutting down with rows unwritten: leave the whole batch
+                // unacknowledged; it is redelivered to whichever replica runs next.
+                tracing::warn!(
+                    rows = batch.rows.len(),
+                    "shutting down with an unwritten batch; it will be redelivered"
+                );
+                return;
+            };
+            match result {
+                Ok(inserted) => {
+                    written.inserted += inserted;
+                    written.duplicates += range.len() as u64 - inserted;
+                }
+                Err(error) if range.len() == 1 => {
+                    let (message, part) = batch.origins[range.start];
+                    let reason = rejection_reason(&error);
+                    let taken = &mut batch.messages[message as usize];
+                    let event = original_event(&taken.message, part);
+                    let stored = self
+                        .dead_letter_event(&taken.message, part, event, reason, &error.to_string())
+                        .await;
+                    taken.hold |= !stored;
+                    written.dead_lettered += 1;
+                }
+                Err(error) => {
+                    if splits == 0 {
+                        tracing::warn!(%error, rows = range.len(), "the database refused a batch; halving it to find the refused events");
+                    }
+                    splits += 1;
+                    let middle = range.start + range.len() / 2;
+                    todo.push(middle..range.end);
+                    todo.push(range.start..middle);
+                }
+            }
+        }
+        self.db_ok.store(true, Ordering::Relaxed);
+        let held = batch.messages.iter().filter(|t| t.hold).count();
+        self.ack_all(batch.messages.iter().filter(|t| !t.hold).map(|t| &t.message))
+            .await;
+        metrics::counter!("tributary_sink_rows_total", "outcome" => "inserted").increment(written.inserted);
+        metrics::counter!("tributary_sink_rows_total", "outcome" => "duplicate").increment(written.duplicates);
+        metrics::counter!("tributary_sink_rows_total", "outcome" => "dead_lettered").increment(written.dead_lettered);
+        metrics::counter!("tributary_sink_messages_total").increment(batch.messages.len() as u64);
+        metrics::histogram!("tributary_sink_batch_duration_seconds").record(started.elapsed());
+        tracing::debug!(
+            rows = batch.rows.len(),
+            messages = batch.messages.len(),
+            inserted = written.inserted,
+            dead_lettered = written.dead_lettered,
+            splits,
+            held,
+            "batch committed"
+        );
+    }
+
+    /// Writes `rows[range]` in one transaction, retrying transient failures
+    /// with backoff. `None` if shutdown came first.
+    async fn write_retrying(
+        &self,
+        batch: &Batch,
+        range: Range<usize>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<u64, StoreError>> {
+        let rows = &batch.rows[range];
         let mut delay = Duration::from_millis(100);
-        let result = loop {
+        loop {
             match self.store.write_batch(rows).await {
-                Ok(inserted) => break Ok(inserted),
                 Err(error) if error.is_transient() => {
                     self.db_ok.store(false, Ordering::Relaxed);
                     tracing::warn!(%error, rows = rows.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
                     // Keep JetStream from redelivering what we still hold.
-                    join_all(batch.messages.iter().map(|m| m.ack_with(AckKind::Progress))).await;
+                    join_all(batch.messages.iter().map(|t| t.message.ack_with(AckKind::Progress))).await;
                     tokio::select! {
-                        () = shutdown.cancelled() => {
-                            // Leave the batch unacknowledged: it is redelivered
-                            // to whichever replica runs next.
-                            tracing::warn!(rows = rows.len(), "shutting down with an unwritten batch; it will be redelivered");
-                            return;
-                        }
+                        () = shutdown.cancelled() => return None,
                         () = tokio::time::sleep(delay) => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(error) => break Err(error),
-            }
-        };
-        self.db_ok.store(true, Ordering::Relaxed);
-        match result {
-            Ok(inserted) => {
-                let duplicates = rows.len() as u64 - inserted;
-                self.ack_all(&batch.messages).await;
-                metrics::counter!("tributary_sink_rows_total", "outcome" => "inserted").increment(inserted);
-                metrics::counter!("tributary_sink_rows_total", "outcome" => "duplicate").increment(duplicates);
-                metrics::histogram!("tributary_sink_batch_duration_seconds").record(started.elapsed());
-                tracing::debug!(rows = rows.len(), inserted, "batch committed");
-            }
-            Err(error) => {
-                tracing::warn!(%error, rows = rows.len(), "the database rejected a batch; writing its rows one by one");
-                for (row, message) in batch.rows.iter().zip(&batch.messages) {
-                    self.write_one(row, message, shutdown).await;
-                }
+                other => return Some(other),
             }
         }
     }
 
-    /// Writes a single row, to isolate the one a whole batch failed on.
-    async fn write_one(&self, row: &Row, message: &jetstream::Message, shutdown: &CancellationToken) {
-        let single = std::slice::from_ref(row);
-        let result = tributary_runtime::retry::until_ok("writing a single row", shutdown, || async {
-            match self.store.write_batch(single).await {
-                Err(error) if error.is_transient() => Err(error),
-                other => Ok(other),
-            }
-        })
-        .await;
-        match result {
-            None => {}
-            Some(Ok(_)) => self.ack_all([message]).await,
-            Some(Err(error)) => {
-                let reason = rejection_reason(&error);
-                if let Err(failure) =
-                    tributary_runtime::dlq::dead_letter(&self.js, STAGE, reason, &error.to_string(), message).await
-                {
-                    tracing::warn!(%failure, "dead-lettering failed; the event will be redelivered");
-                }
+    /// Dead-letters one event of `message` as a `MetricBatch` of one. False
+    /// if that failed (the message must then not be acknowledged).
+    async fn dead_letter_event(
+        &self,
+        message: &jetstream::Message,
+        part: u32,
+        event: Option<MetricEvent>,
+        reason: &str,
+        why: &str,
+    ) -> bool {
+        let single = MetricBatch {
+            events: event.into_iter().collect(),
+            chunk: 0,
+            chunk_count: 1,
+        };
+        let payload = single.encode_to_vec().into();
+        match tributary_runtime::dlq::dead_letter_part(&self.js, STAGE, reason, why, message, part, payload).await {
+            Ok(()) => true,
+            Err(failure) => {
+                tracing::warn!(%failure, "dead-lettering an event failed; its message will be redelivered");
+                false
             }
         }
     }
@@ -198,9 +280,16 @@ impl Pipeline {
         let failed = results.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
             // Stored already; the redeliveries are skipped by the natural key.
-            tracing::warn!(failed, "acknowledging stored events failed; they will be redelivered");
+            tracing::warn!(failed, "acknowledging stored batches failed; they will be redelivered");
         }
     }
+}
+
+/// Event `part` of a message, decoded again (only ever needed for a dead letter).
+fn original_event(message: &jetstream::Message, part: u32) -> Option<MetricEvent> {
+    MetricBatch::decode(message.payload.as_ref())
+        .ok()
+        .and_then(|batch| batch.events.into_iter().nth(part as usize))
 }
 
 fn rejection_reason(error: &StoreError) -> &'static str {
@@ -210,23 +299,28 @@ fn rejection_reason(error: &StoreError) -> &'static str {
     }
 }
 
-/// Decodes an event into a row, or says why it cannot be stored.
-fn to_row(payload: &[u8]) -> Result<Row, String> {
-    let event = MetricEvent::decode(payload).map_err(|e| format!("the message is not a MetricEvent: {e}"))?;
+/// Turns an event into a row, or hands it back with why it can never be stored.
+fn to_row(event: MetricEvent) -> Result<Row, Box<(MetricEvent, String)>> {
     if event.device_id.is_empty() || event.metric.is_empty() {
-        return Err("the event has no device id or no metric name".to_owned());
+        return Err(Box::new((
+            event,
+            "the event has no device id or no metric name".to_owned(),
+        )));
     }
     let value = match event.value {
         Some(Value::Number(n)) => RowValue::Number(n),
         Some(Value::Text(t)) => RowValue::Text(t),
         Some(Value::Boolean(b)) => RowValue::Bool(b),
-        None => return Err(format!("event {}/{} has no value", event.device_id, event.metric)),
+        None => {
+            let why = format!("event {}/{} has no value", event.device_id, event.metric);
+            return Err(Box::new((event, why)));
+        }
     };
     let attributes_json = if event.attributes.is_empty() {
         None
     } else {
-        let sorted: std::collections::BTreeMap<_, _> = event.attributes.into_iter().collect();
-        Some(serde_json::to_string(&sorted).expect("a map of strings serialises"))
+        // A BTreeMap: the keys come out sorted.
+        Some(serde_json::to_string(&event.attributes).expect("a map of strings serialises"))
     };
     Ok(Row {
         device_id: event.device_id,
@@ -254,13 +348,13 @@ mod tests {
             metric: "m".into(),
             time_us: 5,
             value: Some(Value::Number(1.5)),
-            attributes: [("context".to_owned(), "c".to_owned())].into(),
+            attributes: [("z".to_owned(), "1".to_owned()), ("context".to_owned(), "c".to_owned())].into(),
             latitude: Some(1.0),
             ..Default::default()
         };
-        let row = to_row(&event.encode_to_vec()).unwrap();
+        let row = to_row(event).unwrap();
         assert_eq!(row.value, RowValue::Number(1.5));
-        assert_eq!(row.attributes_json.as_deref(), Some(r#"{"context":"c"}"#));
+        assert_eq!(row.attributes_json.as_deref(), Some(r#"{"context":"c","z":"1"}"#));
         assert_eq!(row.unit, None);
         assert_eq!(row.latitude, Some(1.0));
         assert_eq!(row.longitude, None);
@@ -268,18 +362,19 @@ mod tests {
 
     #[test]
     fn refuses_unusable_events() {
-        assert!(to_row(b"\xff\xff\xff").unwrap_err().contains("not a MetricEvent"));
         let no_value = MetricEvent {
             device_id: "d".into(),
             metric: "m".into(),
             ..Default::default()
         };
-        assert!(to_row(&no_value.encode_to_vec()).unwrap_err().contains("no value"));
+        let (back, why) = *to_row(no_value.clone()).unwrap_err();
+        assert!(why.contains("no value"), "{why}");
+        assert_eq!(back, no_value, "the refused event is handed back for its dead letter");
         let no_device = MetricEvent {
             metric: "m".into(),
             value: Some(Value::Boolean(true)),
             ..Default::default()
         };
-        assert!(to_row(&no_device.encode_to_vec()).is_err());
+        assert!(to_row(no_device).is_err());
     }
 }

@@ -20,9 +20,16 @@ pub struct Config {
     /// Durable consumer name; every replica uses the same one to share the work.
     #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "transformer")]
     pub durable: String,
-    /// Raw messages taken per batch.
+    /// Raw messages asked for per pull request.
     #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// A device's events from one raw message travel as one message on the
+    /// metrics stream, split into numbered chunks of at most this many bytes.
+    #[arg(long, env = "TRIBUTARY_MAX_BATCH_BYTES", default_value_t = 256 * 1024)]
+    pub max_batch_bytes: usize,
+    /// Metric publishes awaiting the stream's acknowledgement, at most (per replica).
+    #[arg(long, env = "TRIBUTARY_PUBLISH_WINDOW", default_value_t = 1_000)]
+    pub publish_window: usize,
     /// Unacknowledged raw messages allowed across all replicas.
     #[arg(long, env = "TRIBUTARY_MAX_ACK_PENDING", default_value_t = 10_000)]
     pub max_ack_pending: i64,
@@ -61,6 +68,14 @@ impl Config {
             self.max_ack_pending,
             self.ack_wait,
         ));
+        if !(1024..=8 << 20).contains(&self.max_batch_bytes) {
+            problems
+                .push("--max-batch-bytes must be 1024 to 8388608 (the server's max_payload caps it too)".to_owned());
+        }
+        // The NATS client allows 5,000 publish acknowledgements in flight.
+        if !(1..=4_000).contains(&self.publish_window) {
+            problems.push("--publish-window must be 1 to 4000".to_owned());
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 }
@@ -77,8 +92,20 @@ mod tests {
 
     #[test]
     fn reports_every_problem() {
-        let config = Config::parse_from(["t", "--durable", "a.b", "--batch-size", "0", "--ack-wait", "10ms"]);
-        assert_eq!(config.validate().unwrap_err().len(), 3);
+        let config = Config::parse_from([
+            "t",
+            "--durable",
+            "a.b",
+            "--batch-size",
+            "0",
+            "--ack-wait",
+            "10ms",
+            "--max-batch-bytes",
+            "10",
+            "--publish-window",
+            "0",
+        ]);
+        assert_eq!(config.validate().unwrap_err().len(), 5);
         assert!(Config::try_parse_from(["t", "--format", "nope"]).is_err());
         assert!(Config::for_nats("nats://127.0.0.1:1").validate().is_ok());
     }

@@ -1,9 +1,10 @@
 //! The transformer: a durable pull consumer on the raw stream. It decodes
-//! each raw payload with the configured format, publishes one `MetricEvent`
-//! per metric to `metrics.<device>.<metric>` with the natural key as
-//! `Nats-Msg-Id`, and acknowledges the raw message only after every one of
-//! its events is acknowledged by the metrics stream. Input that can never
-//! decode goes to `dlq.transformer.<reason>`, then is terminated.
+//! each raw payload with the configured format and publishes, per device in
+//! it, one `MetricBatch` to `metrics.<device>` (chunked past a size bound)
+//! with `Nats-Msg-Id` = raw message id + device + chunk. It acknowledges the
+//! raw message only after every one of its batches is acknowledged by the
+//! metrics stream. Input that can never decode goes to
+//! `dlq.transformer.<reason>`, then is terminated.
 //!
 //! Never: no database, no HTTP API beyond the admin routes, no
 //! acknowledgement of a raw message whose events are not all stored.
@@ -40,7 +41,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-transformer").await?;
 
     let readiness = Readiness::default();
-    readiness.add("nats", move || tributary_runtime::nats::is_connected(&client));
+    let nats_client = client.clone();
+    readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
     let consuming = readiness.flag("consumer");
 
     let pipeline = {
@@ -57,7 +59,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
                 tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
             if let Some(consumer) = provisioned.await {
                 consuming.store(true, Ordering::Relaxed);
-                let pipeline = pipeline::Pipeline::new(js, config.format, config.batch_size);
+                let settings = pipeline::Settings {
+                    format: config.format,
+                    pull_batch: config.batch_size,
+                    max_batch_bytes: config.max_batch_bytes,
+                    window: config.publish_window,
+                };
+                let pipeline = pipeline::Pipeline::new(js, client, settings);
                 pipeline.run(consumer, shutdown).await;
                 consuming.store(false, Ordering::Relaxed);
             }

@@ -1,174 +1,366 @@
-//! consume raw → decode → publish metric events → ack, in batches.
+//! consume raw → decode → publish one `MetricBatch` per device → ack raw.
+//!
+//! One loop per replica keeps a bounded window of metric publishes in flight
+//! across raw messages: it takes the next raw message only when the previous
+//! one's publishes are all sent, and it acknowledges each raw message as soon
+//! as the metrics stream has acknowledged every batch it yielded (ARCHITECTURE.md,
+//! "Delivery rules", rule 1). However many metrics or devices one raw message
+//! holds, at most `window` publishes wait for an acknowledgement at a time.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::PublishMessage};
+use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::{join_all, try_join_all};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use tributary_formats::{Format, Point, Value};
 use tributary_runtime::CancellationToken;
 use tributary_schema::Value as EventValue;
-use tributary_schema::{Message as _, MetricEvent, RawEnvelope, headers, metric_msg_id, metric_subject};
-
-/// What became of one raw message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// All its events are stored and it is acknowledged.
-    Transformed,
-    /// It can never decode: it is in the dead-letter stream and terminated.
-    DeadLettered,
-    /// A transient failure: it will be redelivered.
-    Retried,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Transformed => "transformed",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::Retried => "retried",
-        }
-    }
-}
+use tributary_schema::{
+    Message as _, MetricBatch, MetricEvent, RawEnvelope, headers, metric_batch_msg_id, metric_subject,
+};
 
 /// The stage name in dead-letter subjects and headers.
 const STAGE: &str = "transformer";
 /// Redelivery delay after a transient failure.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Room left in a NATS message for headers (the `Nats-Msg-Id`).
+const HEADER_ALLOWANCE: usize = 1024;
+
+/// How the pipeline runs.
+pub struct Settings {
+    pub format: Format,
+    /// Raw messages asked for per pull request.
+    pub pull_batch: usize,
+    /// A device's events from one raw message are split into chunks of at most this many bytes.
+    pub max_batch_bytes: usize,
+    /// Metric publishes awaiting their acknowledgement, at most.
+    pub window: usize,
+}
 
 pub struct Pipeline {
     js: jetstream::Context,
-    format: Format,
-    batch_size: usize,
+    client: async_nats::Client,
+    settings: Settings,
+}
+
+/// One metric publish, ready to send.
+struct Outgoing {
+    /// The raw message it belongs to (a key of `InFlight::raw`).
+    raw: u64,
+    subject: String,
+    msg_id: String,
+    payload: Bytes,
+}
+
+/// A raw message whose metric batches are being published.
+struct RawInFlight {
+    message: jetstream::Message,
+    /// Publishes sent or queued and not yet settled.
+    outstanding: usize,
+    /// A publish failed: once nothing is outstanding, the message is NAKed.
+    failed: bool,
+    events: u64,
+}
+
+type AckFuture = BoxFuture<'static, (u64, Result<jetstream::publish::PublishAck, PublishError>)>;
+
+/// Everything between "taken from the raw stream" and "acknowledged".
+#[derive(Default)]
+struct InFlight {
+    next_key: u64,
+    raw: HashMap<u64, RawInFlight>,
+    /// Publishes not sent yet (all of the most recently taken raw message).
+    queue: VecDeque<Outgoing>,
+    acks: FuturesUnordered<AckFuture>,
+    tally: Tally,
+}
+
+impl InFlight {
+    fn is_idle(&self) -> bool {
+        self.raw.is_empty() && self.queue.is_empty() && self.acks.is_empty()
+    }
+}
+
+/// Counts kept locally and emitted as metrics in one go.
+#[derive(Default)]
+struct Tally {
+    transformed: u64,
+    dead_lettered: u64,
+    retried: u64,
+    events: u64,
+    batches: u64,
+    duplicate_batches: u64,
+}
+
+impl Tally {
+    fn settled(&self) -> u64 {
+        self.transformed + self.dead_lettered + self.retried
+    }
+
+    fn flush(&mut self) {
+        let tally = std::mem::take(self);
+        for (outcome, n) in [
+            ("transformed", tally.transformed),
+            ("dead_lettered", tally.dead_lettered),
+            ("retried", tally.retried),
+        ] {
+            if n > 0 {
+                metrics::counter!("tributary_transformer_messages_total", "outcome" => outcome).increment(n);
+            }
+        }
+        metrics::counter!("tributary_transformer_events_total").increment(tally.events);
+        metrics::counter!("tributary_transformer_batches_total", "outcome" => "stored").increment(tally.batches);
+        metrics::counter!("tributary_transformer_batches_total", "outcome" => "duplicate")
+            .increment(tally.duplicate_batches);
+    }
 }
 
 impl Pipeline {
-    pub fn new(js: jetstream::Context, format: Format, batch_size: usize) -> Self {
-        Self { js, format, batch_size }
+    pub fn new(js: jetstream::Context, client: async_nats::Client, settings: Settings) -> Self {
+        Self { js, client, settings }
     }
 
-    /// Consumes until `shutdown`, then finishes the batch in hand. Messages
-    /// fetched but not yet started are left unacknowledged: JetStream
-    /// redelivers them after the ack wait.
+    /// Consumes until `shutdown`; then takes no new raw message, settles the
+    /// ones in hand (acked, or NAKed if a publish failed) and returns.
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
         let messages = tributary_runtime::retry::until_ok("subscribing to the raw stream", &shutdown, || {
             consumer
                 .stream()
-                .max_messages_per_batch(self.batch_size)
+                .max_messages_per_batch(self.settings.pull_batch)
                 .heartbeat(Duration::from_secs(5))
                 .messages()
         })
         .await;
-        let Some(messages) = messages else { return };
-        let mut batches = messages.ready_chunks(self.batch_size);
+        let Some(mut messages) = messages else { return };
+        let mut state = InFlight::default();
+        let mut stopping = false;
         loop {
-            let batch = tokio::select! {
-                () = shutdown.cancelled() => break,
-                batch = batches.next() => match batch {
-                    Some(batch) => batch,
+            self.send_queued(&mut state).await;
+            if state.tally.settled() >= 256 || (state.is_idle() && state.tally.settled() > 0) {
+                state.tally.flush();
+            }
+            if stopping && state.is_idle() {
+                break;
+            }
+            let room = state.queue.is_empty() && state.acks.len() < self.settings.window;
+            tokio::select! {
+                biased;
+                Some((raw, result)) = state.acks.next() => self.settle(&mut state, raw, result).await,
+                () = shutdown.cancelled(), if !stopping => stopping = true,
+                next = messages.next(), if room && !stopping => match next {
+                    Some(Ok(message)) => self.take(&mut state, message).await,
+                    Some(Err(error)) => tracing::warn!(%error, "pulling raw messages"),
                     None => break,
                 },
-            };
-            let mut fetched = Vec::with_capacity(batch.len());
-            for item in batch {
-                match item {
-                    Ok(message) => fetched.push(message),
-                    Err(error) => tracing::warn!(%error, "pulling raw messages"),
-                }
+                else => break,
             }
-            self.process(fetched).await;
+        }
+        state.tally.flush();
+        if !state.raw.is_empty() {
+            tracing::warn!(
+                raw_messages = state.raw.len(),
+                "stopped with raw messages unsettled; JetStream redelivers them"
+            );
         }
         tracing::info!("transformer pipeline stopped");
     }
 
-    /// Handles a batch concurrently: all publishes of all messages are in
-    /// flight together, and each raw message is acknowledged as soon as its
-    /// own events are.
-    async fn process(&self, batch: Vec<jetstream::Message>) {
-        if batch.is_empty() {
-            return;
-        }
-        let outcomes = join_all(batch.iter().map(|message| self.handle(message))).await;
-        let events: u64 = outcomes.iter().map(|(_, n)| n).sum();
-        for outcome in [Outcome::Transformed, Outcome::DeadLettered, Outcome::Retried] {
-            let count = outcomes.iter().filter(|(o, _)| *o == outcome).count() as u64;
-            if count > 0 {
-                metrics::counter!("tributary_transformer_messages_total", "outcome" => outcome.label())
-                    .increment(count);
+    /// Sends queued publishes while the window has room.
+    async fn send_queued(&self, state: &mut InFlight) {
+        while state.acks.len() < self.settings.window {
+            let Some(out) = state.queue.pop_front() else { break };
+            let publish = PublishMessage::build().payload(out.payload).message_id(out.msg_id);
+            let raw = out.raw;
+            match self.js.send_publish(out.subject, publish).await {
+                Ok(ack) => state.acks.push(Box::pin(async move { (raw, ack.await) })),
+                Err(error) => self.settle(state, raw, Err(error)).await,
             }
         }
-        metrics::counter!("tributary_transformer_events_total").increment(events);
     }
 
-    /// One raw message: returns its outcome and how many events it published.
-    async fn handle(&self, message: &jetstream::Message) -> (Outcome, u64) {
-        let envelope = match RawEnvelope::decode(message.payload.as_ref()) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                let why = format!("the message is not a RawEnvelope: {error}");
-                return (self.dead_letter(message, "bad_envelope", &why).await, 0);
+    /// Decodes one raw message and queues its metric batches, or dead-letters it.
+    async fn take(&self, state: &mut InFlight, message: jetstream::Message) {
+        let planned = match self.plan(&message) {
+            Ok(planned) => planned,
+            Err((reason, why)) => {
+                self.dead_letter(state, &message, reason, &why).await;
+                return;
             }
         };
-        let points = match tributary_formats::decode(self.format, &envelope.payload) {
-            Ok(points) => points,
-            Err(error) => return (self.dead_letter(message, error.reason(), &error.to_string()).await, 0),
-        };
+        let key = state.next_key;
+        state.next_key += 1;
+        let batches = planned.len();
+        let events = planned.iter().map(|(_, _, _, n)| *n).sum();
+        state
+            .queue
+            .extend(planned.into_iter().map(|(subject, msg_id, payload, _)| Outgoing {
+                raw: key,
+                subject,
+                msg_id,
+                payload,
+            }));
+        state.raw.insert(
+            key,
+            RawInFlight {
+                message,
+                outstanding: batches,
+                failed: false,
+                events,
+            },
+        );
+    }
+
+    /// The metric publishes for one raw message: (subject, msg id, payload,
+    /// events), or the reason and explanation for dead-lettering it.
+    #[expect(clippy::type_complexity, reason = "a private tuple read right below")]
+    fn plan(&self, message: &jetstream::Message) -> Result<Vec<(String, String, Bytes, u64)>, (&'static str, String)> {
+        let envelope = RawEnvelope::decode(message.payload.as_ref())
+            .map_err(|error| ("bad_envelope", format!("the message is not a RawEnvelope: {error}")))?;
+        let points = tributary_formats::decode(self.settings.format, &envelope.payload)
+            .map_err(|error| (error.reason(), error.to_string()))?;
         let raw_msg_id = message
             .headers
             .as_ref()
             .and_then(|h| h.get(headers::MSG_ID))
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        let n = points.len() as u64;
-        match self.publish_events(&envelope, &raw_msg_id, points).await {
-            Ok(()) => match message.ack().await {
-                Ok(()) => (Outcome::Transformed, n),
-                // The events are stored; the redelivery will be de-duplicated.
-                Err(error) => {
-                    tracing::warn!(%error, "acknowledging a raw message failed");
-                    (Outcome::Retried, n)
+        let max_payload = self.client.server_info().max_payload.saturating_sub(HEADER_ALLOWANCE);
+        let mut planned = Vec::new();
+        for (device, events) in group_by_device(points, &envelope, &raw_msg_id) {
+            let subject = metric_subject(&device);
+            for batch in chunk(events, self.settings.max_batch_bytes) {
+                let payload = batch.encode_to_vec();
+                if payload.len() > max_payload {
+                    return Err((
+                        "too_large",
+                        format!(
+                            "one event of device {:?} encodes to {} bytes, over the server's limit of {max_payload}",
+                            excerpt(&device),
+                            payload.len()
+                        ),
+                    ));
                 }
-            },
+                let msg_id = metric_batch_msg_id(&raw_msg_id, &device, batch.chunk);
+                planned.push((subject.clone(), msg_id, Bytes::from(payload), batch.events.len() as u64));
+            }
+        }
+        Ok(planned)
+    }
+
+    /// Records the outcome of one publish; settles its raw message once
+    /// nothing of it is outstanding.
+    async fn settle(
+        &self,
+        state: &mut InFlight,
+        raw: u64,
+        result: Result<jetstream::publish::PublishAck, PublishError>,
+    ) {
+        let Some(entry) = state.raw.get_mut(&raw) else { return };
+        entry.outstanding -= 1;
+        match result {
+            Ok(ack) if ack.duplicate => state.tally.duplicate_batches += 1,
+            Ok(_) => state.tally.batches += 1,
             Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "publishing metric events failed; will retry");
-                let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                (Outcome::Retried, 0)
+                if !entry.failed {
+                    let permanent = error.kind() == PublishErrorKind::MaxPayloadExceeded;
+                    tracing::warn!(%error, permanent, subject = %entry.message.subject, "publishing metric batches failed; the raw message will be retried");
+                }
+                entry.failed = true;
+                // Its publishes not sent yet are dropped: the redelivery sends them all again.
+                let before = state.queue.len();
+                state.queue.retain(|out| out.raw != raw);
+                entry.outstanding -= before - state.queue.len();
+            }
+        }
+        if entry.outstanding > 0 {
+            return;
+        }
+        let entry = state.raw.remove(&raw).expect("present above");
+        if entry.failed {
+            state.tally.retried += 1;
+            let _ = entry.message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+            return;
+        }
+        match entry.message.ack().await {
+            Ok(()) => {
+                state.tally.transformed += 1;
+                state.tally.events += entry.events;
+            }
+            // The batches are stored; the redelivery is de-duplicated.
+            Err(error) => {
+                tracing::warn!(%error, "acknowledging a raw message failed");
+                state.tally.retried += 1;
             }
         }
     }
 
-    /// Publishes every point as a `MetricEvent`, all acks in flight at once,
-    /// and returns when the stream has acknowledged them all.
-    async fn publish_events(&self, envelope: &RawEnvelope, raw_msg_id: &str, points: Vec<Point>) -> Result<(), String> {
-        let mut acks = Vec::with_capacity(points.len());
-        for point in points {
-            let subject = metric_subject(&point.device_id, &point.metric);
-            let msg_id = metric_msg_id(&point.device_id, &point.metric, point.time_us);
-            let event = to_event(point, envelope, raw_msg_id);
-            let publish = PublishMessage::build()
-                .payload(event.encode_to_vec().into())
-                .message_id(msg_id);
-            let ack = self
-                .js
-                .send_publish(subject, publish)
-                .await
-                .map_err(|e| e.to_string())?;
-            acks.push(ack.into_future());
-        }
-        try_join_all(acks).await.map_err(|e| e.to_string())?;
-        Ok(())
-    }
-
-    async fn dead_letter(&self, message: &jetstream::Message, reason: &str, error: &str) -> Outcome {
+    async fn dead_letter(&self, state: &mut InFlight, message: &jetstream::Message, reason: &str, error: &str) {
         match tributary_runtime::dlq::dead_letter(&self.js, STAGE, reason, error, message).await {
-            Ok(()) => Outcome::DeadLettered,
+            Ok(()) => state.tally.dead_lettered += 1,
             Err(failure) => {
                 tracing::warn!(%failure, reason, "dead-lettering failed; will retry");
                 let _ = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
-                Outcome::Retried
+                state.tally.retried += 1;
             }
         }
     }
+}
+
+/// The events of one raw message, grouped by device in order of first
+/// appearance (points of one device keep their order).
+fn group_by_device(points: Vec<Point>, envelope: &RawEnvelope, raw_msg_id: &str) -> Vec<(String, Vec<MetricEvent>)> {
+    let mut groups: Vec<(String, Vec<MetricEvent>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for point in points {
+        // Most payloads hold one device: compare with the last group before hashing.
+        let slot = match groups.last() {
+            Some((device, _)) if *device == point.device_id => groups.len() - 1,
+            _ => match index.get(&point.device_id) {
+                Some(&slot) => slot,
+                None => {
+                    index.insert(point.device_id.clone(), groups.len());
+                    groups.push((point.device_id.clone(), Vec::new()));
+                    groups.len() - 1
+                }
+            },
+        };
+        groups[slot].1.push(to_event(point, envelope, raw_msg_id));
+    }
+    groups
+}
+
+/// Splits one device's events into batches of at most `max_bytes` encoded
+/// (an event larger than that alone travels alone), numbered from 0.
+/// Deterministic: the same events always give the same chunks.
+fn chunk(events: Vec<MetricEvent>, max_bytes: usize) -> Vec<MetricBatch> {
+    let mut chunks: Vec<Vec<MetricEvent>> = vec![Vec::new()];
+    let mut size = 0;
+    for event in events {
+        // The event's length as a repeated field: tag, length prefix, bytes.
+        let len = event.encoded_len();
+        let framed = 1 + prost::length_delimiter_len(len) + len;
+        let current = chunks.last_mut().expect("never empty");
+        if !current.is_empty() && size + framed > max_bytes {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += framed;
+        chunks.last_mut().expect("never empty").push(event);
+    }
+    let count = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, events)| MetricBatch {
+            events,
+            chunk: i as u32,
+            chunk_count: count,
+        })
+        .collect()
 }
 
 /// The event for one decoded point.
@@ -186,9 +378,110 @@ fn to_event(point: Point, envelope: &RawEnvelope, raw_msg_id: &str) -> MetricEve
         unit: point.unit.unwrap_or_default(),
         latitude: point.latitude,
         longitude: point.longitude,
-        attributes: point.attributes.into_iter().collect(),
+        attributes: point.attributes,
         source: envelope.source.clone(),
         raw_msg_id: raw_msg_id.to_owned(),
         ingested_at_us: envelope.received_at_us,
+    }
+}
+
+/// A name cut short for a log line or an error message.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        None => s.to_owned(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(device: &str, metric: &str, text_len: usize) -> MetricEvent {
+        MetricEvent {
+            device_id: device.into(),
+            metric: metric.into(),
+            time_us: 1,
+            value: Some(EventValue::Text("x".repeat(text_len))),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chunks_stay_under_the_bound_and_lose_nothing() {
+        for (events, text_len, bound) in [(1, 10, 1_000), (100, 10, 1_000), (1_000, 100, 4_096), (7, 500, 100)] {
+            let input: Vec<MetricEvent> = (0..events).map(|i| event("d", &format!("m{i}"), text_len)).collect();
+            let batches = chunk(input.clone(), bound);
+            let count = batches.len() as u32;
+            let mut output = Vec::new();
+            for (i, batch) in batches.into_iter().enumerate() {
+                assert_eq!((batch.chunk, batch.chunk_count), (i as u32, count));
+                // Within the bound, unless one event alone is over it.
+                assert!(
+                    batch.encoded_len() <= bound || batch.events.len() == 1,
+                    "{} bytes in {} events",
+                    batch.encoded_len(),
+                    batch.events.len()
+                );
+                output.extend(batch.events);
+            }
+            assert_eq!(output, input, "every event once, in order");
+        }
+        // One small batch is one chunk numbered 0 of 1.
+        let one = chunk(vec![event("d", "m", 1)], 1_000);
+        assert_eq!((one.len(), one[0].chunk, one[0].chunk_count), (1, 0, 1));
+    }
+
+    #[test]
+    fn chunking_is_deterministic() {
+        let input: Vec<MetricEvent> = (0..500).map(|i| event("d", &format!("m{i}"), i % 37)).collect();
+        let a: Vec<Vec<u8>> = chunk(input.clone(), 2_000).iter().map(|b| b.encode_to_vec()).collect();
+        let b: Vec<Vec<u8>> = chunk(input, 2_000).iter().map(|b| b.encode_to_vec()).collect();
+        assert_eq!(a, b);
+        assert!(a.len() > 1);
+    }
+
+    #[test]
+    fn groups_by_device_in_order_of_appearance() {
+        let point = |device: &str, metric: &str| Point {
+            device_id: device.into(),
+            metric: metric.into(),
+            time_us: 5,
+            value: Value::Number(1.0),
+            unit: None,
+            latitude: None,
+            longitude: None,
+            attributes: Default::default(),
+        };
+        let envelope = RawEnvelope {
+            source: "src".into(),
+            received_at_us: 9,
+            ..Default::default()
+        };
+        let points = vec![
+            point("b", "1"),
+            point("a", "1"),
+            point("b", "2"),
+            point("c", "1"),
+            point("a", "2"),
+        ];
+        let groups = group_by_device(points, &envelope, "raw-1");
+        let shape: Vec<(String, Vec<String>)> = groups
+            .iter()
+            .map(|(d, events)| (d.clone(), events.iter().map(|e| e.metric.clone()).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("b".into(), vec!["1".into(), "2".into()]),
+                ("a".into(), vec!["1".into(), "2".into()]),
+                ("c".into(), vec!["1".into()]),
+            ]
+        );
+        let event = &groups[0].1[0];
+        assert_eq!(
+            (event.source.as_str(), event.raw_msg_id.as_str(), event.ingested_at_us),
+            ("src", "raw-1", 9)
+        );
     }
 }

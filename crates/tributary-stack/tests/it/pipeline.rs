@@ -238,21 +238,26 @@ async fn http_errors_are_json_with_stable_codes() -> Result<()> {
 
 #[tokio::test]
 async fn the_sink_dead_letters_events_it_can_never_store_and_goes_on() -> Result<()> {
-    use tributary_schema::{MetricEvent, Value as EventValue};
+    use tributary_schema::{MetricBatch, MetricEvent, Value as EventValue};
     let h = Harness::start().await?;
     // Straight onto the metrics stream, past the transformer: bytes that are
-    // no MetricEvent, and an event whose time the store refuses.
-    h.js.publish("metrics.dev.garbage", vec![0xff, 0xff, 0xff].into())
+    // no MetricBatch, and a batch whose one event has a time the store refuses.
+    h.js.publish("metrics.garbage", vec![0xff, 0xff, 0xff].into())
         .await?
         .await?;
     let too_early = MetricEvent {
-        device_id: "dev".into(),
-        metric: "early".into(),
+        device_id: "early".into(),
+        metric: "m".into(),
         time_us: -1_000_000,
         value: Some(EventValue::Number(1.0)),
         ..Default::default()
     };
-    h.js.publish("metrics.dev.early", too_early.encode_to_vec().into())
+    let batch = MetricBatch {
+        events: vec![too_early],
+        chunk: 0,
+        chunk_count: 1,
+    };
+    h.js.publish("metrics.early", batch.encode_to_vec().into())
         .await?
         .await?;
     h.post_accepted("plant-7", SAMPLE).await?;
@@ -274,10 +279,10 @@ async fn the_sink_dead_letters_events_it_can_never_store_and_goes_on() -> Result
     found.sort();
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[0].0, "dlq.sink.bad_event");
-    assert_eq!(found[0].1, "metrics.dev.garbage");
-    assert!(found[0].2.contains("not a MetricEvent"), "{:?}", found[0].2);
+    assert_eq!(found[0].1, "metrics.garbage");
+    assert!(found[0].2.contains("not a MetricBatch"), "{:?}", found[0].2);
     assert_eq!(found[1].0, "dlq.sink.time_out_of_range");
-    assert_eq!(found[1].1, "metrics.dev.early");
+    assert_eq!(found[1].1, "metrics.early");
     assert!(found[1].2.contains("outside"), "{:?}", found[1].2);
     h.services.sink.wait_ready(DEADLINE).await?;
     h.stop().await
