@@ -68,7 +68,7 @@ impl NatsArgs {
     }
 }
 
-/// Names and limits of the JetStream streams (DESIGN.md, "Streams and subjects").
+/// Names and limits of the JetStream streams (ARCHITECTURE.md, "Streams and subjects").
 #[derive(Debug, Clone, clap::Args)]
 pub struct StreamArgs {
     /// Stream holding raw payloads (`raw.>`).
@@ -92,6 +92,18 @@ pub struct StreamArgs {
     /// Stream replicas (3 in a NATS cluster).
     #[arg(long = "stream-replicas", env = "TRIBUTARY_STREAM_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
+    /// Most bytes of raw payloads waiting for the transformer (e.g. 4GiB). When
+    /// reached, ingest answers 503 (HTTP) or holds PUBACKs (MQTT) until it drains.
+    #[arg(long = "raw-max-bytes", env = "TRIBUTARY_RAW_MAX_BYTES", default_value = "4GiB", value_parser = parse_bytes)]
+    pub raw_max_bytes: u64,
+    /// Most bytes of metric batches not yet acknowledged by every durable
+    /// consumer (the sink). When reached, the transformer waits and the raw
+    /// stream fills behind it.
+    #[arg(long = "metrics-max-bytes", env = "TRIBUTARY_METRICS_MAX_BYTES", default_value = "4GiB", value_parser = parse_bytes)]
+    pub metrics_max_bytes: u64,
+    /// Most bytes of dead letters kept; past it the oldest go first.
+    #[arg(long = "dlq-max-bytes", env = "TRIBUTARY_DLQ_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub dlq_max_bytes: u64,
 }
 
 impl Default for StreamArgs {
@@ -104,6 +116,9 @@ impl Default for StreamArgs {
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
+            raw_max_bytes: 4 << 30,
+            metrics_max_bytes: 4 << 30,
+            dlq_max_bytes: 1 << 30,
         }
     }
 }
@@ -130,6 +145,16 @@ impl StreamArgs {
         }
         if !(1..=5).contains(&self.replicas) {
             problems.push("--stream-replicas must be 1 to 5".to_owned());
+        }
+        // Room for at least a few of the largest messages (1 MiB payloads).
+        for (flag, bytes) in [
+            ("--raw-max-bytes", self.raw_max_bytes),
+            ("--metrics-max-bytes", self.metrics_max_bytes),
+            ("--dlq-max-bytes", self.dlq_max_bytes),
+        ] {
+            if bytes < 16 << 10 {
+                problems.push(format!("{flag} must be at least 16KiB"));
+            }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
@@ -183,6 +208,27 @@ pub fn split_host_port(address: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
+/// Parses a size: a whole number of bytes, or with a binary unit `KiB`,
+/// `MiB`, `GiB`, `TiB` (e.g. `64KiB`, `4GiB`).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: expected a whole number and a unit, e.g. 64KiB, 512MiB, 4GiB"))?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return Err(format!("{text:?} is not a size: units are B, KiB, MiB, GiB, TiB")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a whole number and a unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -225,6 +271,23 @@ mod tests {
     }
 
     #[test]
+    fn parses_sizes() {
+        let check = |s: &str, n: Option<u64>| assert_eq!(parse_bytes(s).ok(), n, "{s}");
+        check("0", Some(0));
+        check("1024", Some(1024));
+        check("512B", Some(512));
+        check("64KiB", Some(65_536));
+        check("512MiB", Some(512 << 20));
+        check(" 4GiB ", Some(4 << 30));
+        check("2TiB", Some(2 << 40));
+        check("4GB", None);
+        check("4 GiB", None);
+        check("GiB", None);
+        check("1.5GiB", None);
+        check("99999999999TiB", None);
+    }
+
+    #[test]
     fn splits_host_and_port() {
         assert_eq!(split_host_port("localhost:1883"), Some(("localhost".into(), 1883)));
         assert_eq!(split_host_port("[::1]:1883"), Some(("::1".into(), 1883)));
@@ -244,9 +307,10 @@ mod tests {
         let streams = StreamArgs {
             raw: "a.b".into(),
             replicas: 0,
+            metrics_max_bytes: 1024,
             ..StreamArgs::default()
         };
-        assert_eq!(streams.validate().unwrap_err().len(), 2);
+        assert_eq!(streams.validate().unwrap_err().len(), 3);
         assert!(StreamArgs::default().validate().is_ok());
     }
 }

@@ -1,4 +1,4 @@
-//! Dead-lettering (DESIGN.md, delivery rule 4): a message that can never
+//! Dead-lettering (ARCHITECTURE.md, delivery rule 4): a message that can never
 //! succeed is published to `dlq.<stage>.<reason>` with headers that say why
 //! and where it came from, and only then terminated in its own stream.
 

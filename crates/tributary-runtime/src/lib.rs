@@ -20,7 +20,7 @@ pub mod streams;
 pub mod telemetry;
 
 pub use admin::{Readiness, admin_router};
-pub use config::{LogArgs, NatsArgs, StreamArgs, parse_duration};
+pub use config::{LogArgs, NatsArgs, StreamArgs, parse_bytes, parse_duration};
 pub use http_error::ApiError;
 pub use shutdown::{ServiceHandle, run_until_signalled, shutdown_on_signals};
 pub use tokio_util::sync::CancellationToken;

@@ -20,14 +20,29 @@ pub struct ProvisionError {
 }
 
 /// The configuration Tributary wants for one of its streams.
-fn stream_config(name: &str, subjects: &str, max_age: Duration, args: &StreamArgs) -> stream::Config {
+fn stream_config(
+    name: &str,
+    subjects: &str,
+    retention: stream::RetentionPolicy,
+    max_age: Duration,
+    max_bytes: u64,
+    args: &StreamArgs,
+) -> stream::Config {
+    // The raw and metrics streams are buffers: they hold what is not yet
+    // consumed, bounded in bytes, and refuse more when full (back-pressure to
+    // the producer). The dead letters are a record: the oldest go first.
+    let discard = match retention {
+        stream::RetentionPolicy::Limits => stream::DiscardPolicy::Old,
+        _ => stream::DiscardPolicy::New,
+    };
     stream::Config {
         name: name.to_owned(),
         subjects: vec![subjects.to_owned()],
         storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
+        retention,
+        discard,
         max_age,
+        max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
         duplicate_window: args.duplicate_window.min(max_age),
         num_replicas: args.replicas,
         allow_direct: true,
@@ -37,22 +52,111 @@ fn stream_config(name: &str, subjects: &str, max_age: Duration, args: &StreamArg
 
 /// Creates the raw, metrics and dead-letter streams, or updates them to the
 /// wanted configuration. Safe to call from any number of services at once.
+///
+/// - raw: work-queue retention: a message is removed once the transformer
+///   acknowledges it, so the stream's size is the transformer's backlog;
+/// - metrics: interest retention: a message is removed once every durable
+///   consumer (the sink, and any other) has acknowledged it; a message
+///   published while the stream has no consumer at all is dropped, which is
+///   why the transformer waits for one ([`has_durable_consumer`]);
+/// - dead letters: kept for their age, oldest dropped past the byte limit.
 pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Result<(), ProvisionError> {
+    use stream::RetentionPolicy::{Interest, Limits, WorkQueue};
     let wanted = [
-        stream_config(&args.raw, RAW_SUBJECTS, args.max_age, args),
-        stream_config(&args.metrics, METRICS_SUBJECTS, args.max_age, args),
-        stream_config(&args.dlq, DLQ_SUBJECTS, args.dlq_max_age, args),
+        stream_config(
+            &args.raw,
+            RAW_SUBJECTS,
+            WorkQueue,
+            args.max_age,
+            args.raw_max_bytes,
+            args,
+        ),
+        stream_config(
+            &args.metrics,
+            METRICS_SUBJECTS,
+            Interest,
+            args.max_age,
+            args.metrics_max_bytes,
+            args,
+        ),
+        stream_config(
+            &args.dlq,
+            DLQ_SUBJECTS,
+            Limits,
+            args.dlq_max_age,
+            args.dlq_max_bytes,
+            args,
+        ),
     ];
     for config in wanted {
         let name = config.name.clone();
-        js.create_or_update_stream(config).await.map_err(|e| ProvisionError {
-            what: "stream",
-            name: name.clone(),
-            message: e.to_string(),
+        js.create_or_update_stream(config).await.map_err(|e| {
+            let mut message = e.to_string();
+            if message.contains("retention") {
+                message.push_str(
+                    " (this stream was made by an older Tributary with another retention policy, which NATS \
+                     cannot change in place: once it is drained, delete it and let the services create it again; \
+                     for `just dev` data, `just clean-dev`)",
+                );
+            }
+            ProvisionError {
+                what: "stream",
+                name: name.clone(),
+                message,
+            }
         })?;
         tracing::debug!(stream = %name, "stream ready");
     }
     Ok(())
+}
+
+/// Whether `stream_name` has at least one durable consumer with explicit
+/// acknowledgements. On an interest-retention stream a message published
+/// while there is none is dropped at once, so publishers check this first.
+pub async fn has_durable_consumer(js: &jetstream::Context, stream_name: &str) -> Result<bool, ProvisionError> {
+    use futures::TryStreamExt;
+    let error = |e: &dyn std::fmt::Display| ProvisionError {
+        what: "consumers of stream",
+        name: stream_name.to_owned(),
+        message: e.to_string(),
+    };
+    let stream = js.get_stream(stream_name).await.map_err(|e| error(&e))?;
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers.try_next().await.map_err(|e| error(&e))? {
+        if info.config.durable_name.is_some() && info.config.ack_policy == consumer::AckPolicy::Explicit {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Keeps `present` equal to [`has_durable_consumer`] for `stream_name`,
+/// checking every `every` until `shutdown`. A failed check leaves it as it was.
+pub async fn watch_durable_consumers(
+    js: jetstream::Context,
+    stream_name: String,
+    present: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        match has_durable_consumer(&js, &stream_name).await {
+            Ok(now) => {
+                let before = present.swap(now, Ordering::Relaxed);
+                if before && !now {
+                    tracing::warn!(stream = %stream_name, "the stream has no durable consumer: pausing publishes, which it would drop");
+                } else if !before && now {
+                    tracing::info!(stream = %stream_name, "the stream has a durable consumer");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "checking for durable consumers"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Settings of a durable pull consumer.

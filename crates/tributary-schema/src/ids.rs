@@ -1,4 +1,4 @@
-//! Deterministic `Nats-Msg-Id` values (DESIGN.md, delivery rule 2): the same
+//! Deterministic `Nats-Msg-Id` values (ARCHITECTURE.md, delivery rule 2): the same
 //! input always gives the same id, so a redelivered or re-sent message is
 //! dropped by the stream's duplicate window.
 

@@ -94,6 +94,13 @@ pub struct Options {
     /// How long the transformer and sink may hold a message unacked before
     /// JetStream redelivers it (short in kill tests).
     pub ack_wait: Duration,
+    /// The transformer's chunk bound for one device's `MetricBatch`.
+    pub max_batch_bytes: usize,
+    /// Test failpoint: the transformer leaves its first N transformed raw
+    /// messages unacknowledged, so JetStream redelivers them after `ack_wait`.
+    pub transformer_leave_unacked: u64,
+    /// The streams' limits, the same for every service (each provisions them).
+    pub streams: tributary_runtime::StreamArgs,
 }
 
 impl Default for Options {
@@ -105,6 +112,9 @@ impl Default for Options {
             mqtt_topics: vec!["devices/#".to_owned()],
             sink_linger: Duration::from_millis(50),
             ack_wait: Duration::from_secs(30),
+            max_batch_bytes: 256 * 1024,
+            transformer_leave_unacked: 0,
+            streams: tributary_runtime::StreamArgs::default(),
         }
     }
 }
@@ -115,7 +125,8 @@ pub struct Part {
     /// Its HTTP listener (API and/or admin routes).
     pub addr: SocketAddr,
     shutdown: CancellationToken,
-    task: JoinHandle<Result<(), String>>,
+    /// `None` once stopped.
+    task: Option<JoinHandle<Result<(), String>>>,
 }
 
 impl Part {
@@ -130,7 +141,7 @@ impl Part {
             name,
             addr,
             shutdown,
-            task,
+            task: Some(task),
         }
     }
 
@@ -140,10 +151,17 @@ impl Part {
     }
 
     /// Graceful stop (as on SIGTERM): the service finishes and acks what it holds.
-    pub async fn stop(self) -> Result<()> {
+    pub async fn stop(mut self) -> Result<()> {
+        self.halt().await
+    }
+
+    /// [`Part::stop`] in place, for a test that starts a new one later. A
+    /// no-op once stopped.
+    pub async fn halt(&mut self) -> Result<()> {
         self.shutdown.cancel();
+        let Some(task) = self.task.take() else { return Ok(()) };
         let name = self.name;
-        tokio::time::timeout(Duration::from_secs(30), self.task)
+        tokio::time::timeout(Duration::from_secs(30), task)
             .await
             .with_context(|| format!("{name} did not stop within 30 s"))?
             .with_context(|| format!("{name} panicked"))?
@@ -153,7 +171,9 @@ impl Part {
     /// Sudden death (as on SIGKILL): the task is dropped mid-work; nothing
     /// is finished or acknowledged.
     pub fn kill(self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
         self.shutdown.cancel();
     }
 
@@ -172,6 +192,7 @@ impl Part {
 pub async fn start_producer(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = producer::Config::for_nats(&servers.nats.url());
     config.listen = options.producer_listen;
+    config.streams = options.streams.clone();
     if !options.mqtt_topics.is_empty() {
         config.mqtt_broker = Some(format!("{}:{}", servers.mosquitto.host(), servers.mosquitto.port()));
         config.mqtt_topics = options.mqtt_topics.clone();
@@ -187,6 +208,9 @@ pub async fn start_producer(servers: &Servers, options: &Options) -> Result<Part
 pub async fn start_transformer(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = transformer::Config::for_nats(&servers.nats.url());
     config.ack_wait = options.ack_wait;
+    config.max_batch_bytes = options.max_batch_bytes;
+    config.test_leave_unacked = options.transformer_leave_unacked;
+    config.streams = options.streams.clone();
     let shutdown = CancellationToken::new();
     let handle = transformer::start(config, shutdown.clone())
         .await
@@ -199,6 +223,7 @@ pub async fn start_sink(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = sink::Config::for_servers(&servers.nats.url(), &servers.database_url);
     config.batch_linger = options.sink_linger;
     config.ack_wait = options.ack_wait;
+    config.streams = options.streams.clone();
     let shutdown = CancellationToken::new();
     let handle = sink::start(config, shutdown.clone())
         .await

@@ -12,7 +12,7 @@ use axum::routing::post;
 use tributary_runtime::ApiError;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_http_subject, raw_msg_id, raw_msg_id_from_key};
 
-use crate::publish::{RawPublisher, now_us};
+use crate::publish::{PublishError, RawPublisher, now_us};
 
 #[derive(Clone)]
 struct AppState {
@@ -114,7 +114,10 @@ async fn accept(
         .publisher
         .publish(raw_http_subject(source), &msg_id, envelope.encode_to_vec().into())
         .await
-        .map_err(|e| ApiError::unavailable("stream_unavailable", 1, &e))?;
+        .map_err(|e| match e {
+            PublishError::Full(_) => ApiError::unavailable("stream_full", 1, &e),
+            _ => ApiError::unavailable("stream_unavailable", 1, &e),
+        })?;
     let body = serde_json::json!({
         "status": "accepted",
         "id": msg_id,

@@ -2,7 +2,7 @@
 //! (`POST /v1/ingest/{source}`) and from an MQTT broker, wraps each unchanged
 //! in a `RawEnvelope` and publishes it to the raw stream. It acknowledges
 //! upstream (HTTP 202, MQTT PUBACK) only after JetStream has acknowledged the
-//! publish (DESIGN.md, delivery rule 1).
+//! publish (ARCHITECTURE.md, delivery rule 1).
 //!
 //! Never: no decoding of payloads (that is the transformer's job), no
 //! database, no acknowledgement before the stream has the message.

@@ -17,6 +17,10 @@ pub enum PublishError {
     Send(String),
     #[error("waiting for the stream's acknowledgement: {0}")]
     Ack(String),
+    /// The stream refused to store more (its byte limit is reached): the
+    /// pipeline is behind. Retry once it drains.
+    #[error("the stream is full: {0}")]
+    Full(String),
     #[error("no acknowledgement within {0:?}")]
     Timeout(Duration),
 }
@@ -46,12 +50,27 @@ impl RawPublisher {
                 .send_publish(subject, message)
                 .await
                 .map_err(|e| PublishError::Send(e.to_string()))?;
-            ack.await.map_err(|e| PublishError::Ack(e.to_string()))
+            ack.await.map_err(|e| {
+                if stream_is_full(&e) {
+                    PublishError::Full(e.to_string())
+                } else {
+                    PublishError::Ack(e.to_string())
+                }
+            })
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| PublishError::Timeout(self.timeout))?
     }
+}
+
+/// Whether a publish was refused because the stream cannot store more
+/// (JetStream's "store failed" answer: maximum bytes or messages reached).
+fn stream_is_full(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| e.error_code() == ErrorCode::STREAM_STORE_FAILED)
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -39,6 +39,11 @@ pub struct Config {
     /// How long to finish the batch in hand after SIGTERM before exiting anyway.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Test failpoint: publish the batches of the first N raw messages but do
+    /// not acknowledge them, as a crash between the two would, so that
+    /// JetStream redelivers them. Never set in a deployment.
+    #[arg(long, env = "TRIBUTARY_TEST_LEAVE_UNACKED", default_value_t = 0, hide = true)]
+    pub test_leave_unacked: u64,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]

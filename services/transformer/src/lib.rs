@@ -44,6 +44,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     let nats_client = client.clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
     let consuming = readiness.flag("consumer");
+    // The metrics stream drops what is published while it has no durable
+    // consumer (interest retention): publish only while the sink's exists.
+    let downstream = readiness.flag("metrics_consumer");
+    tokio::spawn(tributary_runtime::streams::watch_durable_consumers(
+        js.clone(),
+        config.streams.metrics.clone(),
+        downstream.clone(),
+        std::time::Duration::from_secs(2),
+        shutdown.clone(),
+    ));
 
     let pipeline = {
         let shutdown = shutdown.clone();
@@ -64,8 +74,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
                     pull_batch: config.batch_size,
                     max_batch_bytes: config.max_batch_bytes,
                     window: config.publish_window,
+                    leave_unacked: config.test_leave_unacked,
                 };
-                let pipeline = pipeline::Pipeline::new(js, client, settings);
+                let pipeline = pipeline::Pipeline::new(js, client, settings, downstream);
                 pipeline.run(consumer, shutdown).await;
                 consuming.store(false, Ordering::Relaxed);
             }

@@ -8,9 +8,11 @@
 //! holds, at most `window` publishes wait for an acknowledgement at a time.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, message::PublishMessage};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -27,6 +29,8 @@ use tributary_schema::{
 const STAGE: &str = "transformer";
 /// Redelivery delay after a transient failure.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often a paused pipeline looks whether it may go on.
+const PAUSED_RECHECK: Duration = Duration::from_millis(200);
 /// Room left in a NATS message for headers (the `Nats-Msg-Id`).
 const HEADER_ALLOWANCE: usize = 1024;
 
@@ -39,12 +43,20 @@ pub struct Settings {
     pub max_batch_bytes: usize,
     /// Metric publishes awaiting their acknowledgement, at most.
     pub window: usize,
+    /// Test failpoint: the first this many raw messages whose batches are all
+    /// stored are left unacknowledged, as if the process died before acking.
+    pub leave_unacked: u64,
 }
 
 pub struct Pipeline {
+    /// Raw messages left unacknowledged so far by the test failpoint.
+    left_unacked: std::sync::atomic::AtomicU64,
     js: jetstream::Context,
     client: async_nats::Client,
     settings: Settings,
+    /// Whether the metrics stream has a durable consumer; no new raw message
+    /// is taken while it has none (its batches would be dropped).
+    downstream: Arc<AtomicBool>,
 }
 
 /// One metric publish, ready to send.
@@ -94,6 +106,8 @@ struct Tally {
     events: u64,
     batches: u64,
     duplicate_batches: u64,
+    /// The last publish failure among the retried, for one log line per flush.
+    retry_cause: Option<String>,
 }
 
 impl Tally {
@@ -103,6 +117,9 @@ impl Tally {
 
     fn flush(&mut self) {
         let tally = std::mem::take(self);
+        if let Some(cause) = &tally.retry_cause {
+            tracing::warn!(raw_messages = tally.retried, last_error = %cause, "publishing metric batches failed; the raw messages will be redelivered");
+        }
         for (outcome, n) in [
             ("transformed", tally.transformed),
             ("dead_lettered", tally.dead_lettered),
@@ -120,8 +137,19 @@ impl Tally {
 }
 
 impl Pipeline {
-    pub fn new(js: jetstream::Context, client: async_nats::Client, settings: Settings) -> Self {
-        Self { js, client, settings }
+    pub fn new(
+        js: jetstream::Context,
+        client: async_nats::Client,
+        settings: Settings,
+        downstream: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            left_unacked: std::sync::atomic::AtomicU64::new(0),
+            js,
+            client,
+            settings,
+            downstream,
+        }
     }
 
     /// Consumes until `shutdown`; then takes no new raw message, settles the
@@ -146,11 +174,14 @@ impl Pipeline {
             if stopping && state.is_idle() {
                 break;
             }
-            let room = state.queue.is_empty() && state.acks.len() < self.settings.window;
+            let paused = !self.downstream.load(Ordering::Relaxed);
+            let room = !paused && state.queue.is_empty() && state.acks.len() < self.settings.window;
             tokio::select! {
                 biased;
                 Some((raw, result)) = state.acks.next() => self.settle(&mut state, raw, result).await,
                 () = shutdown.cancelled(), if !stopping => stopping = true,
+                // Look again at the downstream flag now and then while paused.
+                () = tokio::time::sleep(PAUSED_RECHECK), if paused && !stopping => {}
                 next = messages.next(), if room && !stopping => match next {
                     Some(Ok(message)) => self.take(&mut state, message).await,
                     Some(Err(error)) => tracing::warn!(%error, "pulling raw messages"),
@@ -266,8 +297,7 @@ impl Pipeline {
             Ok(_) => state.tally.batches += 1,
             Err(error) => {
                 if !entry.failed {
-                    let permanent = error.kind() == PublishErrorKind::MaxPayloadExceeded;
-                    tracing::warn!(%error, permanent, subject = %entry.message.subject, "publishing metric batches failed; the raw message will be retried");
+                    state.tally.retry_cause = Some(error.to_string());
                 }
                 entry.failed = true;
                 // Its publishes not sent yet are dropped: the redelivery sends them all again.
@@ -283,6 +313,11 @@ impl Pipeline {
         if entry.failed {
             state.tally.retried += 1;
             let _ = entry.message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;
+            return;
+        }
+        if self.left_unacked.load(Ordering::Relaxed) < self.settings.leave_unacked {
+            self.left_unacked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("test failpoint: leaving a transformed raw message unacknowledged");
             return;
         }
         match entry.message.ack().await {

@@ -71,14 +71,22 @@ async fn the_loss_check_reports_events_the_pipeline_dropped() -> Result<()> {
     transformer_drained(&js).await?;
     let fleet = simulator::Fleet::new(4, 10, 2, 0, 1_000_000);
     let victim = fleet.device_ids().next().expect("a device").to_owned();
-    let purged = js
-        .get_stream("TELEMETRY_METRICS")
-        .await?
-        .purge()
-        .filter(format!("metrics.{}.>", tributary_schema::sanitize_token(&victim)))
-        .await?
-        .purged;
-    assert!(purged > 0, "the victim device had events in flight");
+    let subject = tributary_schema::metric_subject(&victim);
+    let mut metrics = js.get_stream("TELEMETRY_METRICS").await?;
+    // Count the victim's events (its batches wait for the stopped sink), then purge them.
+    let state = metrics.info().await?.state.clone();
+    let mut purged = 0;
+    for seq in state.first_sequence..=state.last_sequence {
+        let message = metrics.get_raw_message(seq).await?;
+        if message.subject.as_str() == subject {
+            use tributary_schema::Message as _;
+            purged += tributary_schema::MetricBatch::decode(message.payload.as_ref())?
+                .events
+                .len() as u64;
+        }
+    }
+    let batches = metrics.purge().filter(subject).await?.purged;
+    assert!(batches > 0 && purged > 0, "the victim device had events in flight");
     let sink = tributary_stack::start_sink(&servers, &options).await?;
     measure::wait_settled(&db, since, report.metrics_sent, Duration::from_secs(3)).await?;
     let lossy = measure::loss_check(&db, since, report.metrics_sent).await?;

@@ -129,3 +129,73 @@ async fn killing_the_transformer_and_sink_mid_stream_loses_and_doubles_nothing()
     assert_eq!(wrong, 0, "every value belongs to its own metric and time");
     h.stop().await
 }
+
+/// Posts one payload after another (each new) until the producer answers
+/// something other than 202; returns that answer and how many were accepted.
+async fn post_until_refused(h: &Harness, first: u32) -> Result<(reqwest::Response, u32)> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut i = first;
+    while tokio::time::Instant::now() < deadline {
+        let response = h.post("full", &numbered_payload(i)).await?;
+        if response.status() != 202 {
+            return Ok((response, i - first));
+        }
+        i += 1;
+    }
+    anyhow::bail!("still accepting after {} payloads", i - first)
+}
+
+#[tokio::test]
+async fn a_stalled_sink_fills_the_streams_and_the_producer_answers_503_until_they_drain() -> Result<()> {
+    let options = tributary_stack::Options {
+        streams: tributary_runtime::StreamArgs {
+            raw_max_bytes: 64 << 10,
+            metrics_max_bytes: 64 << 10,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut h = Harness::start_with(&options).await?;
+    // The database is "down": the sink is gone, its durable consumer stays.
+    h.services.sink.halt().await?;
+
+    // The metrics stream fills, the transformer waits, the raw stream fills
+    // behind it, and ingest is refused instead of filling the disk.
+    let (refused, accepted) = post_until_refused(&h, 0).await?;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["code"], "stream_full", "{body}");
+    assert!(accepted > 20, "{accepted} accepted before the streams were full");
+    let mut raw = h.js.get_stream("TELEMETRY_RAW").await?;
+    let raw_bytes = raw.info().await?.state.bytes;
+    assert!(
+        raw_bytes > 32 << 10,
+        "the raw stream holds the backlog: {raw_bytes} bytes"
+    );
+
+    // The sink comes back: everything drains and ingest resumes.
+    h.services.sink = tributary_stack::start_sink(&h.servers, &options).await?;
+    let mut resumed = false;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < deadline {
+        let response = h.post("full", &numbered_payload(accepted)).await?;
+        if response.status() == 202 {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "ingest resumes once the streams drain");
+    h.wait_drained().await?;
+    assert_eq!(
+        h.rows().await?,
+        i64::from(accepted + 1) * 10,
+        "every accepted payload stored, nothing refused half-stored"
+    );
+    assert_eq!(raw.info().await?.state.messages, 0, "the raw stream is empty again");
+    h.stop().await
+}

@@ -2,6 +2,7 @@
 //! the four services in-process, traffic over real HTTP and MQTT.
 
 mod faults;
+mod framing;
 mod pipeline;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub struct Harness {
     pub servers: Servers,
     pub services: Services,
     pub http: reqwest::Client,
+    pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub db: sqlx::PgPool,
 }
@@ -44,7 +46,8 @@ impl Harness {
             servers,
             services,
             http: reqwest::Client::new(),
-            js: async_nats::jetstream::new(client),
+            js: async_nats::jetstream::new(client.clone()),
+            nats: client,
             db,
         })
     }

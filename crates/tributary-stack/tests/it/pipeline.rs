@@ -44,6 +44,9 @@ async fn assert_sample_stored(h: &Harness) -> Result<()> {
 #[tokio::test]
 async fn http_payload_comes_back_exactly_through_the_query_api() -> Result<()> {
     let h = Harness::start().await?;
+    // The raw stream removes what the transformer has taken: watch what it stores.
+    let mut raw_published = h.nats.subscribe("raw.>").await?;
+    h.nats.flush().await?;
     let accepted = h.post_accepted("plant-7", SAMPLE).await?;
     assert_eq!(accepted["status"], "accepted");
     assert_eq!(accepted["duplicate"], false);
@@ -52,9 +55,8 @@ async fn http_payload_comes_back_exactly_through_the_query_api() -> Result<()> {
     assert_eq!(h.rows().await?, 10);
     assert_sample_stored(&h).await?;
 
-    // The raw stream holds the payload exactly as received.
-    let raw = h.js.get_stream("TELEMETRY_RAW").await?;
-    let message = raw.get_raw_message(1).await?;
+    // The raw stream stored the payload exactly as received.
+    let message = next_message(&mut raw_published).await?;
     assert_eq!(message.subject.as_str(), "raw.http.plant-7");
     let envelope = RawEnvelope::decode(message.payload.as_ref())?;
     assert_eq!(envelope.payload, SAMPLE.as_bytes());
@@ -84,11 +86,19 @@ async fn the_same_payload_twice_is_stored_once() -> Result<()> {
     assert_eq!(h.rows().await?, 10);
     let mut raw = h.js.get_stream("TELEMETRY_RAW").await?;
     assert_eq!(
-        raw.info().await?.state.messages,
+        raw.info().await?.state.last_sequence,
         2,
         "the keyed re-send is a second raw message"
     );
     h.stop().await
+}
+
+/// The next message of a core NATS subscription, within the deadline.
+async fn next_message(subscription: &mut async_nats::Subscriber) -> Result<async_nats::Message> {
+    use futures::StreamExt;
+    tokio::time::timeout(DEADLINE, subscription.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the subscription ended"))
 }
 
 /// Publishes `payload` to the broker at QoS 1 and waits for its PUBACK.
@@ -117,6 +127,8 @@ async fn mqtt_publish(host: &str, port: u16, topic: &str, payload: &str) -> Resu
 #[tokio::test]
 async fn mqtt_qos1_payload_is_stored_once() -> Result<()> {
     let h = Harness::start().await?;
+    let mut raw_published = h.nats.subscribe("raw.>").await?;
+    h.nats.flush().await?;
     let (host, port) = (h.servers.mosquitto.host().to_owned(), h.servers.mosquitto.port());
     mqtt_publish(&host, port, "devices/well-12/telemetry", SAMPLE).await?;
     let db = h.db.clone();
@@ -139,8 +151,7 @@ async fn mqtt_qos1_payload_is_stored_once() -> Result<()> {
     h.wait_drained().await?;
     assert_eq!(h.rows().await?, 10);
 
-    let raw = h.js.get_stream("TELEMETRY_RAW").await?;
-    let first = raw.get_raw_message(1).await?;
+    let first = next_message(&mut raw_published).await?;
     assert_eq!(first.subject.as_str(), "raw.mqtt.devices.well-12.telemetry");
     let envelope = RawEnvelope::decode(first.payload.as_ref())?;
     assert_eq!(envelope.topic, "devices/well-12/telemetry");
@@ -305,7 +316,11 @@ async fn batched_posts_are_stored_metric_by_metric() -> Result<()> {
     );
     h.wait_drained().await?;
     assert_eq!(h.rows().await? as u64, report.metrics_sent);
-    let raw = h.js.get_stream("TELEMETRY_RAW").await?;
-    assert_eq!(raw.cached_info().state.messages, 10, "ten requests of six payloads");
+    let mut raw = h.js.get_stream("TELEMETRY_RAW").await?;
+    assert_eq!(
+        raw.info().await?.state.last_sequence,
+        10,
+        "ten requests of six payloads"
+    );
     h.stop().await
 }
