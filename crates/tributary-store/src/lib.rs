@@ -132,6 +132,9 @@ pub struct Store {
     partitions: Mutex<HashSet<i32>>,
 }
 
+/// SQLSTATE of a unique-key violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// Oldest and newest event times the store takes: 1970 to 2199, matching the
 /// formats' accepted range; partitions are monthly.
 const MIN_TIME_US: i64 = 0;
@@ -210,12 +213,42 @@ impl Store {
     /// Stores a batch in one transaction and returns how many rows were new
     /// (the rest were already stored: redeliveries). When this returns Ok
     /// the rows are committed.
+    ///
+    /// The common case, a batch of new rows, is one binary `COPY` straight
+    /// into the events table: each row costs one index insertion. A batch
+    /// holding an already-stored key makes that `COPY` fail on the primary
+    /// key; the batch is then written again through the staging table with
+    /// `INSERT … ON CONFLICT DO NOTHING`, which skips the stored rows but
+    /// probes the index twice per row. Redeliveries are rare, so most
+    /// batches take the cheap path.
     pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, StoreError> {
         if rows.is_empty() {
             return Ok(0);
         }
         self.ensure_partitions(rows).await?;
         let data = copy::encode(rows);
+        match self.copy_into_table(&data).await {
+            Ok(inserted) => Ok(inserted),
+            Err(StoreError::Database(sqlx::Error::Database(db))) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+                self.copy_through_staging(data).await
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The fast path: `COPY` into the events table in one transaction.
+    async fn copy_into_table(&self, data: &[u8]) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut copy_in = tx.copy_in_raw(&sql::copy_into_table(&self.table)).await?;
+        copy_in.send(data).await?;
+        let inserted = copy_in.finish().await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// The path for batches that hold stored keys: `COPY` into the staging
+    /// table, then one `INSERT … ON CONFLICT DO NOTHING`.
+    async fn copy_through_staging(&self, data: Vec<u8>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut copy_in = tx.copy_in_raw(&sql::copy_into_staging()).await?;
         copy_in.send(data).await?;

@@ -50,6 +50,15 @@ pub fn create_staging_table() -> String {
     )
 }
 
+/// `COPY` of one batch straight into the events table (it fails if any row's
+/// key is already stored).
+pub fn copy_into_table(table: &str) -> String {
+    format!(
+        "COPY {} ({WRITE_COLUMNS}) FROM STDIN (FORMAT binary)",
+        quote_ident(table)
+    )
+}
+
 /// `COPY` of one batch into the staging table.
 pub fn copy_into_staging() -> String {
     format!("COPY {STAGING_TABLE} ({WRITE_COLUMNS}) FROM STDIN (FORMAT binary)")
@@ -123,6 +132,10 @@ mod tests {
             format!(
                 "INSERT INTO \"ev\" ({WRITE_COLUMNS}) SELECT {WRITE_COLUMNS} FROM tributary_staging ON CONFLICT DO NOTHING"
             )
+        );
+        assert_eq!(
+            copy_into_table("ev"),
+            format!("COPY \"ev\" ({WRITE_COLUMNS}) FROM STDIN (FORMAT binary)")
         );
         assert!(create_events_table("ev").contains("PRIMARY KEY (device_id, metric, time)"));
         assert!(create_events_table("ev").ends_with("PARTITION BY RANGE (time)"));

@@ -135,3 +135,43 @@ async fn an_unreachable_database_is_a_transient_error() {
         .unwrap_err();
     assert!(error.is_transient(), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_batch_of_stored_and_new_rows_inserts_only_the_new() {
+    let db = TestDb::create().await.unwrap();
+    let store = store(&db).await;
+    let first: Vec<Row> = (0..10)
+        .map(|i| row("d", "m", T + i, RowValue::Number(i as f64)))
+        .collect();
+    assert_eq!(store.write_batch(&first).await.unwrap(), 10, "all new: the COPY path");
+    // Five stored keys (with other values) and five new ones.
+    let second: Vec<Row> = (5..15).map(|i| row("d", "m", T + i, RowValue::Number(-1.0))).collect();
+    assert_eq!(
+        store.write_batch(&second).await.unwrap(),
+        5,
+        "the stored five are skipped"
+    );
+    let (count, changed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE value_num = -1 AND time < to_timestamp($1 / 1e6)) FROM metric_events",
+    )
+    .bind((T + 5) as f64 + 5.0)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((count, changed), (15, 0), "no stored row was overwritten");
+}
+
+#[tokio::test]
+async fn a_value_the_database_cannot_hold_is_a_permanent_error() {
+    let db = TestDb::create().await.unwrap();
+    let store = store(&db).await;
+    let error = store
+        .write_batch(&[
+            row("d", "ok", T, RowValue::Number(1.0)),
+            row("d", "nul", T, RowValue::Text("a\0b".into())),
+        ])
+        .await
+        .unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.to_string().contains("0x00"), "{error}");
+}
