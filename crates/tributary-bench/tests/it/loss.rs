@@ -1,11 +1,12 @@
 //! The loss check can fail: run the measuring code against a real pipeline
 //! that is made to drop events, and see it report exactly what was dropped.
+//! The framing check reads NATS's counts from the same pipeline.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
-use tributary_bench::measure;
+use tributary_bench::measure::{self, FramingCheck};
 use tributary_runtime::CancellationToken;
 use tributary_schema::Message as _;
 use tributary_stack::{Options, Servers};
@@ -78,13 +79,22 @@ async fn the_loss_check_reports_events_the_pipeline_dropped() -> Result<()> {
     let db = sqlx::PgPool::connect(&servers.database_url).await?;
     let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
 
-    // An intact pipeline passes.
+    // An intact pipeline passes, and NATS counts one MetricBatch per payload.
     let since = measure::now_us();
+    let counts = measure::stream_counts(&js).await?;
     let report = send(&producer.url(), 1, 40).await?;
     assert_eq!(report.acknowledged, 40);
     measure::wait_settled(&db, since, report.metrics_sent, Duration::from_secs(5)).await?;
     let intact = measure::loss_check(&db, since, report.metrics_sent).await?;
     assert!(intact.passed(), "{intact}");
+    let added = measure::stream_counts(&js).await?.since(&counts);
+    let framing = FramingCheck {
+        payloads: report.acknowledged,
+        raw_messages: added.raw,
+        metric_messages: added.metrics,
+    };
+    assert_eq!((added.raw, added.metrics), (40, 40), "{framing}");
+    assert!(framing.as_expected(), "{framing}");
 
     // Now a pipeline that drops events: with the sink stopped, one device's
     // events are purged from the metrics stream before anyone stores them.
