@@ -9,6 +9,7 @@
 
 pub mod limits;
 pub mod measure;
+pub mod nats_sync;
 pub mod procs;
 pub mod report;
 pub mod run;

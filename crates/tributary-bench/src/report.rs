@@ -40,6 +40,7 @@ pub fn render(report: &Report) -> String {
         out,
         "framing: one MetricBatch message per raw message and device (one device per payload here)"
     );
+    let _ = writeln!(out, "nats-server sync_interval: {}", a.nats_sync.describe());
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -263,5 +264,17 @@ mod tests {
         r.phases[0].transport = "mqtt".into();
         r.phases[0].accepted_per_s = 9_000.0;
         assert!(squashed(&r).contains("vs limits producer 10% of MQTT QoS 1 ·"));
+    }
+
+    #[test]
+    fn says_which_durability_setting_ran() {
+        for (flags, line) in [
+            (&[][..], "nats-server sync_interval: default (the server's own"),
+            (&["--nats-sync", "always"][..], "nats-server sync_interval: always"),
+            (&["--nats-sync", "1s"][..], "nats-server sync_interval: 1s"),
+        ] {
+            let text = render(&report(flags));
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use tributary_testkit::{Mosquitto, NatsServer, Postgres};
 
 use crate::limits::{self, Limits, Targets};
 use crate::measure::{self, FramingCheck, Freshness, LossCheck};
+use crate::nats_sync::NatsSync;
 use crate::procs::{self, Service, Usage};
 use crate::samples::Samples;
 
@@ -44,6 +45,10 @@ pub struct Args {
     /// HTTP only: payloads per request (a JSON array). 1 posts each on its own.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// How often nats-server syncs its JetStream store to disk: `default` (the server's own, every 2 min),
+    /// `always` (every write), or an interval such as 1s or 250ms. Applies to the whole run, limits included.
+    #[arg(long, default_value = "default", value_parser = NatsSync::parse)]
+    pub nats_sync: NatsSync,
     /// Where the release binaries are (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -136,9 +141,14 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(bin_dir: &std::path::Path) -> Result<Self> {
+    async fn start(bin_dir: &std::path::Path, nats_sync: NatsSync) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tributary-bench-").tempdir()?;
-        let nats = NatsServer::start()?;
+        let nats = match nats_sync.server_config() {
+            None => NatsServer::start()?,
+            Some(config) => {
+                NatsServer::start_with_config(&config).with_context(|| format!("nats-server with {config:?}"))?
+            }
+        };
         // A server with default durability (fsync on), unlike the tests'.
         let postgres = Postgres::start_in(&dir.path().join("postgres"), None)?;
         let mosquitto = Mosquitto::start()?;
@@ -308,8 +318,8 @@ impl Bench {
 pub async fn run(args: Args) -> Result<Report> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
     let samples = Samples::new(args.metrics)?;
-    let bench = Bench::start(&bin_dir).await?;
-    tracing::info!("servers and services up; measuring this machine's limits");
+    let bench = Bench::start(&bin_dir, args.nats_sync).await?;
+    tracing::info!(nats_sync = %args.nats_sync, "servers and services up; measuring this machine's limits");
     let limits = limits::measure(
         &Targets {
             nats_url: &bench.nats.url(),
@@ -319,8 +329,8 @@ pub async fn run(args: Args) -> Result<Report> {
         },
         &samples,
         if args.quick { 30_000 } else { 200_000 },
-        // A store that syncs every write (nats-server's `sync_interval: always`) makes each JetStream write far
-        // slower: bound the time each measurement spends sending, not only its count.
+        // A store that syncs every write (`--nats-sync always`) makes each JetStream write far slower: bound
+        // the time each measurement spends sending, not only its count.
         Duration::from_secs(if args.quick { 10 } else { 30 }),
     )
     .await?;
@@ -379,4 +389,26 @@ fn memory_gib() -> f64 {
         })
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+        let parse =
+            |flags: &[&str]| Args::try_parse_from(std::iter::once("tributary-bench").chain(flags.iter().copied()));
+        assert_eq!(parse(&[]).unwrap().nats_sync, NatsSync::Default);
+        assert_eq!(parse(&["--nats-sync", "always"]).unwrap().nats_sync, NatsSync::Always);
+        assert_eq!(
+            parse(&["--nats-sync", "1s"]).unwrap().nats_sync,
+            NatsSync::Every(Duration::from_secs(1))
+        );
+        let error = parse(&["--nats-sync", "soon"]).unwrap_err().to_string();
+        assert!(error.contains("expected `default`, `always` or a duration"), "{error}");
+    }
 }
