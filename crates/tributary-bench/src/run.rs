@@ -15,6 +15,9 @@ use crate::nats_sync::NatsSync;
 use crate::procs::{self, Service, Usage};
 use crate::samples::Samples;
 
+/// A fixed-rate phase at least this long is the headline figure; shorter ones and find-max steps are indicative.
+pub const HEADLINE_PHASE: Duration = Duration::from_secs(120);
+
 /// Drive the whole pipeline with simulated devices and measure it against
 /// this machine's own limits.
 #[derive(Debug, Clone, clap::Parser)]
@@ -62,7 +65,8 @@ pub enum TransportChoice {
 }
 
 impl Args {
-    fn phase_duration(&self) -> Duration {
+    /// Length of each fixed-rate phase (a find-max step is a third of it).
+    pub fn phase_duration(&self) -> Duration {
         self.duration.unwrap_or(if self.quick {
             Duration::from_secs(20)
         } else {
