@@ -22,17 +22,57 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use tributary_store::{Row, RowValue, copy, sql};
 
-/// Raw rates this machine reaches, measured in the same run as the pipeline.
+use crate::samples::{self, Samples};
+
+/// Raw rates this machine reaches, measured in the same run as the pipeline with its own messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
-    /// JetStream async publish, acks pipelined (~1,000 in flight), file storage, messages/s.
-    pub js_publish_per_s: f64,
-    /// JetStream pull consume (batches of 500) + ack of each message, messages/s.
-    pub js_consume_per_s: f64,
+    /// JetStream async publish of the sample `RawEnvelope` (the producer's work over HTTP), acks pipelined
+    /// (~1,000 in flight), file storage, messages/s.
+    pub raw_publish_per_s: f64,
+    /// JetStream async publish of the sample `MetricBatch` (the transformer's work), as above, messages/s.
+    pub batch_publish_per_s: f64,
+    /// JetStream pull consume (batches of 500) + ack of each message, of `MetricBatch`-sized messages (the sink's
+    /// input), messages/s.
+    pub batch_consume_per_s: f64,
     /// `COPY … FROM STDIN (FORMAT binary)` into a table shaped like the events table but with no key, rows/s.
     pub copy_rows_per_s: f64,
-    /// MQTT QoS 1 publish → PUBACK round trips through the broker (~1,000 in flight), messages/s.
+    /// MQTT QoS 1 publish → PUBACK round trips of the sample payload through the broker (~1,000 in flight),
+    /// messages/s.
     pub mqtt_qos1_per_s: f64,
+    /// Metric rows each of those messages carries (metrics per payload, events per `MetricBatch`): messages/s
+    /// times this is the rows/s a limit implies.
+    pub rows_per_message: u32,
+    /// Encoded sizes of the samples, bytes: payload, `RawEnvelope`, `MetricBatch`.
+    pub payload_bytes: usize,
+    pub raw_envelope_bytes: usize,
+    pub metric_batch_bytes: usize,
+}
+
+impl Limits {
+    /// The metric rows/s that `messages_per_s` messages of the samples carry.
+    pub fn rows_per_s(&self, messages_per_s: f64) -> f64 {
+        messages_per_s * f64::from(self.rows_per_message)
+    }
+}
+
+/// Which pipeline message a scratch stream stands for: decides the shape of each message's `Nats-Msg-Id`, which
+/// the stream's duplicate window keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A `RawEnvelope`, id like the producer's.
+    RawEnvelope,
+    /// A `MetricBatch`, id like the transformer's (raw id + device + chunk).
+    MetricBatch,
+}
+
+impl Framing {
+    fn msg_id(self, run: &str, n: u64) -> String {
+        match self {
+            Self::RawEnvelope => samples::scratch_raw_id(run, n),
+            Self::MetricBatch => samples::scratch_batch_id(run, n),
+        }
+    }
 }
 
 /// Where the servers are.
@@ -56,61 +96,84 @@ const STALL: Duration = Duration::from_secs(10);
 /// Event times of the scratch messages and rows (2017-09-30, like the sample data).
 const BASE_TIME_US: i64 = 1_506_775_817_765_000;
 
-/// Measures all four, one after another (never concurrently: they share 2 cores). `event` is a representative
-/// encoded MetricEvent (for the JetStream figures); `payload` a representative device payload (for MQTT);
-/// `count` messages/rows per measurement.
-pub async fn measure(targets: &Targets<'_>, event: &[u8], payload: &[u8], count: usize) -> Result<Limits> {
+/// Measures all five, one after another (never concurrently: they share 2 cores), with the pipeline's own
+/// messages from `samples`; `count` messages/rows per measurement, and for JetStream, whose writes a store that
+/// syncs every write makes far slower, no more messages than fit in `budget` of sending each.
+pub async fn measure(targets: &Targets<'_>, samples: &Samples, count: usize, budget: Duration) -> Result<Limits> {
+    let nats = targets.nats_url;
     Ok(Limits {
-        js_publish_per_s: js_publish_rate(targets.nats_url, event, count)
+        raw_publish_per_s: js_publish_rate(nats, &samples.raw_envelope, Framing::RawEnvelope, count, budget)
             .await
-            .context("measuring JetStream publish")?,
-        js_consume_per_s: js_consume_rate(targets.nats_url, event, count)
+            .context("measuring JetStream publish of RawEnvelopes")?,
+        batch_publish_per_s: js_publish_rate(nats, &samples.metric_batch, Framing::MetricBatch, count, budget)
             .await
-            .context("measuring JetStream consume")?,
+            .context("measuring JetStream publish of MetricBatches")?,
+        batch_consume_per_s: js_consume_rate(nats, &samples.metric_batch, count, budget)
+            .await
+            .context("measuring JetStream consume of MetricBatches")?,
         copy_rows_per_s: copy_rate(targets.database_url, count)
             .await
             .context("measuring binary COPY")?,
-        mqtt_qos1_per_s: mqtt_qos1_rate(targets.mqtt_host, targets.mqtt_port, payload, count)
+        mqtt_qos1_per_s: mqtt_qos1_rate(targets.mqtt_host, targets.mqtt_port, &samples.payload, count)
             .await
             .context("measuring MQTT QoS 1")?,
+        rows_per_message: samples.events_per_batch,
+        payload_bytes: samples.payload.len(),
+        raw_envelope_bytes: samples.raw_envelope.len(),
+        metric_batch_bytes: samples.metric_batch.len(),
     })
 }
 
-/// Publishes `count` copies of `message`, each with its own `Nats-Msg-Id`, to a scratch file-storage stream
-/// with ~1,000 acks in flight, and returns messages/s from the first publish to the last ack.
-pub async fn js_publish_rate(nats_url: &str, message: &[u8], count: usize) -> Result<f64> {
+/// Publishes `count` copies of `message` (fewer if sending them takes longer than `budget`), each with its own
+/// `Nats-Msg-Id` shaped as `framing` says, to a scratch file-storage stream with ~1,000 acks in flight, and returns
+/// messages/s from the first publish to the last ack.
+pub async fn js_publish_rate(
+    nats_url: &str,
+    message: &[u8],
+    framing: Framing,
+    count: usize,
+    budget: Duration,
+) -> Result<f64> {
     ensure!(count > 0, "nothing to measure: count is 0");
     let scratch = ScratchStream::create(nats_url).await?;
     let result = async {
         let start = Instant::now();
-        publish_all(&scratch, Bytes::copy_from_slice(message), count).await?;
+        let sent = publish_all(&scratch, Bytes::copy_from_slice(message), framing, count, budget).await?;
         let elapsed = start.elapsed();
         let stored = scratch.stream.get_info().await.context("stream info")?.state.messages;
         ensure!(
-            stored == count as u64,
-            "the scratch stream holds {stored} messages, not {count}"
+            stored == sent as u64,
+            "the scratch stream holds {stored} messages, not {sent}"
         );
-        Ok(rate(count, elapsed))
+        Ok((sent, rate(sent, elapsed)))
     }
     .await;
-    let rate = scratch.delete(result).await?;
+    let (sent, rate) = scratch.delete(result).await?;
     tracing::info!(
         rate = rate.round() as u64,
-        count,
+        count = sent,
         bytes = message.len(),
+        ?framing,
         "JetStream publish limit"
     );
     Ok(rate)
 }
 
-/// Fills a scratch stream with `count` copies of `message` (not timed), then drains it through a durable pull
-/// consumer (batches of 500, an explicit ack per message, like the sink) and returns messages/s from
-/// subscribing until the server has every ack.
-pub async fn js_consume_rate(nats_url: &str, message: &[u8], count: usize) -> Result<f64> {
+/// Fills a scratch stream with `count` copies of `message` (not timed; ids as the transformer's; fewer if filling
+/// takes longer than `budget`), then drains it through a durable pull consumer (batches of 500, an explicit ack
+/// per message, like the sink) and returns messages/s from subscribing until the server has every ack.
+pub async fn js_consume_rate(nats_url: &str, message: &[u8], count: usize, budget: Duration) -> Result<f64> {
     ensure!(count > 0, "nothing to measure: count is 0");
     let scratch = ScratchStream::create(nats_url).await?;
     let result = async {
-        publish_all(&scratch, Bytes::copy_from_slice(message), count).await?;
+        let count = publish_all(
+            &scratch,
+            Bytes::copy_from_slice(message),
+            Framing::MetricBatch,
+            count,
+            budget,
+        )
+        .await?;
         let mut consumer: consumer::PullConsumer = scratch
             .stream
             .create_consumer(consumer::pull::Config {
@@ -159,10 +222,10 @@ pub async fn js_consume_rate(nats_url: &str, message: &[u8], count: usize) -> Re
         }
         let elapsed = start.elapsed();
         drop(messages);
-        Ok(rate(count, elapsed))
+        Ok((count, rate(count, elapsed)))
     }
     .await;
-    let rate = scratch.delete(result).await?;
+    let (count, rate) = scratch.delete(result).await?;
     tracing::info!(
         rate = rate.round() as u64,
         count,
@@ -351,28 +414,46 @@ impl ScratchStream {
     }
 
     /// Deletes the stream, then returns the measurement's result (its error first, if both failed).
-    async fn delete(self, result: Result<f64>) -> Result<f64> {
+    async fn delete<T>(self, result: Result<T>) -> Result<T> {
         let name = self.stream.cached_info().config.name.clone();
         let deleted = self
             .js
             .delete_stream(&name)
             .await
             .with_context(|| format!("deleting the scratch stream {name}"));
-        let rate = result?;
+        let value = result?;
         deleted?;
-        Ok(rate)
+        Ok(value)
     }
 }
 
-/// Publishes `count` copies of `payload`, each with a unique `Nats-Msg-Id` shaped like the pipeline's
-/// (`device.metric.time`), keeping [`IN_FLIGHT`] acks outstanding; returns once all are acknowledged.
-async fn publish_all(scratch: &ScratchStream, payload: Bytes, count: usize) -> Result<()> {
+/// Publishes `count` copies of `payload`, each with a unique `Nats-Msg-Id` shaped like the pipeline's (as
+/// `framing` says), keeping [`IN_FLIGHT`] acks outstanding; stops sending once `budget` has passed (with at
+/// least one message sent). Returns how many it sent, once all are acknowledged.
+async fn publish_all(
+    scratch: &ScratchStream,
+    payload: Bytes,
+    framing: Framing,
+    count: usize,
+    budget: Duration,
+) -> Result<usize> {
+    let deadline = Instant::now() + budget;
     let mut acks = FuturesUnordered::new();
+    let mut sent = 0;
     for i in 0..count {
+        if i > 0 && Instant::now() >= deadline {
+            tracing::info!(
+                sent = i,
+                count,
+                ?budget,
+                "JetStream limit: time budget spent before the count"
+            );
+            break;
+        }
         if acks.len() >= IN_FLIGHT {
             check_ack(acks.next().await.expect("acks are in flight"))?;
         }
-        let id = format!("limits{}.metric.{}", scratch.suffix, BASE_TIME_US + i as i64);
+        let id = framing.msg_id(&scratch.suffix, i as u64);
         let message = PublishMessage::build().payload(payload.clone()).message_id(id);
         let ack = scratch
             .js
@@ -380,11 +461,12 @@ async fn publish_all(scratch: &ScratchStream, payload: Bytes, count: usize) -> R
             .await
             .with_context(|| format!("publishing message {i}"))?;
         acks.push(ack.into_future());
+        sent += 1;
     }
     while let Some(ack) = acks.next().await {
         check_ack(ack)?;
     }
-    Ok(())
+    Ok(sent)
 }
 
 fn check_ack(ack: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>) -> Result<()> {

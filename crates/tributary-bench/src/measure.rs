@@ -140,6 +140,94 @@ pub async fn wait_drained(js: &async_nats::jetstream::Context, idle: Duration) -
     Ok(last)
 }
 
+/// How many messages each pipeline stream has taken so far: its last sequence. It counts every message ever
+/// stored (also ones since removed by the stream's limits); a publish dropped as a duplicate adds nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// `TELEMETRY_RAW`: one message per HTTP request or MQTT message the producer accepted.
+    pub raw: u64,
+    /// `TELEMETRY_METRICS`: one `MetricBatch` per raw message and device (per chunk, when large).
+    pub metrics: u64,
+}
+
+impl StreamCounts {
+    /// Messages added since `earlier`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            raw: self.raw.saturating_sub(earlier.raw),
+            metrics: self.metrics.saturating_sub(earlier.metrics),
+        }
+    }
+}
+
+/// Reads both streams' last sequences from NATS.
+pub async fn stream_counts(js: &async_nats::jetstream::Context) -> Result<StreamCounts> {
+    let mut last = [0u64; 2];
+    for (slot, name) in last
+        .iter_mut()
+        .zip([tributary_schema::RAW_STREAM, tributary_schema::METRICS_STREAM])
+    {
+        let mut stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        *slot = stream
+            .info()
+            .await
+            .map_err(|e| anyhow::anyhow!("{name} info: {e}"))?
+            .state
+            .last_sequence;
+    }
+    Ok(StreamCounts {
+        raw: last[0],
+        metrics: last[1],
+    })
+}
+
+/// The framing, checked from NATS's own counts for one phase: every payload the bench sends holds one device
+/// and its events fit in one chunk, so the transformer should add exactly one `MetricBatch` per accepted
+/// payload, and one per raw message when each raw message holds one payload (MQTT, HTTP without `--batch`).
+/// A regression to one message per metric, or a lost or doubled batch, shows up as a mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramingCheck {
+    /// Payloads the producer acknowledged in the phase.
+    pub payloads: u64,
+    /// Messages added to `TELEMETRY_RAW` during the phase (and its drain).
+    pub raw_messages: u64,
+    /// Messages added to `TELEMETRY_METRICS` during the phase (and its drain).
+    pub metric_messages: u64,
+}
+
+impl FramingCheck {
+    /// `MetricBatch` messages per raw message.
+    pub fn per_raw_message(&self) -> Option<f64> {
+        (self.raw_messages > 0).then(|| self.metric_messages as f64 / self.raw_messages as f64)
+    }
+
+    /// Payloads per raw message: what [`FramingCheck::per_raw_message`] should be (1 unless HTTP `--batch`).
+    pub fn expected_per_raw_message(&self) -> Option<f64> {
+        (self.raw_messages > 0).then(|| self.payloads as f64 / self.raw_messages as f64)
+    }
+
+    /// One `MetricBatch` per accepted payload.
+    pub fn as_expected(&self) -> bool {
+        self.metric_messages == self.payloads
+    }
+}
+
+impl std::fmt::Display for FramingCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ratio = |r: Option<f64>| r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"));
+        write!(
+            f,
+            "{}: {} raw → {} metric messages, {} per raw message (expected {}: one MetricBatch per payload, {} payloads)",
+            if self.as_expected() { "ok" } else { "MISMATCH" },
+            self.raw_messages,
+            self.metric_messages,
+            ratio(self.per_raw_message()),
+            ratio(self.expected_per_raw_message()),
+            self.payloads
+        )
+    }
+}
+
 /// Time from acceptance by the producer to the row being stored, in ms.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Freshness {
@@ -192,5 +280,50 @@ mod tests {
                 .to_string()
                 .starts_with("FAIL: 100 sent, 97 stored, 3 missing")
         );
+    }
+
+    #[test]
+    fn framing_verdicts() {
+        let check = |payloads, raw_messages, metric_messages| FramingCheck {
+            payloads,
+            raw_messages,
+            metric_messages,
+        };
+        // One payload per raw message (MQTT, HTTP unbatched): 1:1.
+        let one = check(2_000, 2_000, 2_000);
+        assert!(one.as_expected());
+        assert_eq!(one.per_raw_message(), Some(1.0));
+        assert_eq!(
+            one.to_string(),
+            "ok: 2000 raw → 2000 metric messages, 1.00 per raw message \
+             (expected 1.00: one MetricBatch per payload, 2000 payloads)"
+        );
+        // HTTP --batch 10: ten payloads (ten devices) per raw message.
+        let batched = check(2_000, 200, 2_000);
+        assert!(batched.as_expected());
+        assert_eq!(batched.per_raw_message(), Some(10.0));
+        assert_eq!(batched.expected_per_raw_message(), Some(10.0));
+        // One message per metric again: ten per payload.
+        let per_metric = check(2_000, 2_000, 20_000);
+        assert!(!per_metric.as_expected());
+        assert!(
+            per_metric
+                .to_string()
+                .starts_with("MISMATCH: 2000 raw → 20000 metric messages, 10.00")
+        );
+        // A lost batch, and a phase with nothing in it.
+        assert!(!check(2_000, 2_000, 1_999).as_expected());
+        let empty = check(0, 0, 0);
+        assert!(empty.as_expected());
+        assert_eq!(empty.per_raw_message(), None);
+        assert!(empty.to_string().contains("n/a per raw message"));
+    }
+
+    #[test]
+    fn stream_counts_subtract() {
+        let before = StreamCounts { raw: 10, metrics: 25 };
+        let after = StreamCounts { raw: 30, metrics: 45 };
+        assert_eq!(after.since(&before), StreamCounts { raw: 20, metrics: 20 });
+        assert_eq!(before.since(&after), StreamCounts::default());
     }
 }

@@ -7,12 +7,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use sqlx::PgPool;
 use tributary_runtime::{CancellationToken, parse_duration};
-use tributary_schema::Message as _;
 use tributary_testkit::{Mosquitto, NatsServer, Postgres};
 
 use crate::limits::{self, Limits, Targets};
-use crate::measure::{self, Freshness, LossCheck};
+use crate::measure::{self, FramingCheck, Freshness, LossCheck};
+use crate::nats_sync::NatsSync;
 use crate::procs::{self, Service, Usage};
+use crate::samples::Samples;
+
+/// A fixed-rate phase at least this long is the headline figure; shorter ones and find-max steps are indicative.
+pub const HEADLINE_PHASE: Duration = Duration::from_secs(120);
 
 /// Drive the whole pipeline with simulated devices and measure it against
 /// this machine's own limits.
@@ -44,6 +48,10 @@ pub struct Args {
     /// HTTP only: payloads per request (a JSON array). 1 posts each on its own.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// How often nats-server syncs its JetStream store to disk: `default` (the server's own, every 2 min),
+    /// `always` (every write), or an interval such as 1s or 250ms. Applies to the whole run, limits included.
+    #[arg(long, default_value = "default", value_parser = NatsSync::parse)]
+    pub nats_sync: NatsSync,
     /// Where the release binaries are (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -57,7 +65,8 @@ pub enum TransportChoice {
 }
 
 impl Args {
-    fn phase_duration(&self) -> Duration {
+    /// Length of each fixed-rate phase (a find-max step is a third of it).
+    pub fn phase_duration(&self) -> Duration {
         self.duration.unwrap_or(if self.quick {
             Duration::from_secs(20)
         } else {
@@ -96,6 +105,12 @@ pub struct Phase {
     /// Payloads the producer acknowledged, per second of load.
     pub accepted_per_s: f64,
     pub failed: u64,
+    /// Raw messages (`TELEMETRY_RAW`) and `MetricBatch` messages (`TELEMETRY_METRICS`) added per second while
+    /// the load ran: the producer's and the transformer's publish rates.
+    pub raw_per_s: f64,
+    pub batches_per_s: f64,
+    /// Messages the phase added to each stream, load and drain, against the payloads accepted.
+    pub framing: FramingCheck,
     /// Rows committed while the load ran, per second.
     pub committed_per_s: f64,
     /// Time after the load ended until every row was stored.
@@ -130,9 +145,14 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(bin_dir: &std::path::Path) -> Result<Self> {
+    async fn start(bin_dir: &std::path::Path, nats_sync: NatsSync) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tributary-bench-").tempdir()?;
-        let nats = NatsServer::start()?;
+        let nats = match nats_sync.server_config() {
+            None => NatsServer::start()?,
+            Some(config) => {
+                NatsServer::start_with_config(&config).with_context(|| format!("nats-server with {config:?}"))?
+            }
+        };
         // A server with default durability (fsync on), unlike the tests'.
         let postgres = Postgres::start_in(&dir.path().join("postgres"), None)?;
         let mosquitto = Mosquitto::start()?;
@@ -241,6 +261,7 @@ impl Bench {
         config.concurrency = 256;
 
         let since = measure::now_us();
+        let counts_before = measure::stream_counts(&self.js).await?;
         let before = self.usage();
         let started = Instant::now();
         let sent = simulator::run(config, CancellationToken::new())
@@ -248,9 +269,11 @@ impl Bench {
             .context("simulator")?;
         let load_elapsed = started.elapsed();
         let committed_during_load = measure::stored_rows(&self.db, since).await?;
+        let during_load = measure::stream_counts(&self.js).await?.since(&counts_before);
         measure::wait_drained(&self.js, Duration::from_secs(15)).await?;
         let drain = started.elapsed().saturating_sub(load_elapsed);
         let after = self.usage();
+        let added = measure::stream_counts(&self.js).await?.since(&counts_before);
         let loss = measure::loss_check(&self.db, since, sent.metrics_sent).await?;
         let freshness = measure::freshness(&self.db, since).await?;
         let rows = loss.stored.max(1) as f64;
@@ -272,6 +295,13 @@ impl Bench {
             load: load_elapsed,
             accepted_per_s: sent.acknowledged as f64 / secs,
             failed: sent.failed,
+            raw_per_s: during_load.raw as f64 / secs,
+            batches_per_s: during_load.metrics as f64 / secs,
+            framing: FramingCheck {
+                payloads: sent.acknowledged,
+                raw_messages: added.raw,
+                metric_messages: added.metrics,
+            },
             committed_per_s: committed_during_load as f64 / secs,
             drain,
             freshness,
@@ -288,31 +318,12 @@ impl Bench {
     }
 }
 
-/// A representative encoded `MetricEvent` and device payload, for the limits.
-fn sample_messages(metrics: u32) -> (Vec<u8>, Vec<u8>) {
-    let (_, payload) = simulator::Fleet::new(1, metrics, 7, 1_506_775_817_765_000, 1_000_000).next_payload();
-    let event = tributary_schema::MetricEvent {
-        device_id: "594d186e51b3bc4eb0abafd9".into(),
-        metric: "AvQvnGas".into(),
-        time_us: 1_506_775_817_765_000,
-        value: Some(tributary_schema::Value::Number(27035.2344)),
-        latitude: Some(50.75920624235248),
-        longitude: Some(45.13887627405175),
-        attributes: [("context".to_owned(), "594e7bfb463aee1301da2d6b".to_owned())].into(),
-        source: "bench".into(),
-        raw_msg_id: "http:bench:0123456789abcdef0123456789abcdef".into(),
-        ingested_at_us: 1_506_775_817_900_000,
-        ..Default::default()
-    };
-    (event.encode_to_vec(), payload)
-}
-
 /// Runs the benchmark and returns its report.
 pub async fn run(args: Args) -> Result<Report> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
-    let bench = Bench::start(&bin_dir).await?;
-    tracing::info!("servers and services up; measuring this machine's limits");
-    let (event, payload) = sample_messages(args.metrics);
+    let samples = Samples::new(args.metrics)?;
+    let bench = Bench::start(&bin_dir, args.nats_sync).await?;
+    tracing::info!(nats_sync = %args.nats_sync, "servers and services up; measuring this machine's limits");
     let limits = limits::measure(
         &Targets {
             nats_url: &bench.nats.url(),
@@ -320,9 +331,11 @@ pub async fn run(args: Args) -> Result<Report> {
             mqtt_host: bench.mosquitto.host(),
             mqtt_port: bench.mosquitto.port(),
         },
-        &event,
-        &payload,
+        &samples,
         if args.quick { 30_000 } else { 200_000 },
+        // A store that syncs every write (`--nats-sync always`) makes each JetStream write far slower: bound
+        // the time each measurement spends sending, not only its count.
+        Duration::from_secs(if args.quick { 10 } else { 30 }),
     )
     .await?;
 
@@ -380,4 +393,26 @@ fn memory_gib() -> f64 {
         })
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Args::command().debug_assert();
+        let parse =
+            |flags: &[&str]| Args::try_parse_from(std::iter::once("tributary-bench").chain(flags.iter().copied()));
+        assert_eq!(parse(&[]).unwrap().nats_sync, NatsSync::Default);
+        assert_eq!(parse(&["--nats-sync", "always"]).unwrap().nats_sync, NatsSync::Always);
+        assert_eq!(
+            parse(&["--nats-sync", "1s"]).unwrap().nats_sync,
+            NatsSync::Every(Duration::from_secs(1))
+        );
+        let error = parse(&["--nats-sync", "soon"]).unwrap_err().to_string();
+        assert!(error.contains("expected `default`, `always` or a duration"), "{error}");
+    }
 }

@@ -40,6 +40,18 @@ impl NatsServer {
         Self::launch(ServerDir::temp("tributary-nats-")?, None, None)
     }
 
+    /// Like [`NatsServer::start`], with the server also reading `config`
+    /// (nats-server configuration text, e.g. `jetstream { sync_interval: always }`),
+    /// written to `nats.conf` in the temp dir. The command-line flags still set
+    /// address, port and store, and win over it. A config the server refuses
+    /// fails the start with the server's own message from its log.
+    pub fn start_with_config(config: &str) -> Result<Self> {
+        let dir = ServerDir::temp("tributary-nats-")?;
+        let path = dir.path().join("nats.conf");
+        fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        Self::launch(dir, None, Some(path))
+    }
+
     /// Same, but with the store in `dir` (created if missing, kept on drop)
     /// and, if given, a fixed port. Used by `just dev`.
     pub fn start_in(dir: &Path, port: Option<u16>) -> Result<Self> {

@@ -2,13 +2,20 @@
 //! and leaves nothing behind. Speed is never asserted: numbers go to
 //! BENCHMARKS.md.
 
+use std::time::Duration;
+
 use anyhow::Result;
-use tributary_bench::limits::{self, Targets};
+use tributary_bench::limits::{self, Framing, Targets};
+use tributary_bench::samples::Samples;
 use tributary_testkit::{Mosquitto, NatsServer, TestDb};
 
-/// About the size of an encoded `MetricEvent` and of a small device payload.
-const EVENT: [u8; 147] = [0x5a; 147];
-const PAYLOAD: [u8; 300] = [b'x'; 300];
+/// The bench's own messages for 10 metrics per payload.
+fn samples() -> Samples {
+    Samples::new(10).expect("samples")
+}
+
+/// Far more time than the tests' counts need: they stop at the count.
+const BUDGET: Duration = Duration::from_secs(300);
 
 fn assert_usable(rate: f64) {
     assert!(rate.is_finite() && rate > 0.0, "rate {rate}");
@@ -29,9 +36,31 @@ async fn scratch_tables_left(database_url: &str) -> Result<i64> {
 }
 
 #[tokio::test]
-async fn jetstream_publish_rate_is_measured_and_its_stream_deleted() -> Result<()> {
+async fn jetstream_publish_rates_are_measured_and_their_streams_deleted() -> Result<()> {
     let nats = NatsServer::start()?;
-    assert_usable(limits::js_publish_rate(&nats.url(), &EVENT, 2_000).await?);
+    let samples = samples();
+    assert_usable(
+        limits::js_publish_rate(&nats.url(), &samples.raw_envelope, Framing::RawEnvelope, 2_000, BUDGET).await?,
+    );
+    assert_usable(
+        limits::js_publish_rate(&nats.url(), &samples.metric_batch, Framing::MetricBatch, 2_000, BUDGET).await?,
+    );
+    assert_eq!(streams_left(&nats.url()).await?, 0);
+    Ok(())
+}
+
+/// A count that would take minutes stops at the time budget (what `--nats-sync always` needs), and the
+/// measurement still checks what it stored and cleans up.
+#[tokio::test]
+async fn a_time_budget_cuts_a_jetstream_measurement_short() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let samples = samples();
+    let budget = Duration::from_millis(200);
+    let huge = 100_000_000;
+    assert_usable(
+        limits::js_publish_rate(&nats.url(), &samples.metric_batch, Framing::MetricBatch, huge, budget).await?,
+    );
+    assert_usable(limits::js_consume_rate(&nats.url(), &samples.metric_batch, huge, budget).await?);
     assert_eq!(streams_left(&nats.url()).await?, 0);
     Ok(())
 }
@@ -39,7 +68,7 @@ async fn jetstream_publish_rate_is_measured_and_its_stream_deleted() -> Result<(
 #[tokio::test]
 async fn jetstream_consume_rate_is_measured_and_its_stream_deleted() -> Result<()> {
     let nats = NatsServer::start()?;
-    assert_usable(limits::js_consume_rate(&nats.url(), &EVENT, 2_000).await?);
+    assert_usable(limits::js_consume_rate(&nats.url(), &samples().metric_batch, 2_000, BUDGET).await?);
     assert_eq!(streams_left(&nats.url()).await?, 0);
     Ok(())
 }
@@ -56,7 +85,7 @@ async fn copy_rate_is_measured_and_its_table_dropped() -> Result<()> {
 #[tokio::test]
 async fn mqtt_qos1_rate_is_measured() -> Result<()> {
     let broker = Mosquitto::start()?;
-    assert_usable(limits::mqtt_qos1_rate(broker.host(), broker.port(), &PAYLOAD, 2_000).await?);
+    assert_usable(limits::mqtt_qos1_rate(broker.host(), broker.port(), &samples().payload, 2_000).await?);
     Ok(())
 }
 
@@ -69,15 +98,30 @@ async fn measure_fills_every_limit() -> Result<()> {
         mqtt_host: broker.host(),
         mqtt_port: broker.port(),
     };
-    let measured = limits::measure(&targets, &EVENT, &PAYLOAD, 1_000).await?;
+    let samples = samples();
+    let measured = limits::measure(&targets, &samples, 1_000, BUDGET).await?;
     for rate in [
-        measured.js_publish_per_s,
-        measured.js_consume_per_s,
+        measured.raw_publish_per_s,
+        measured.batch_publish_per_s,
+        measured.batch_consume_per_s,
         measured.copy_rows_per_s,
         measured.mqtt_qos1_per_s,
     ] {
         assert_usable(rate);
     }
+    assert_eq!(measured.rows_per_message, 10);
+    assert_eq!(
+        (
+            measured.payload_bytes,
+            measured.raw_envelope_bytes,
+            measured.metric_batch_bytes
+        ),
+        (
+            samples.payload.len(),
+            samples.raw_envelope.len(),
+            samples.metric_batch.len()
+        )
+    );
     assert_eq!(streams_left(&nats.url()).await?, 0);
     assert_eq!(scratch_tables_left(db.url()).await?, 0);
     Ok(())
@@ -86,7 +130,7 @@ async fn measure_fills_every_limit() -> Result<()> {
 #[tokio::test]
 async fn an_unreachable_broker_is_an_error_not_a_hang() -> Result<()> {
     let port = tributary_testkit::free_port()?;
-    let error = limits::mqtt_qos1_rate("127.0.0.1", port, &PAYLOAD, 10)
+    let error = limits::mqtt_qos1_rate("127.0.0.1", port, &samples().payload, 10)
         .await
         .unwrap_err();
     assert!(format!("{error:#}").contains("MQTT"), "{error:#}");
@@ -96,5 +140,15 @@ async fn an_unreachable_broker_is_an_error_not_a_hang() -> Result<()> {
 #[tokio::test]
 async fn a_count_of_zero_is_refused() {
     assert!(limits::copy_rate("postgres://127.0.0.1:1/none", 0).await.is_err());
-    assert!(limits::js_publish_rate("nats://127.0.0.1:1", &EVENT, 0).await.is_err());
+    let event = samples().metric_batch;
+    assert!(
+        limits::js_publish_rate("nats://127.0.0.1:1", &event, Framing::MetricBatch, 0, BUDGET)
+            .await
+            .is_err()
+    );
+    assert!(
+        limits::js_consume_rate("nats://127.0.0.1:1", &event, 0, BUDGET)
+            .await
+            .is_err()
+    );
 }

@@ -1,2 +1,3 @@
 mod limits;
 mod loss;
+mod nats_sync;
