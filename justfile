@@ -19,6 +19,11 @@ bench *ARGS: check-servers
     cargo build --release --locked -p producer -p transformer -p sink -p query-api -p tributary-bench
     target/release/tributary-bench {{ARGS}}
 
+# Compare the sink's write shapes on one PostgreSQL (CPU per row, rows/s); `just bench-store --help`.
+bench-store *ARGS: check-servers
+    cargo build --release --locked -p tributary-bench
+    target/release/tributary-store-shapes {{ARGS}}
+
 # Formatting and lints, warnings denied.
 lint:
     cargo fmt --all -- --check

@@ -14,3 +14,4 @@ pub mod procs;
 pub mod report;
 pub mod run;
 pub mod samples;
+pub mod shapes;
