@@ -54,6 +54,10 @@ struct Args {
     qos: u8,
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Run on a current-thread runtime instead of the benchmark's
+    /// multi-thread one.
+    #[arg(long)]
+    current_thread: bool,
 }
 
 /// Process CPU time so far (user + system, every thread, exited ones too).
@@ -73,7 +77,12 @@ fn main() {
     if args.mode == "serve" {
         return serve();
     }
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = if args.current_thread {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+    .expect("runtime");
     match args.mode.as_str() {
         "fleet" => {
             for _ in 0..args.repeat {
