@@ -12,6 +12,7 @@
 pub mod config;
 pub mod fleet;
 mod http;
+mod http1;
 mod mqtt;
 pub mod rng;
 pub mod timestamp;
@@ -69,8 +70,6 @@ impl Report {
 pub enum Error {
     #[error("invalid configuration: {}", .0.join("; "))]
     Config(Vec<String>),
-    #[error("building the HTTP client: {0}")]
-    HttpClient(#[source] reqwest::Error),
     #[error("MQTT broker {broker}: not connected within {}s: {reason}", mqtt::CONNECT_TIMEOUT.as_secs())]
     MqttConnect { broker: String, reason: String },
 }
@@ -175,7 +174,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Report, 
     let tally = Arc::new(Tally::default());
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut sender = match config.transport {
-        Transport::Http => Sender::Http(http::HttpSender::new(&config, tally.clone()).map_err(Error::HttpClient)?),
+        Transport::Http => {
+            Sender::Http(http::HttpSender::new(&config, tally.clone()).map_err(|why| Error::Config(vec![why]))?)
+        }
         Transport::Mqtt => {
             Sender::Mqtt(mqtt::MqttSender::connect(&config, tally.clone(), permits.clone(), &shutdown).await?)
         }
