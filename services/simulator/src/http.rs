@@ -6,7 +6,8 @@
 //! Requests are made by long-lived worker tasks, each with its own
 //! keep-alive connection ([`crate::http1`]) and buffers: a request costs a
 //! channel send, one write and one read, and no task spawn, URL parse or
-//! allocation beyond the payload's own. A worker that finishes puts itself
+//! header map (its only allocations are the payload's body and the short
+//! list carrying the batch to the worker). A worker that finishes puts itself
 //! back on a stack of idle workers before it releases its payloads'
 //! permits, so once the run holds a permit an idle worker is there (or one
 //! more is started); the most recently used goes first, so only as many
@@ -209,8 +210,10 @@ async fn post(shared: &Shared, conn: &mut Option<Conn>, request: &[u8]) -> Resul
 
 /// One request and its response on `conn`, connecting first if there is no
 /// connection. A kept-alive connection that turns out to have been closed by
-/// the server is replaced and the request sent again at once: it never
-/// reached the server, so that is not a try.
+/// the server (closed or reset before any byte of an answer) is replaced and
+/// the request sent again at once, not counted as a try: servers close idle
+/// connections, and the request had almost surely not been read (if it
+/// had, the pipeline deduplicates the second copy).
 async fn exchange(
     target: &Target,
     conn: &mut Option<Conn>,
