@@ -18,10 +18,8 @@
 //! start time and interval give byte-identical payloads on every machine and
 //! every build, so a benchmark or a test can regenerate what was sent.
 
-use std::fmt::Write as _;
-
 use crate::rng::{Rng, mix};
-use crate::timestamp::format_millis;
+use crate::timestamp::{MILLIS_LEN, write_millis};
 
 /// A metric is left out of a payload once in this many readings.
 pub const GAP_ONE_IN: u64 = 200;
@@ -250,8 +248,9 @@ struct Series {
 #[derive(Debug, Clone)]
 struct Device {
     id: String,
-    lon: f64,
-    lat: f64,
+    /// Everything before the timestamp's digits, which never changes:
+    /// `{"_id":"…","context":"…","loc":[…,…],"timestamp":"`.
+    prefix: Vec<u8>,
     /// Event time of the device's first payload.
     first_time_us: i64,
     /// Payloads generated so far.
@@ -261,11 +260,17 @@ struct Device {
 }
 
 /// The deterministic payload generator.
+///
+/// Generating a payload writes only what changes (the timestamp and the
+/// values) after bytes encoded once per fleet or device, with no formatting
+/// machinery: a benchmark's load generator spends its CPU here.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     context: String,
     /// `"name":` for each metric, ready to write.
-    keys: Vec<String>,
+    keys: Vec<Vec<u8>>,
+    /// Room for the longest payload: one allocation per payload.
+    capacity: usize,
     devices: Vec<Device>,
     next: usize,
     interval_us: i64,
@@ -287,7 +292,7 @@ impl Fleet {
         // random parts, then a counter, so they are distinct within a fleet.
         let ids = ObjectIds::new(&mut fleet_rng);
         let site = (fleet_rng.range(-170.0, 170.0), fleet_rng.range(-55.0, 65.0));
-        let devices = (0..devices)
+        let devices: Vec<Device> = (0..devices)
             .map(|index| {
                 let mut rng = Rng::new(mix(&[seed, DEVICE_STREAM, u64::from(index)]));
                 let lon = site.0 + rng.range(-0.5, 0.5);
@@ -306,10 +311,12 @@ impl Fleet {
                     })
                     .collect();
                 let stagger = i64::from(index) * interval_us / i64::from(devices);
+                let id = ids.id(index);
+                let prefix =
+                    format!(r#"{{"_id":"{id}","context":"{context}","loc":[{lon},{lat}],"timestamp":""#).into_bytes();
                 Device {
-                    id: ids.id(index),
-                    lon,
-                    lat,
+                    id,
+                    prefix,
                     first_time_us: start_time_us.saturating_add(stagger),
                     sent: 0,
                     rng,
@@ -317,10 +324,19 @@ impl Fleet {
                 }
             })
             .collect();
-        let keys = (0..metrics).map(|m| format!("\"{}\":", metric_name(m))).collect();
+        let keys: Vec<Vec<u8>> = (0..metrics)
+            .map(|m| format!("\"{}\":", metric_name(m)).into_bytes())
+            .collect();
+        let longest_prefix = devices.iter().map(|d| d.prefix.len()).max().unwrap_or(0);
+        let capacity = longest_prefix
+            + MILLIS_LEN
+            + ITEMS_OPEN.len()
+            + keys.iter().map(|k| k.len() + MAX_VALUE_LEN + 1).sum::<usize>()
+            + 2;
         Self {
             context,
             keys,
+            capacity,
             devices,
             next: 0,
             interval_us,
@@ -346,17 +362,10 @@ impl Fleet {
             .saturating_add(device.sent.saturating_mul(interval_us));
         device.sent += 1;
 
-        let mut body = String::with_capacity(160 + 24 * self.keys.len());
-        // Writing into a String cannot fail.
-        let _ = write!(
-            body,
-            r#"{{"_id":"{}","context":"{}","loc":[{},{}],"timestamp":"{}","items":{{"#,
-            device.id,
-            self.context,
-            device.lon,
-            device.lat,
-            format_millis(time_us)
-        );
+        let mut body = Vec::with_capacity(self.capacity);
+        body.extend_from_slice(&device.prefix);
+        write_millis(&mut body, time_us);
+        body.extend_from_slice(ITEMS_OPEN);
         let day = time_us.rem_euclid(86_400_000_000) as f64 / 86_400_000_000.0;
         let last = self.keys.len() - 1;
         let mut written = 0u32;
@@ -384,16 +393,16 @@ impl Fleet {
                 continue;
             }
             if written > 0 {
-                body.push(',');
+                body.push(b',');
             }
-            body.push_str(key);
+            body.extend_from_slice(key);
             write_value(&mut body, value, p.encoding);
             written += 1;
         }
-        body.push_str("}}");
+        body.extend_from_slice(b"}}");
         Payload {
             device_id: device.id.clone(),
-            body: body.into_bytes(),
+            body,
             metrics: written,
             event_time_us: time_us,
         }
@@ -420,13 +429,64 @@ impl Fleet {
     }
 }
 
-fn write_value(out: &mut String, value: f64, encoding: Encoding) {
-    // `+ 0.0` turns a -0.0 from rounding into 0.0.
-    let _ = match encoding {
-        Encoding::String4 => write!(out, "\"{:.4}\"", (value * 1e4).round() / 1e4 + 0.0),
-        Encoding::Integer => write!(out, "{}", value.round() as i64),
-        Encoding::Decimal1 => write!(out, "{}", (value * 10.0).round() / 10.0 + 0.0),
-    };
+/// What follows the timestamp.
+const ITEMS_OPEN: &[u8] = b"\",\"items\":{";
+/// Longest value [`write_value`] writes for a clamped reading (limits stay
+/// within ±10^5): `"-100000.0000"` with its quotes.
+const MAX_VALUE_LEN: usize = 14;
+
+/// Writes a reading as the reference devices do: `"27.1245"`, `-107`, `7.2`.
+///
+/// The value is rounded to an integer number of units of the last digit
+/// and that integer's digits are written: the same text that formatting the
+/// rounded float gives (`{:.4}` of `round(v·10⁴)/10⁴`, `{}` of
+/// `round(v·10)/10`), since for readings within the profiles' limits the
+/// float lies far closer to that decimal than half a unit of its last
+/// digit, and never a negative zero. Formatting floats with a fixed
+/// precision falls back to bignum arithmetic for some values and cost more
+/// than everything else in a payload.
+fn write_value(out: &mut Vec<u8>, value: f64, encoding: Encoding) {
+    match encoding {
+        Encoding::String4 => {
+            out.push(b'"');
+            write_fixed(out, (value * 1e4).round() as i64, 4);
+            out.push(b'"');
+        }
+        Encoding::Integer => write_fixed(out, value.round() as i64, 0),
+        Encoding::Decimal1 => {
+            // Shortest form: a whole number has no decimals (`12`).
+            let tenths = (value * 10.0).round() as i64;
+            if tenths % 10 == 0 {
+                write_fixed(out, tenths / 10, 0);
+            } else {
+                write_fixed(out, tenths, 1);
+            }
+        }
+    }
+}
+
+/// Writes `units / 10^decimals` with exactly `decimals` digits after the
+/// point (none and no point for 0), a `-` only below zero.
+fn write_fixed(out: &mut Vec<u8>, units: i64, decimals: usize) {
+    if units < 0 {
+        out.push(b'-');
+    }
+    let mut n = units.unsigned_abs();
+    let mut digits = [0u8; 24];
+    let mut at = digits.len();
+    let mut written = 0;
+    // At least one digit before the point.
+    while n > 0 || written <= decimals {
+        if written == decimals && decimals > 0 {
+            at -= 1;
+            digits[at] = b'.';
+        }
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        written += 1;
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Ids shaped like MongoDB ObjectIds from one process: a 4-byte creation
@@ -658,9 +718,9 @@ mod tests {
     #[test]
     fn writes_values_like_the_devices() {
         let check = |value: f64, encoding: Encoding, text: &str| {
-            let mut out = String::new();
+            let mut out = Vec::new();
             write_value(&mut out, value, encoding);
-            assert_eq!(out, text, "{value}");
+            assert_eq!(String::from_utf8_lossy(&out), text, "{value}");
         };
         check(27.124_49, Encoding::String4, "\"27.1245\"");
         check(35.49, Encoding::String4, "\"35.4900\"");
@@ -669,5 +729,47 @@ mod tests {
         check(7.24, Encoding::Decimal1, "7.2");
         check(12.0, Encoding::Decimal1, "12");
         check(-0.01, Encoding::Decimal1, "0");
+        check(-0.05, Encoding::Decimal1, "-0.1");
+        check(-0.000_05, Encoding::String4, "\"-0.0001\"");
+        check(99_999.999_96, Encoding::String4, "\"100000.0000\"");
+        check(-130.0, Encoding::Integer, "-130");
+        check(0.4, Encoding::Integer, "0");
+    }
+
+    /// The float formatting the writer replaces, as it was written.
+    fn reference(value: f64, encoding: Encoding) -> String {
+        match encoding {
+            Encoding::String4 => format!("\"{:.4}\"", (value * 1e4).round() / 1e4 + 0.0),
+            Encoding::Integer => format!("{}", value.round() as i64),
+            Encoding::Decimal1 => format!("{}", (value * 10.0).round() / 10.0 + 0.0),
+        }
+    }
+
+    #[test]
+    fn writes_what_float_formatting_wrote() {
+        // Every profile's whole range and a margin, densely near zero and at
+        // the ends of each decimal (…x.xxxx5 boundaries included).
+        let mut rng = Rng::new(99);
+        let mut values: Vec<f64> = (0..400_000)
+            .map(|i| {
+                let scale = [1e-3, 1.0, 300.0, 1.2e5][i % 4];
+                rng.range(-scale, scale)
+            })
+            .collect();
+        for k in -200_000..200_000 {
+            let k = f64::from(k);
+            values.extend([k / 1e4, (k + 0.5) / 1e4, k / 10.0, (k + 0.5) / 10.0, k + 0.5]);
+        }
+        for value in values {
+            for encoding in [Encoding::String4, Encoding::Integer, Encoding::Decimal1] {
+                let mut out = Vec::new();
+                write_value(&mut out, value, encoding);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    reference(value, encoding),
+                    "{value} {encoding:?}"
+                );
+            }
+        }
     }
 }

@@ -1,18 +1,26 @@
 //! HTTP transport: `POST {producer_url}/v1/ingest/{source}`, one payload per
-//! request, or `--batch` payloads as one JSON array, each request in its own
-//! task. A `503` (the producer's answer while
-//! JetStream is unavailable), a `429` or a transport error is retried,
-//! honouring `Retry-After`, a bounded number of times.
+//! request, or `--batch` payloads as one JSON array. A `503` (the producer's
+//! answer while JetStream is unavailable), a `429` or a transport error is
+//! retried, honouring `Retry-After`, a bounded number of times.
+//!
+//! Requests are made by long-lived worker tasks, each with its own
+//! keep-alive connection ([`crate::http1`]) and buffers: a request costs a
+//! channel send, one write and one read, and no task spawn, URL parse or
+//! header map (its only allocations are the payload's body and the short
+//! list carrying the batch to the worker). A worker that finishes puts itself
+//! back on a stack of idle workers before it releases its payloads'
+//! permits, so once the run holds a permit an idle worker is there (or one
+//! more is started); the most recently used goes first, so only as many
+//! connections are open as requests are really in flight.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, ingest_url};
+use crate::http1::{Conn, ConnError, Target};
 use crate::{Payload, Tally};
 
 /// Tries per payload, the first included.
@@ -25,39 +33,54 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub struct HttpSender {
-    client: reqwest::Client,
-    url: Arc<str>,
+/// The payloads of one request, each with its permit.
+type Job = Vec<(Payload, OwnedSemaphorePermit)>;
+
+/// What the sender and its workers share.
+struct Shared {
+    target: Target,
+    /// For messages only.
+    url: String,
     tally: Arc<Tally>,
+    /// Indices of the workers waiting for a job, most recently used last.
+    idle: Mutex<Vec<usize>>,
+}
+
+pub struct HttpSender {
+    shared: Arc<Shared>,
+    /// Each worker's job channel, by index.
+    workers: Vec<mpsc::Sender<Job>>,
     tasks: JoinSet<()>,
     batch: usize,
-    pending: Vec<(Payload, OwnedSemaphorePermit)>,
+    pending: Job,
 }
 
 impl HttpSender {
-    pub fn new(config: &Config, tally: Arc<Tally>) -> Result<Self, reqwest::Error> {
-        // Validated before: the URL is well-formed.
-        let url = ingest_url(&config.producer_url, &config.source).unwrap_or_default();
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(config.concurrency)
-            .user_agent(concat!("tributary-simulator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    /// A sender posting to the configured producer (validated before: the
+    /// URL is well-formed). Connects lazily, on the first request.
+    pub fn new(config: &Config, tally: Arc<Tally>) -> Result<Self, String> {
+        let url = ingest_url(&config.producer_url, &config.source)?;
+        let parsed: reqwest::Url = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let target = Target::new(&parsed, concat!("tributary-simulator/", env!("CARGO_PKG_VERSION")))?;
+        let batch = config.batch.max(1);
         Ok(Self {
-            client,
-            url: url.into(),
-            tally,
+            shared: Arc::new(Shared {
+                target,
+                url,
+                tally,
+                idle: Mutex::new(Vec::new()),
+            }),
+            workers: Vec::new(),
             tasks: JoinSet::new(),
-            batch: config.batch.max(1),
-            pending: Vec::new(),
+            batch,
+            pending: Vec::with_capacity(batch),
         })
     }
 
     /// Queues `payload` and posts once a batch is full (at once without
     /// batching); each permit is released when its payload is settled.
     pub fn send(&mut self, payload: Payload, permit: OwnedSemaphorePermit) {
-        self.tally.sent();
+        self.shared.tally.sent();
         self.pending.push((payload, permit));
         if self.pending.len() >= self.batch {
             self.flush();
@@ -70,36 +93,28 @@ impl HttpSender {
         if self.pending.is_empty() {
             return;
         }
-        // Reap finished tasks so the set stays as small as what is in flight.
-        while self.tasks.try_join_next().is_some() {}
-        let batch = std::mem::take(&mut self.pending);
-        let (client, url, tally) = (self.client.clone(), self.url.clone(), self.tally.clone());
-        self.tasks.spawn(async move {
-            let body = match batch.as_slice() {
-                [(one, _)] => one.body.clone(),
-                many => {
-                    let mut body = Vec::with_capacity(many.iter().map(|(p, _)| p.body.len() + 1).sum::<usize>() + 1);
-                    body.push(b'[');
-                    for (i, (payload, _)) in many.iter().enumerate() {
-                        if i > 0 {
-                            body.push(b',');
-                        }
-                        body.extend_from_slice(&payload.body);
-                    }
-                    body.push(b']');
-                    body
-                }
+        let job = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch));
+        let idle = self.shared.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let index = idle.unwrap_or_else(|| self.start_worker());
+        // An idle worker waits on its empty one-slot channel.
+        if let Err(error) = self.workers[index].try_send(job) {
+            // Not reachable while the workers live; settle rather than lose.
+            let job = match error {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
             };
-            let result = post(&client, &url, body).await;
-            // Counted before released: the drain relies on that order.
-            for (payload, permit) in batch {
-                match &result {
-                    Ok(()) => tally.acknowledged(payload.metrics),
-                    Err(why) => tally.failed(why),
-                }
+            for (_, permit) in job {
+                self.shared.tally.failed(&"HTTP worker unavailable");
                 drop(permit);
             }
-        });
+        }
+    }
+
+    fn start_worker(&mut self) -> usize {
+        let index = self.workers.len();
+        let (tx, rx) = mpsc::channel(1);
+        self.workers.push(tx);
+        self.tasks.spawn(work(index, rx, self.shared.clone()));
+        index
     }
 
     /// Aborts requests still running and waits until they are gone.
@@ -108,33 +123,81 @@ impl HttpSender {
     }
 }
 
-/// Posts one payload, retrying as the module says. `Err` says why it failed.
-async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(), String> {
+/// A worker: posts each job it is given on its connection, settles its
+/// payloads, and goes back on the idle stack.
+async fn work(index: usize, mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let mut conn: Option<Conn> = None;
+    let mut request = Vec::new();
+    while let Some(job) = jobs.recv().await {
+        encode(&shared.target, &job, &mut request);
+        let result = post(&shared, &mut conn, &request).await;
+        // Counted, then idle, then released: the drain relies on the
+        // first, `flush` on the second.
+        for (payload, _) in &job {
+            match &result {
+                Ok(()) => shared.tally.acknowledged(payload.metrics),
+                Err(why) => shared.tally.failed(why),
+            }
+        }
+        shared.idle.lock().unwrap_or_else(PoisonError::into_inner).push(index);
+        drop(job);
+    }
+}
+
+/// Writes the request for `job` into `out`: the head, then the one payload,
+/// or several as a JSON array.
+fn encode(target: &Target, job: &Job, out: &mut Vec<u8>) {
+    match job.as_slice() {
+        [(one, _)] => {
+            target.start_request(out, one.body.len());
+            out.extend_from_slice(&one.body);
+        }
+        many => {
+            let len = many.iter().map(|(p, _)| p.body.len() + 1).sum::<usize>() + 1;
+            target.start_request(out, len);
+            out.push(b'[');
+            for (i, (payload, _)) in many.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&payload.body);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+/// Posts one request, retrying as the module says. `Err` says why it failed.
+async fn post(shared: &Shared, conn: &mut Option<Conn>, request: &[u8]) -> Result<(), String> {
+    let url = &shared.url;
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 1;
     loop {
-        let sent = client
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let (why, delay) = match sent {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = retry_after(response.headers());
-                // Read the (small) body so the connection can be reused.
-                let _ = response.bytes().await;
-                if status.is_success() {
+        let (why, delay) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&shared.target, conn, request)).await {
+            Ok(Ok(response)) => {
+                let status = response.status;
+                if (200..300).contains(&status) {
                     return Ok(());
                 }
-                if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+                if status != 503 && status != 429 {
                     return Err(format!("HTTP {status} from {url}"));
                 }
-                (format!("HTTP {status} from {url}"), retry_after.unwrap_or(backoff))
+                (
+                    format!("HTTP {status} from {url}"),
+                    response.retry_after.unwrap_or(backoff),
+                )
             }
-            Err(error) if error.is_builder() => return Err(error_chain(&error)),
-            Err(error) => (error_chain(&error), backoff),
+            Ok(Err(error)) => {
+                *conn = None;
+                (format!("POST {url}: {error}"), backoff)
+            }
+            Err(_elapsed) => {
+                *conn = None;
+                (
+                    format!("POST {url}: no response within {}s", REQUEST_TIMEOUT.as_secs()),
+                    backoff,
+                )
+            }
         };
         if attempt >= MAX_ATTEMPTS {
             return Err(format!("{why} (after {attempt} tries)"));
@@ -145,41 +208,39 @@ async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(), 
     }
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is not used by the producer).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds))
+/// One request and its response on `conn`, connecting first if there is no
+/// connection. A kept-alive connection that turns out to have been closed by
+/// the server (closed or reset before any byte of an answer) is replaced and
+/// the request sent again at once, not counted as a try: servers close idle
+/// connections, and the request had almost surely not been read (if it
+/// had, the pipeline deduplicates the second copy).
+async fn exchange(
+    target: &Target,
+    conn: &mut Option<Conn>,
+    request: &[u8],
+) -> Result<crate::http1::Response, ConnError> {
+    let reused = conn.is_some();
+    let response = match connected(target, conn).await?.round_trip(request).await {
+        Err(error) if reused && error.is_stale_connection() => {
+            *conn = None;
+            connected(target, conn).await?.round_trip(request).await
+        }
+        other => other,
+    };
+    if !conn.as_ref().is_some_and(Conn::is_reusable) || response.is_err() {
+        *conn = None;
+    }
+    response
 }
 
-/// An error with its causes: reqwest's own message alone rarely says what
-/// went wrong ("error sending request").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// The connection in `conn`, made first if there is none.
+async fn connected<'c>(target: &Target, conn: &'c mut Option<Conn>) -> Result<&'c mut Conn, ConnError> {
+    if conn.is_none() {
+        let made = tokio::time::timeout(CONNECT_TIMEOUT, Conn::connect(target))
+            .await
+            .map_err(|_| ConnError::Io(std::io::ErrorKind::TimedOut.into()))??;
+        *conn = Some(made);
     }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use reqwest::header::HeaderValue;
-
-    #[test]
-    fn reads_retry_after() {
-        let check = |value: &str, expected: Option<Duration>| {
-            let mut headers = HeaderMap::new();
-            headers.insert(RETRY_AFTER, HeaderValue::from_str(value).expect("header"));
-            assert_eq!(retry_after(&headers), expected, "{value}");
-        };
-        check("1", Some(Duration::from_secs(1)));
-        check(" 0 ", Some(Duration::ZERO));
-        check("Wed, 21 Oct 2015 07:28:00 GMT", None);
-        check("-1", None);
-        assert_eq!(retry_after(&HeaderMap::new()), None);
-    }
+    // Just filled.
+    conn.as_mut().ok_or(ConnError::Malformed("no connection"))
 }

@@ -42,19 +42,55 @@ fn days_in_month(year: i64, month: u32) -> u32 {
     }
 }
 
+/// Length of what [`write_millis`] writes (for years 0 to 9999).
+pub const MILLIS_LEN: usize = "2017-09-30T12:50:17.765Z".len();
+
 /// `2017-09-30T12:50:17.765Z`: UTC, milliseconds (microseconds truncated),
 /// the shape the reference devices send.
 pub fn format_millis(us: i64) -> String {
+    let mut out = Vec::with_capacity(MILLIS_LEN);
+    write_millis(&mut out, us);
+    // Only ASCII digits and punctuation were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends [`format_millis`]'s text to `out` without formatting machinery
+/// or allocation (it runs once per payload). Years outside 0 to 9999 are
+/// written with more digits or a sign, as `{:04}` would.
+pub fn write_millis(out: &mut Vec<u8>, us: i64) {
     let secs = us.div_euclid(1_000_000);
     let millis = us.rem_euclid(1_000_000) / 1000;
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     let second_of_day = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+    if (0..=9999).contains(&year) {
+        push_digits(out, year as u32, 4);
+    } else {
+        // Not reachable from a parsed --start-time; kept exact anyway.
+        out.extend_from_slice(format!("{year:04}").as_bytes());
+    }
+    out.push(b'-');
+    push_digits(out, month, 2);
+    out.push(b'-');
+    push_digits(out, day, 2);
+    out.push(b'T');
+    push_digits(out, (second_of_day / 3600) as u32, 2);
+    out.push(b':');
+    push_digits(out, (second_of_day / 60 % 60) as u32, 2);
+    out.push(b':');
+    push_digits(out, (second_of_day % 60) as u32, 2);
+    out.push(b'.');
+    push_digits(out, millis as u32, 3);
+    out.push(b'Z');
+}
+
+/// Appends the last `width` decimal digits of `n`, zero-padded.
+fn push_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for at in (start..start + width).rev() {
+        out[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// Parses an RFC 3339 date-time (`2024-05-01T00:00:00Z`,
@@ -140,6 +176,35 @@ mod tests {
         check(951_782_400_000_000, "2000-02-29T00:00:00.000Z");
         check(-1, "1969-12-31T23:59:59.999Z");
         check(253_402_300_799_999_999, "9999-12-31T23:59:59.999Z");
+        check(-62_135_596_800_000_000, "0001-01-01T00:00:00.000Z");
+        check(253_402_300_800_000_000, "10000-01-01T00:00:00.000Z");
+    }
+
+    /// `format!` as the formatter was first written: the hand-written
+    /// digits must give the same text everywhere, outside 0–9999 included.
+    fn reference(us: i64) -> String {
+        let secs = us.div_euclid(1_000_000);
+        let millis = us.rem_euclid(1_000_000) / 1000;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let second_of_day = secs.rem_euclid(86_400);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        )
+    }
+
+    #[test]
+    fn writes_what_format_wrote() {
+        let mut us = -86_400_000_000 * 800_000;
+        while us < 86_400_000_000 * 3_000_000 {
+            assert_eq!(format_millis(us), reference(us), "{us}");
+            us += 86_400_000_000 * 97 + 3_600_000_000 * 5 + 61_001_123;
+        }
+        for us in [0, -1, 1, 999, 1000, i64::from(i32::MAX) * 1000, -62_167_219_200_000_001] {
+            assert_eq!(format_millis(us), reference(us), "{us}");
+        }
     }
 
     #[test]

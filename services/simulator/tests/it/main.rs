@@ -1,7 +1,9 @@
 //! The simulator against real listeners: a small axum server standing in
-//! for the producer's ingest API, and a real mosquitto broker.
+//! for the producer's ingest API, a raw TCP server for the HTTP client's
+//! connection handling, and a real mosquitto broker.
 
 mod http;
+mod http_wire;
 mod mqtt;
 
 use simulator::{Config, Fleet};
