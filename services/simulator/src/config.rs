@@ -42,7 +42,7 @@ impl std::fmt::Display for Transport {
 /// The shape of the payloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PayloadFormat {
-    /// The "items" JSON of the reference deployment (DESIGN.md).
+    /// The "items" JSON of the reference deployment (README.md, "Payloads").
     Items,
 }
 

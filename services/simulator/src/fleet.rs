@@ -1,5 +1,5 @@
-//! The fleet: a deterministic generator of "items" JSON payloads (DESIGN.md,
-//! payload formats), pure and without I/O.
+//! The fleet: a deterministic generator of "items" JSON payloads (README.md,
+//! "Payloads"), pure and without I/O.
 //!
 //! Every device has its own random stream derived from the seed and its
 //! index, a fixed id, a fixed location near the fleet's site, and per metric
