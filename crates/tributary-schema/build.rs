@@ -9,6 +9,8 @@ fn main() {
         // Ordered maps: the same event always encodes to the same bytes, and
         // decoded attributes come sorted.
         .btree_map(["."])
+        // The payload is handed on, never changed: share its buffer instead of copying it.
+        .bytes([".tributary.v1.RawEnvelope.payload"])
         .compile_fds(fds)
         .expect("prost code generation");
 }

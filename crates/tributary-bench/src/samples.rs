@@ -49,7 +49,7 @@ impl Samples {
             topic: path,
             content_type: "application/json".to_owned(),
             received_at_us: RECEIVED_AT_US,
-            payload: payload.clone(),
+            payload: payload.clone().into(),
             metadata: Default::default(),
         };
         let points = tributary_formats::decode(Format::Items, &payload).context("decoding the sample payload")?;

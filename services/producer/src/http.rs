@@ -107,7 +107,7 @@ async fn accept(
         topic: path,
         content_type,
         received_at_us: now_us(),
-        payload: payload.to_vec(),
+        payload,
         metadata: Default::default(),
     };
     let ack = state

@@ -198,7 +198,7 @@ async fn forward(
         topic: topic.clone(),
         content_type: String::new(),
         received_at_us: now_us(),
-        payload: publish.payload.to_vec(),
+        payload: publish.payload.clone(),
         metadata: Default::default(),
     };
     let bytes: bytes::Bytes = envelope.encode_to_vec().into();

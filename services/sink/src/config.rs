@@ -35,7 +35,7 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 5000)]
     pub batch_size: usize,
     /// Longest a batch waits to fill before it is written anyway.
-    #[arg(long, env = "TRIBUTARY_BATCH_LINGER", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "TRIBUTARY_BATCH_LINGER", default_value = "50ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
     /// Unacknowledged events allowed across all replicas.
     #[arg(long, env = "TRIBUTARY_MAX_ACK_PENDING", default_value_t = 20_000)]

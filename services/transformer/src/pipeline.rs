@@ -249,7 +249,7 @@ impl Pipeline {
     /// events), or the reason and explanation for dead-lettering it.
     #[expect(clippy::type_complexity, reason = "a private tuple read right below")]
     fn plan(&self, message: &jetstream::Message) -> Result<Vec<(String, String, Bytes, u64)>, (&'static str, String)> {
-        let envelope = RawEnvelope::decode(message.payload.as_ref())
+        let envelope = RawEnvelope::decode(message.payload.clone())
             .map_err(|error| ("bad_envelope", format!("the message is not a RawEnvelope: {error}")))?;
         let points = tributary_formats::decode(self.settings.format, &envelope.payload)
             .map_err(|error| (error.reason(), error.to_string()))?;

@@ -179,7 +179,7 @@ async fn bad_payloads_are_dead_lettered_and_the_pipeline_goes_on() -> Result<()>
         assert!(!header(headers::DLQ_ORIGINAL_SEQUENCE).is_empty());
         // The dead letter is the original message: replayable.
         let envelope = RawEnvelope::decode(payload.as_slice())?;
-        assert!(envelope.payload == no_timestamp.as_bytes() || envelope.payload == b"this is not json");
+        assert!(envelope.payload == no_timestamp.as_bytes() || envelope.payload == b"this is not json".as_slice());
         reasons.push((header(headers::DLQ_REASON), header(headers::DLQ_ERROR)));
     }
     reasons.sort();
