@@ -118,6 +118,29 @@ fn read_process(pid: u32) -> Option<(u32, u64, u64)> {
     Some((ppid, cpu_us, hwm_kb * 1024))
 }
 
+/// Restarts the peak-RSS count (`VmHWM`) of `pid` from its current RSS, so a
+/// phase reports its own peak and not an earlier one's. Linux: writing `5` to
+/// `/proc/<pid>/clear_refs`. False if the kernel refused.
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// [`reset_peak`] for `pid` and its live direct children (PostgreSQL's backends).
+pub fn reset_peak_with_children(pid: u32) -> bool {
+    let mut ok = reset_peak(pid);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if read_process(child).is_some_and(|(ppid, _, _)| ppid == pid) {
+                ok &= reset_peak(child);
+            }
+        }
+    }
+    ok
+}
+
 /// Usage of `pid` alone.
 pub fn usage(pid: u32) -> Usage {
     read_process(pid)
@@ -167,5 +190,20 @@ mod tests {
         assert!(busy > 0);
         assert!(usage(std::process::id()).cpu_us >= me.cpu_us);
         assert_eq!(usage(u32::MAX), Usage::default(), "a missing process reads as nothing");
+    }
+
+    #[test]
+    fn the_peak_restarts_from_the_current_size() {
+        // Touch 64 MiB, free it, and see the peak fall back after a reset.
+        let big = vec![1u8; 64 << 20];
+        assert!(big.iter().map(|&b| u64::from(b)).sum::<u64>() > 0);
+        let with_big = usage(std::process::id()).peak_rss;
+        drop(big);
+        assert!(reset_peak(std::process::id()), "clear_refs is writable");
+        let after = usage(std::process::id()).peak_rss;
+        assert!(
+            after + (32 << 20) < with_big,
+            "{after} after a reset, {with_big} before"
+        );
     }
 }

@@ -232,6 +232,19 @@ impl Bench {
         all
     }
 
+    /// Restarts every process's peak-RSS count: a phase reports its own peak.
+    fn reset_peaks(&self) {
+        let pid = |p: Option<u32>| p.unwrap_or(0);
+        let mut ok = self.services.iter().all(|s| procs::reset_peak(s.pid()));
+        ok &= procs::reset_peak(pid(self.nats.pid()));
+        ok &= procs::reset_peak_with_children(pid(self.postgres.pid()));
+        ok &= procs::reset_peak(pid(self.mosquitto.pid()));
+        ok &= procs::reset_peak(std::process::id());
+        if !ok {
+            tracing::warn!("could not reset peak RSS counts: peaks include earlier phases");
+        }
+    }
+
     fn producer_url(&self) -> String {
         format!("http://{}", self.services[0].addr)
     }
@@ -262,6 +275,7 @@ impl Bench {
 
         let since = measure::now_us();
         let counts_before = measure::stream_counts(&self.js).await?;
+        self.reset_peaks();
         let before = self.usage();
         let started = Instant::now();
         let sent = simulator::run(config, CancellationToken::new())
@@ -323,22 +337,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
     let samples = Samples::new(args.metrics)?;
     let bench = Bench::start(&bin_dir, args.nats_sync).await?;
-    tracing::info!(nats_sync = %args.nats_sync, "servers and services up; measuring this machine's limits");
-    let limits = limits::measure(
-        &Targets {
-            nats_url: &bench.nats.url(),
-            database_url: &bench.database_url,
-            mqtt_host: bench.mosquitto.host(),
-            mqtt_port: bench.mosquitto.port(),
-        },
-        &samples,
-        if args.quick { 30_000 } else { 200_000 },
-        // A store that syncs every write (`--nats-sync always`) makes each JetStream write far slower: bound
-        // the time each measurement spends sending, not only its count.
-        Duration::from_secs(if args.quick { 10 } else { 30 }),
-    )
-    .await?;
-
+    tracing::info!(nats_sync = %args.nats_sync, "servers and services up");
     let mut phases = Vec::new();
     let mut max_sustained = Vec::new();
     let mut seed = 100;
@@ -371,6 +370,25 @@ pub async fn run(args: Args) -> Result<Report> {
             );
         }
     }
+    // The limits come after the load phases: their scratch streams briefly
+    // hold hundreds of thousands of messages, which would otherwise show in
+    // the phases' memory figures for nats-server.
+    tracing::info!("load phases done; measuring this machine's limits");
+    let limits = limits::measure(
+        &Targets {
+            nats_url: &bench.nats.url(),
+            database_url: &bench.database_url,
+            mqtt_host: bench.mosquitto.host(),
+            mqtt_port: bench.mosquitto.port(),
+        },
+        &samples,
+        if args.quick { 30_000 } else { 200_000 },
+        // A store that syncs every write (`--nats-sync always`) makes each JetStream write far slower: bound
+        // the time each measurement spends sending, not only its count.
+        Duration::from_secs(if args.quick { 10 } else { 30 }),
+    )
+    .await?;
+
     bench.stop()?;
     Ok(Report {
         args,

@@ -86,9 +86,16 @@ pub struct StreamArgs {
     /// How long the dead-letter stream keeps messages.
     #[arg(long = "dlq-max-age", env = "TRIBUTARY_DLQ_MAX_AGE", default_value = "30d", value_parser = parse_duration)]
     pub dlq_max_age: Duration,
-    /// JetStream duplicate window: re-sends with the same Nats-Msg-Id inside it are dropped.
+    /// The raw stream's duplicate window: a client's re-send (same payload or
+    /// Idempotency-Key) inside it is stored once.
     #[arg(long = "duplicate-window", env = "TRIBUTARY_DUPLICATE_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub duplicate_window: Duration,
+    /// The metrics stream's duplicate window: must outlast the transformer's
+    /// --ack-wait, after which a raw message whose batches were published but
+    /// not acknowledged is redelivered and its batches published again.
+    /// nats-server keeps every id of the window in memory.
+    #[arg(long = "metrics-duplicate-window", env = "TRIBUTARY_METRICS_DUPLICATE_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub metrics_duplicate_window: Duration,
     /// Stream replicas (3 in a NATS cluster).
     #[arg(long = "stream-replicas", env = "TRIBUTARY_STREAM_REPLICAS", default_value_t = 1)]
     pub replicas: usize,
@@ -115,6 +122,7 @@ impl Default for StreamArgs {
             max_age: Duration::from_secs(7 * 24 * 3600),
             dlq_max_age: Duration::from_secs(30 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            metrics_duplicate_window: Duration::from_secs(60),
             replicas: 1,
             raw_max_bytes: 4 << 30,
             metrics_max_bytes: 4 << 30,
@@ -140,8 +148,13 @@ impl StreamArgs {
                 problems.push(format!("{flag} {name:?}: use letters, digits, '-' and '_' only"));
             }
         }
-        if self.duplicate_window.is_zero() || self.duplicate_window > self.max_age {
-            problems.push("--duplicate-window must be more than zero and at most --stream-max-age".to_owned());
+        for (flag, window) in [
+            ("--duplicate-window", self.duplicate_window),
+            ("--metrics-duplicate-window", self.metrics_duplicate_window),
+        ] {
+            if window.is_zero() || window > self.max_age {
+                problems.push(format!("{flag} must be more than zero and at most --stream-max-age"));
+            }
         }
         if !(1..=5).contains(&self.replicas) {
             problems.push("--stream-replicas must be 1 to 5".to_owned());

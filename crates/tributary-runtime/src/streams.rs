@@ -26,6 +26,7 @@ fn stream_config(
     retention: stream::RetentionPolicy,
     max_age: Duration,
     max_bytes: u64,
+    duplicate_window: Duration,
     args: &StreamArgs,
 ) -> stream::Config {
     // The raw and metrics streams are buffers: they hold what is not yet
@@ -43,7 +44,7 @@ fn stream_config(
         discard,
         max_age,
         max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
-        duplicate_window: args.duplicate_window.min(max_age),
+        duplicate_window: duplicate_window.min(max_age),
         num_replicas: args.replicas,
         allow_direct: true,
         ..Default::default()
@@ -69,6 +70,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
             WorkQueue,
             args.max_age,
             args.raw_max_bytes,
+            args.duplicate_window,
             args,
         ),
         stream_config(
@@ -77,6 +79,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
             Interest,
             args.max_age,
             args.metrics_max_bytes,
+            args.metrics_duplicate_window,
             args,
         ),
         stream_config(
@@ -85,6 +88,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
             Limits,
             args.dlq_max_age,
             args.dlq_max_bytes,
+            args.duplicate_window,
             args,
         ),
     ];

@@ -26,12 +26,33 @@ pub fn raw_msg_id_from_key(kind: &str, source: &str, key: &str) -> String {
 }
 
 /// Id of the `MetricBatch` carrying chunk `chunk` of the events that the raw
-/// message `raw_msg_id` yields for `device_id`. A redelivered raw message
-/// decodes to the same batches and so republishes the same ids, which the
-/// metrics stream drops as duplicates. The device token holds no `:`, so the
-/// parts cannot run into each other.
+/// message `raw_msg_id` yields for `device_id`: a 128-bit digest of the raw
+/// message id and the device, in URL-safe base64, then `:` and the chunk.
+/// A redelivered raw message decodes to the same batches and so republishes
+/// the same ids, which the metrics stream drops as duplicates.
+///
+/// A digest rather than the readable parts because nats-server keeps every
+/// id of its duplicate window in memory: 25 bytes instead of about 70 per
+/// batch (the raw id and device travel inside every event anyway).
 pub fn metric_batch_msg_id(raw_msg_id: &str, device_id: &str, chunk: u32) -> String {
-    format!("{raw_msg_id}:{}:{chunk}", sanitize_token(device_id))
+    let mut hasher = Sha256::new();
+    hasher.update((raw_msg_id.len() as u64).to_be_bytes());
+    hasher.update(raw_msg_id.as_bytes());
+    hasher.update(device_id.as_bytes());
+    format!("{}:{chunk}", base64url128(&hasher.finalize()))
+}
+
+/// The first 128 bits of a digest in URL-safe base64 without padding (22 characters).
+fn base64url128(digest: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = u128::from_be_bytes(digest[..16].try_into().expect("a digest has 16 bytes or more"));
+    // 22 six-bit digits hold 132 bits: the first carries the top 2.
+    let mut out = [0u8; 22];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(bits & 63) as usize];
+        bits >>= 6;
+    }
+    String::from_utf8(out.to_vec()).expect("base64 digits are ASCII")
 }
 
 /// The first 128 bits of the SHA-256 of `bytes`, as lower-case hex.
@@ -75,16 +96,38 @@ mod tests {
     }
 
     #[test]
-    fn batch_ids_name_raw_message_device_and_chunk() {
+    fn batch_ids_follow_raw_message_device_and_chunk() {
         let raw = raw_msg_id("http", "plant", "/v1/ingest/plant", b"{}");
-        assert_eq!(metric_batch_msg_id(&raw, "dev", 0), format!("{raw}:dev:0"));
-        assert_eq!(metric_batch_msg_id(&raw, "a.b", 2), format!("{raw}:a~2Eb:2"));
-        assert_ne!(metric_batch_msg_id(&raw, "dev", 0), metric_batch_msg_id(&raw, "dev", 1));
-        assert_ne!(
-            metric_batch_msg_id(&raw, "dev", 0),
-            metric_batch_msg_id(&raw, "dev2", 0)
+        let id = metric_batch_msg_id(&raw, "dev", 0);
+        assert_eq!(id, metric_batch_msg_id(&raw, "dev", 0), "deterministic");
+        assert_eq!(id.len(), 24);
+        assert!(id.ends_with(":0"), "{id}");
+        assert!(
+            id[..22]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "{id}"
         );
+        assert_eq!(
+            metric_batch_msg_id(&raw, "dev", 12)[..22],
+            id[..22],
+            "the chunk is the suffix"
+        );
+        assert_ne!(metric_batch_msg_id(&raw, "dev2", 0), id);
+        let other = raw_msg_id("http", "plant", "/v1/ingest/plant", b"{ }");
+        assert_ne!(metric_batch_msg_id(&other, "dev", 0), id);
+        // The raw id and device cannot run into each other.
+        assert_ne!(metric_batch_msg_id("ab", "c", 0), metric_batch_msg_id("a", "bc", 0));
         // Bounded whatever the device id.
-        assert!(metric_batch_msg_id(&raw, &"x".repeat(5_000), 9).len() < raw.len() + 140);
+        assert_eq!(metric_batch_msg_id(&raw, &"x".repeat(5_000), 9).len(), 24);
+    }
+
+    #[test]
+    fn base64url_encodes_the_top_128_bits() {
+        assert_eq!(base64url128(&[0; 32]), "A".repeat(22));
+        assert_eq!(base64url128(&[0xff; 16]), format!("D{}", "_".repeat(21)));
+        let mut one = [0u8; 16];
+        one[15] = 1;
+        assert_eq!(base64url128(&one), format!("{}B", "A".repeat(21)));
     }
 }

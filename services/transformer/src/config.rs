@@ -73,6 +73,13 @@ impl Config {
             self.max_ack_pending,
             self.ack_wait,
         ));
+        if self.streams.metrics_duplicate_window <= self.ack_wait {
+            problems.push(
+                "--metrics-duplicate-window must be longer than --ack-wait, or a redelivered raw message \
+                 would store its batches twice"
+                    .to_owned(),
+            );
+        }
         if !(1024..=8 << 20).contains(&self.max_batch_bytes) {
             problems
                 .push("--max-batch-bytes must be 1024 to 8388608 (the server's max_payload caps it too)".to_owned());
@@ -111,6 +118,9 @@ mod tests {
             "0",
         ]);
         assert_eq!(config.validate().unwrap_err().len(), 5);
+        let config = Config::parse_from(["t", "--ack-wait", "90s"]);
+        let problems = config.validate().unwrap_err();
+        assert!(problems[0].contains("--metrics-duplicate-window"), "{problems:?}");
         assert!(Config::try_parse_from(["t", "--format", "nope"]).is_err());
         assert!(Config::for_nats("nats://127.0.0.1:1").validate().is_ok());
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use tributary_schema::{Message as _, MetricBatch, headers, metric_subject};
+use tributary_schema::{Message as _, MetricBatch, headers, metric_batch_msg_id, metric_subject};
 
 use crate::{DEADLINE, Harness, SAMPLE};
 
@@ -106,21 +106,21 @@ async fn one_raw_message_becomes_one_batch_per_device_and_chunks_arrive_whole() 
         vec![
             (
                 "metrics.dev-a".into(),
-                format!("{raw_id}:dev-a:0"),
+                metric_batch_msg_id(&raw_id, "dev-a", 0),
                 vec!["dev-a/t".into(), "dev-a/u".into()],
                 0,
                 1
             ),
             (
                 "metrics.dev~2Eb".into(),
-                format!("{raw_id}:dev~2Eb:0"),
+                metric_batch_msg_id(&raw_id, "dev.b", 0),
                 vec!["dev.b/t".into()],
                 0,
                 1
             ),
             (
                 "metrics.dev~20c".into(),
-                format!("{raw_id}:dev~20c:0"),
+                metric_batch_msg_id(&raw_id, "dev c", 0),
                 vec!["dev c/t".into(), "dev c/v".into()],
                 0,
                 1
