@@ -160,7 +160,10 @@ mod tests {
             scratch_batch_id("0123456789abcdef", 7),
             metric_batch_msg_id(&raw, "594d186e51b3bc4eb0abafd9", 0)
         );
-        assert_ne!(scratch_batch_id("0123456789abcdef", 7), scratch_batch_id("0123456789abcdef", 8));
+        assert_ne!(
+            scratch_batch_id("0123456789abcdef", 7),
+            scratch_batch_id("0123456789abcdef", 8)
+        );
         assert_ne!(scratch_raw_id("a", 1), scratch_raw_id("a", 2));
         assert_ne!(scratch_raw_id("a", 1), scratch_raw_id("b", 1));
     }
