@@ -24,15 +24,18 @@ pub enum Shape {
     /// `COPY` straight into the events table (the sink's fast path now; a
     /// batch with a stored key falls back to the staging shape).
     CopyDirect,
+    /// `COPY` straight into the month's partition: no routing of each row.
+    CopyPartition,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 2] = [Shape::StagingOnConflict, Shape::CopyDirect];
+    pub const ALL: [Shape; 3] = [Shape::StagingOnConflict, Shape::CopyDirect, Shape::CopyPartition];
 
     pub fn name(self) -> &'static str {
         match self {
             Shape::StagingOnConflict => "COPY → staging, INSERT … ON CONFLICT DO NOTHING",
             Shape::CopyDirect => "COPY straight into the keyed table",
+            Shape::CopyPartition => "COPY straight into the month's partition",
         }
     }
 
@@ -40,6 +43,7 @@ impl Shape {
         match self {
             Shape::StagingOnConflict => "shape_staging",
             Shape::CopyDirect => "shape_copy",
+            Shape::CopyPartition => "shape_partition",
         }
     }
 }
@@ -146,6 +150,12 @@ async fn write(conn: &mut PgConnection, shape: Shape, data: &[u8]) -> Result<()>
         }
         Shape::CopyDirect => {
             let mut copy_in = tx.copy_in_raw(&sql::copy_into_table(shape.table())).await?;
+            copy_in.send(data).await?;
+            copy_in.finish().await?;
+        }
+        Shape::CopyPartition => {
+            let partition = sql::partition_name(shape.table(), 2017, 9);
+            let mut copy_in = tx.copy_in_raw(&sql::copy_into_table(&partition)).await?;
             copy_in.send(data).await?;
             copy_in.finish().await?;
         }

@@ -222,6 +222,14 @@ impl Pipeline {
                 return;
             }
         };
+        if planned.is_empty() {
+            // Nothing to publish (a format may yield no events): done at once.
+            match message.ack().await {
+                Ok(()) => state.tally.transformed += 1,
+                Err(error) => tracing::warn!(%error, "acknowledging a raw message failed"),
+            }
+            return;
+        }
         let key = state.next_key;
         state.next_key += 1;
         let batches = planned.len();
