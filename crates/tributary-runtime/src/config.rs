@@ -184,6 +184,20 @@ pub struct LogArgs {
     pub log_filter: String,
 }
 
+impl LogArgs {
+    /// Reports a `--log` filter that does not parse, before anything is logged
+    /// with a filter the operator did not ask for.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        match tracing_subscriber::EnvFilter::try_new(&self.log_filter) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(vec![format!(
+                "--log {:?} is not a log filter ({error}); e.g. `info` or `info,sink=debug`",
+                self.log_filter
+            )]),
+        }
+    }
+}
+
 /// Problems with a durable pull consumer's settings (the transformer's and
 /// the sink's `--durable`, `--batch-size`, `--max-ack-pending`, `--ack-wait`).
 pub fn consumer_problems(
@@ -281,6 +295,18 @@ mod tests {
         check("-1s", None);
         check("5 s", None);
         check("99999999999999999999d", None);
+    }
+
+    #[test]
+    fn log_filters_are_checked() {
+        let args = |filter: &str| LogArgs {
+            log_format: crate::telemetry::LogFormat::Text,
+            log_filter: filter.to_owned(),
+        };
+        assert!(args("info").validate().is_ok());
+        assert!(args("warn,sink=debug,async_nats=error").validate().is_ok());
+        let problems = args("info,sink=loud").validate().unwrap_err();
+        assert!(problems[0].starts_with("--log \"info,sink=loud\""), "{problems:?}");
     }
 
     #[test]

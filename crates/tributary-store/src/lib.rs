@@ -93,8 +93,8 @@ impl StoreError {
     }
 }
 
-/// Where and how to store.
-#[derive(Debug, Clone)]
+/// Where and how to store. Its `Debug` hides the URL's password.
+#[derive(Clone)]
 pub struct StoreConfig {
     /// `postgres://user:pass@host:port/db`.
     pub url: String,
@@ -102,6 +102,33 @@ pub struct StoreConfig {
     pub table: String,
     /// Pool size.
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &redact_password(&self.url))
+            .field("table", &self.table)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// A connection URL with the password of its user info replaced by `***`
+/// (`postgres://user:***@host/db`), for logs and `Debug`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The user info ends at the last `@` before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 impl StoreConfig {
@@ -358,6 +385,29 @@ fn to_unix_us(t: OffsetDateTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        fn check(url: &str, expected: &str) {
+            assert_eq!(redact_password(url), expected, "{url}");
+        }
+        check("postgres://u:hunter2@h:5432/db", "postgres://u:***@h:5432/db");
+        check("postgres://u:p@ss@h/db", "postgres://u:***@h/db");
+        check("postgres://u@h/db", "postgres://u@h/db");
+        check("postgres://h/db?user=x", "postgres://h/db?user=x");
+        check("postgresql://u:p@h", "postgresql://u:***@h");
+        check("not a url", "not a url");
+        let config = StoreConfig {
+            url: "postgres://tributary:hunter2@db/tributary".into(),
+            table: "metric_events".into(),
+            max_connections: 4,
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("tributary:***@db"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn months_are_utc_calendar_months() {

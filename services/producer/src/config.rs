@@ -60,6 +60,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         problems.extend(self.nats.validate().err().unwrap_or_default());
+        problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
         if self.max_body_bytes == 0 {
             problems.push("--max-body-bytes must be more than zero".to_owned());

@@ -59,6 +59,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         problems.extend(self.store_config().problems());
+        problems.extend(self.log.validate().err().unwrap_or_default());
         if self.max_points == 0 {
             problems.push("--max-points must be more than zero".to_owned());
         }

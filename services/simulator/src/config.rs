@@ -139,6 +139,7 @@ impl Config {
     /// Every problem with the configuration, before any I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        problems.extend(self.log.validate().err().unwrap_or_default());
         if !(1..=MAX_DEVICES).contains(&self.devices) {
             problems.push(format!("--devices must be 1 to {MAX_DEVICES}"));
         }

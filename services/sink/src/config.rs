@@ -77,6 +77,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         problems.extend(self.nats.validate().err().unwrap_or_default());
+        problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
         problems.extend(self.store_config().problems());
         problems.extend(tributary_runtime::config::consumer_problems(
