@@ -5,10 +5,8 @@
 //! publishes for its device.
 
 use anyhow::{Context as _, Result, ensure};
-use tributary_formats::{Format, Point};
-use tributary_schema::{
-    Message as _, MetricBatch, MetricEvent, RawEnvelope, SourceKind, Value, metric_batch_msg_id, raw_msg_id,
-};
+use tributary_formats::Format;
+use tributary_schema::{Message as _, RawEnvelope, SourceKind, metric_batch_msg_id, raw_msg_id};
 
 /// The HTTP source name the bench posts to.
 pub const SOURCE: &str = "bench";
@@ -53,48 +51,31 @@ impl Samples {
             metadata: Default::default(),
         };
         let points = tributary_formats::decode(Format::Items, &payload).context("decoding the sample payload")?;
-        let events: Vec<MetricEvent> = points
-            .into_iter()
-            .map(|point| to_event(point, &envelope, &raw_id))
-            .collect();
+        // Exactly what the transformer publishes for this payload.
+        let mut batches = transformer::framing::batches(points, &envelope, &raw_id, 256 * 1024);
         ensure!(
-            events.len() == metrics as usize,
-            "the sample payload decoded to {} events, not {metrics}",
-            events.len()
+            batches.len() == 1,
+            "the sample payload holds {} devices, not 1",
+            batches.len()
         );
-        let batch = MetricBatch {
-            events,
-            chunk: 0,
-            chunk_count: 1,
-        };
+        let (_, mut chunks) = batches.remove(0);
+        ensure!(
+            chunks.len() == 1,
+            "the sample payload needs {} chunks, not 1",
+            chunks.len()
+        );
+        let batch = chunks.remove(0);
+        ensure!(
+            batch.events.len() == metrics as usize,
+            "the sample payload decoded to {} events, not {metrics}",
+            batch.events.len()
+        );
         Ok(Self {
             raw_envelope: envelope.encode_to_vec(),
             metric_batch: batch.encode_to_vec(),
             events_per_batch: metrics,
             payload,
         })
-    }
-}
-
-/// The event the transformer makes of one decoded point: every field it
-/// sets, from the point and its envelope.
-fn to_event(point: Point, envelope: &RawEnvelope, raw_msg_id: &str) -> MetricEvent {
-    MetricEvent {
-        device_id: point.device_id,
-        metric: point.metric,
-        time_us: point.time_us,
-        value: Some(match point.value {
-            tributary_formats::Value::Number(n) => Value::Number(n),
-            tributary_formats::Value::Text(t) => Value::Text(t),
-            tributary_formats::Value::Bool(b) => Value::Boolean(b),
-        }),
-        unit: point.unit.unwrap_or_default(),
-        latitude: point.latitude,
-        longitude: point.longitude,
-        attributes: point.attributes,
-        source: envelope.source.clone(),
-        raw_msg_id: raw_msg_id.to_owned(),
-        ingested_at_us: envelope.received_at_us,
     }
 }
 
@@ -113,6 +94,7 @@ pub fn scratch_batch_id(run: &str, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tributary_schema::{MetricBatch, Value};
 
     #[test]
     fn the_batch_is_one_device_with_every_field_the_transformer_sets() {

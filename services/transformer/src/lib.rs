@@ -10,6 +10,7 @@
 //! acknowledgement of a raw message whose events are not all stored.
 
 pub mod config;
+pub mod framing;
 mod pipeline;
 
 use std::sync::atomic::Ordering;
