@@ -52,21 +52,39 @@ impl Readiness {
     }
 }
 
-/// `/healthz`, `/readyz`, `/metrics`.
-pub fn admin_router(readiness: Readiness) -> Router {
+/// `/healthz` (200 while `healthy`, 503 once a task the service depends on
+/// is gone), `/readyz`, `/metrics`.
+pub fn admin_router(readiness: Readiness, healthy: Arc<AtomicBool>) -> Router {
     crate::telemetry::prometheus();
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(readiness)
+        .with_state(Admin { readiness, healthy })
 }
 
-async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
-    let (ready, checks) = readiness.check();
+#[derive(Clone)]
+struct Admin {
+    readiness: Readiness,
+    healthy: Arc<AtomicBool>,
+}
+
+async fn healthz(State(admin): State<Admin>) -> impl IntoResponse {
+    if admin.healthy.load(Ordering::Relaxed) {
+        (StatusCode::OK, Json(serde_json::json!({ "status": "ok" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "status": "failed", "reason": "a task the service depends on is gone; it is stopping" }),
+            ),
+        )
+    }
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    let (ready, checks) = admin.readiness.check();
+    let ready = ready && admin.healthy.load(Ordering::Relaxed);
     let status = if ready {
         StatusCode::OK
     } else {

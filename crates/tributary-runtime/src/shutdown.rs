@@ -2,11 +2,9 @@
 //! service's `run`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on the first SIGINT or SIGTERM.
@@ -53,34 +51,5 @@ pub async fn run_until_signalled<E: std::fmt::Display>(
             tracing::error!(service, grace_secs = grace.as_secs_f64(), "did not finish within the grace period; exiting");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A started service: the address it bound (port 0 resolved) and its task.
-#[derive(Debug)]
-pub struct ServiceHandle<E> {
-    /// Where its HTTP listener (API and admin routes) is bound.
-    pub addr: SocketAddr,
-    task: JoinHandle<Result<(), E>>,
-}
-
-impl<E> ServiceHandle<E> {
-    /// Wraps a spawned service task.
-    pub fn new(addr: SocketAddr, task: JoinHandle<Result<(), E>>) -> Self {
-        Self { addr, task }
-    }
-
-    /// Waits for the service to stop (after its shutdown token is cancelled,
-    /// or on a fatal error). A panicked task is re-raised.
-    pub async fn wait(self) -> Result<(), E> {
-        match self.task.await {
-            Ok(result) => result,
-            Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
-        }
-    }
-
-    /// True once the service's task has ended.
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
     }
 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio::task::JoinHandle;
 use tributary_runtime::CancellationToken;
 use tributary_testkit::{Mosquitto, NatsServer, Postgres, TestDb};
 
@@ -124,24 +123,16 @@ pub struct Part {
     pub name: &'static str,
     /// Its HTTP listener (API and/or admin routes).
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
     /// `None` once stopped.
-    task: Option<JoinHandle<Result<(), String>>>,
+    handle: Option<tributary_runtime::ServiceHandle>,
 }
 
 impl Part {
-    fn new<E: std::fmt::Display + Send + 'static>(
-        name: &'static str,
-        handle: tributary_runtime::ServiceHandle<E>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let addr = handle.addr;
-        let task = tokio::spawn(async move { handle.wait().await.map_err(|e| e.to_string()) });
+    fn new(name: &'static str, handle: tributary_runtime::ServiceHandle) -> Self {
         Self {
             name,
-            addr,
-            shutdown,
-            task: Some(task),
+            addr: handle.addr,
+            handle: Some(handle),
         }
     }
 
@@ -158,23 +149,32 @@ impl Part {
     /// [`Part::stop`] in place, for a test that starts a new one later. A
     /// no-op once stopped.
     pub async fn halt(&mut self) -> Result<()> {
-        self.shutdown.cancel();
-        let Some(task) = self.task.take() else { return Ok(()) };
+        let Some(handle) = self.handle.take() else {
+            return Ok(());
+        };
+        handle.stop();
         let name = self.name;
-        tokio::time::timeout(Duration::from_secs(30), task)
+        tokio::time::timeout(Duration::from_secs(30), handle.wait())
             .await
             .with_context(|| format!("{name} did not stop within 30 s"))?
-            .with_context(|| format!("{name} panicked"))?
-            .map_err(|e| anyhow::anyhow!("{name} failed: {e}"))
+            .with_context(|| format!("{name} failed"))
     }
 
-    /// Sudden death (as on SIGKILL): the task is dropped mid-work; nothing
-    /// is finished or acknowledged.
-    pub fn kill(self) {
-        if let Some(task) = &self.task {
-            task.abort();
+    /// Waits for the service to end by itself (a task failed), up to `timeout`.
+    pub async fn ended(mut self, timeout: Duration) -> Result<Result<(), tributary_runtime::ServiceError>> {
+        let handle = self.handle.take().context("already stopped")?;
+        let name = self.name;
+        tokio::time::timeout(timeout, handle.wait())
+            .await
+            .with_context(|| format!("{name} still running after {timeout:?}"))
+    }
+
+    /// Sudden death (as on SIGKILL, within this process): every task is
+    /// dropped mid-work; nothing is finished or acknowledged.
+    pub fn kill(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
         }
-        self.shutdown.cancel();
     }
 
     /// Polls `/readyz` until it answers 200.
@@ -197,11 +197,10 @@ pub async fn start_producer(servers: &Servers, options: &Options) -> Result<Part
         config.mqtt_broker = Some(format!("{}:{}", servers.mosquitto.host(), servers.mosquitto.port()));
         config.mqtt_topics = options.mqtt_topics.clone();
     }
-    let shutdown = CancellationToken::new();
-    let handle = producer::start(config, shutdown.clone())
+    let handle = producer::start(config, CancellationToken::new())
         .await
         .context("starting the producer")?;
-    Ok(Part::new("producer", handle, shutdown))
+    Ok(Part::new("producer", handle))
 }
 
 /// Starts the transformer.
@@ -211,11 +210,10 @@ pub async fn start_transformer(servers: &Servers, options: &Options) -> Result<P
     config.max_batch_bytes = options.max_batch_bytes;
     config.test_leave_unacked = options.transformer_leave_unacked;
     config.streams = options.streams.clone();
-    let shutdown = CancellationToken::new();
-    let handle = transformer::start(config, shutdown.clone())
+    let handle = transformer::start(config, CancellationToken::new())
         .await
         .context("starting the transformer")?;
-    Ok(Part::new("transformer", handle, shutdown))
+    Ok(Part::new("transformer", handle))
 }
 
 /// Starts the sink.
@@ -224,22 +222,20 @@ pub async fn start_sink(servers: &Servers, options: &Options) -> Result<Part> {
     config.batch_linger = options.sink_linger;
     config.ack_wait = options.ack_wait;
     config.streams = options.streams.clone();
-    let shutdown = CancellationToken::new();
-    let handle = sink::start(config, shutdown.clone())
+    let handle = sink::start(config, CancellationToken::new())
         .await
         .context("starting the sink")?;
-    Ok(Part::new("sink", handle, shutdown))
+    Ok(Part::new("sink", handle))
 }
 
 /// Starts the query API.
 pub async fn start_query_api(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = query_api::Config::for_database(&servers.database_url);
     config.listen = options.query_listen;
-    let shutdown = CancellationToken::new();
-    let handle = query_api::start(config, shutdown.clone())
+    let handle = query_api::start(config, CancellationToken::new())
         .await
         .context("starting the query API")?;
-    Ok(Part::new("query-api", handle, shutdown))
+    Ok(Part::new("query-api", handle))
 }
 
 /// The four services.

@@ -15,7 +15,7 @@ mod publish;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 
 pub use config::Config;
 use publish::RawPublisher;
@@ -29,57 +29,52 @@ pub enum Error {
     Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Nats(#[from] tributary_runtime::nats::ConnectError),
-    #[error("HTTP server: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Stopped(#[from] ServiceError),
 }
 
 /// Starts the producer: binds the listener (port 0 allowed), connects to NATS
 /// (retrying in the background), provisions the streams, starts the MQTT
 /// bridge if configured. Returns once it is serving.
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, Error> {
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-producer").await?;
-    let readiness = Readiness::default();
+    let mut service = Supervisor::new("producer", shutdown.clone());
+    let readiness = service.readiness().clone();
     let nats_client = client.clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
     let streams_ready = readiness.flag("streams");
     {
         let (js, streams, shutdown) = (js.clone(), config.streams.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        service.spawn_until_done("stream-provisioning", async move {
             let provisioned = tributary_runtime::retry::until_ok("stream provisioning", &shutdown, || {
                 tributary_runtime::streams::ensure_streams(&js, &streams)
             })
             .await;
             streams_ready.store(provisioned.is_some(), Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(())
         });
     }
 
     let publisher = Arc::new(RawPublisher::new(client, js, config.nats.request_timeout));
-    let mut background = Vec::new();
     if config.mqtt_broker.is_some() {
         // The bridge drains its in-flight publishes and PUBACKs itself on shutdown.
         let connected = readiness.flag("mqtt");
         let bridge = mqtt::run_bridge(config.clone(), publisher.clone(), connected, shutdown.clone());
-        background.push(tokio::spawn(bridge));
+        service.spawn("mqtt-bridge", async move {
+            bridge.await;
+            Ok::<_, std::convert::Infallible>(())
+        });
     }
 
-    let router = http::router(publisher, config.max_body_bytes)
-        .merge(tributary_runtime::admin_router(readiness))
-        .fallback(tributary_runtime::http_error::not_found);
-    tracing::info!(%addr, mqtt = config.mqtt_broker.is_some(), "producer listening");
-    Ok(tributary_runtime::server::serve(
-        listener,
-        addr,
-        router,
-        shutdown,
-        background,
-        Error::Serve,
-    ))
+    tracing::info!(mqtt = config.mqtt_broker.is_some(), "producer starting");
+    let router = http::router(publisher, config.max_body_bytes);
+    Ok(service.serve(listener, addr, router))
 }
 
-/// Runs the producer until `shutdown` is cancelled.
+/// Runs the producer until `shutdown` is cancelled or a task fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     // Boxed: the start-up state (config included) would make every caller's future large.
-    Box::pin(start(config, shutdown)).await?.wait().await
+    Ok(Box::pin(start(config, shutdown)).await?.wait().await?)
 }

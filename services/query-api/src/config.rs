@@ -37,6 +37,20 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+impl tributary_runtime::ServiceConfig for Config {
+    fn log(&self) -> &LogArgs {
+        &self.log
+    }
+
+    fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
+    }
+
+    fn validate(&self) -> Result<(), Vec<String>> {
+        Config::validate(self)
+    }
+}
+
 impl Config {
     /// A configuration for tests and the dev runner: loopback, port 0.
     pub fn for_database(database_url: &str) -> Self {

@@ -11,7 +11,7 @@ mod http;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 use tributary_store::Store;
 
 pub use config::Config;
@@ -25,44 +25,33 @@ pub enum Error {
     Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Store(#[from] tributary_store::StoreError),
-    #[error("HTTP server: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Stopped(#[from] ServiceError),
 }
 
 /// Starts the query API: binds (port 0 allowed), opens the database pool and
 /// applies the migrations in the background (readiness waits for them).
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, Error> {
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let store = Arc::new(Store::connect_lazy(&config.store_config())?);
 
-    let readiness = Readiness::default();
-    let migrated = readiness.flag("database");
+    let mut service = Supervisor::new("query-api", shutdown.clone());
+    let migrated = service.readiness().flag("database");
     {
         let store = store.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        service.spawn_until_done("migration", async move {
             let done = tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
             migrated.store(done.is_some(), Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(())
         });
     }
-
-    tracing::info!(%addr, "query API listening");
-    let router = http::router(store, config.max_points)
-        .merge(tributary_runtime::admin_router(readiness))
-        .fallback(tributary_runtime::http_error::not_found);
-    Ok(tributary_runtime::server::serve(
-        listener,
-        addr,
-        router,
-        shutdown,
-        Vec::new(),
-        Error::Serve,
-    ))
+    let router = http::router(store, config.max_points);
+    Ok(service.serve(listener, addr, router))
 }
 
-/// Runs the query API until `shutdown` is cancelled.
+/// Runs the query API until `shutdown` is cancelled or a task fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     // Boxed: the start-up state (config included) would make every caller's future large.
-    Box::pin(start(config, shutdown)).await?.wait().await
+    Ok(Box::pin(start(config, shutdown)).await?.wait().await?)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tributary_runtime::streams::ConsumerSettings;
-use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 use tributary_store::Store;
 
 pub use config::Config;
@@ -30,71 +30,60 @@ pub enum Error {
     Nats(#[from] tributary_runtime::nats::ConnectError),
     #[error(transparent)]
     Store(#[from] tributary_store::StoreError),
-    #[error("admin HTTP server: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Stopped(#[from] ServiceError),
 }
 
 /// Starts the sink: binds the admin listener (port 0 allowed), connects to
 /// NATS and the database, and consumes in the background once the schema,
 /// the streams and its durable consumer exist.
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, Error> {
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-sink").await?;
     let store = Arc::new(Store::connect_lazy(&config.store_config())?);
 
-    let readiness = Readiness::default();
+    let mut service = Supervisor::new("sink", shutdown.clone());
+    let readiness = service.readiness().clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&client));
     let consuming = readiness.flag("consumer");
     let db_ok = readiness.flag("database");
 
-    let pipeline = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let migrated =
-                tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
-            if migrated.is_none() {
-                return;
-            }
-            db_ok.store(true, Ordering::Relaxed);
-            let settings = ConsumerSettings {
-                durable: config.durable.clone(),
-                filter_subject: String::new(),
-                ack_wait: config.ack_wait,
-                max_ack_pending: config.max_ack_pending,
-            };
-            let stream = &config.streams.metrics;
-            let provisioned =
-                tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
-            if let Some(consumer) = provisioned.await {
-                consuming.store(true, Ordering::Relaxed);
-                let pipeline = pipeline::Pipeline {
-                    js,
-                    store,
-                    db_ok,
-                    batch_size: config.batch_size,
-                    linger: config.batch_linger,
-                };
-                pipeline.run(consumer, shutdown).await;
-                consuming.store(false, Ordering::Relaxed);
-            }
-        })
-    };
-
-    tracing::info!(%addr, "sink started");
-    let router = tributary_runtime::admin_router(readiness);
-    Ok(tributary_runtime::server::serve(
-        listener,
-        addr,
-        router,
-        shutdown,
-        vec![pipeline],
-        Error::Serve,
-    ))
+    service.spawn("pipeline", async move {
+        let migrated = tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
+        if migrated.is_none() {
+            return Ok(());
+        }
+        db_ok.store(true, Ordering::Relaxed);
+        let settings = ConsumerSettings {
+            durable: config.durable.clone(),
+            filter_subject: String::new(),
+            ack_wait: config.ack_wait,
+            max_ack_pending: config.max_ack_pending,
+        };
+        let stream = &config.streams.metrics;
+        let provisioned =
+            tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
+        let Some(consumer) = provisioned.await else {
+            return Ok(());
+        };
+        consuming.store(true, Ordering::Relaxed);
+        let pipeline = pipeline::Pipeline {
+            js,
+            store,
+            db_ok,
+            batch_size: config.batch_size,
+            linger: config.batch_linger,
+        };
+        let result = pipeline.run(consumer, shutdown).await;
+        consuming.store(false, Ordering::Relaxed);
+        result
+    });
+    Ok(service.serve(listener, addr, axum::Router::new()))
 }
 
-/// Runs the sink until `shutdown` is cancelled.
+/// Runs the sink until `shutdown` is cancelled or a task fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     // Boxed: the start-up state (config included) would make every caller's future large.
-    Box::pin(start(config, shutdown)).await?.wait().await
+    Ok(Box::pin(start(config, shutdown)).await?.wait().await?)
 }

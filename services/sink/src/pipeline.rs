@@ -22,6 +22,11 @@ use tributary_store::{Row, RowValue, Store, StoreError};
 /// The stage name in dead-letter subjects and headers.
 const STAGE: &str = "sink";
 
+/// The metrics stream's messages stopped coming before shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("consuming the metrics stream stopped: {0}")]
+pub struct StreamEnded(String);
+
 pub struct Pipeline {
     pub js: jetstream::Context,
     pub store: Arc<Store>,
@@ -60,8 +65,10 @@ struct Written {
 
 impl Pipeline {
     /// Consumes until `shutdown`; then writes and acknowledges the batch it
-    /// is gathering and stops.
-    pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
+    /// is gathering and returns Ok. If the message stream ends before that
+    /// (its consumer was deleted, say), it writes what it holds and returns
+    /// the reason: the service cannot go on without it.
+    pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) -> Result<(), StreamEnded> {
         // Messages carry about ten events each: ask for enough to fill a batch.
         let pull = self.batch_size.div_ceil(10).clamp(1, 1000);
         let messages = tributary_runtime::retry::until_ok("subscribing to the metrics stream", &shutdown, || {
@@ -72,7 +79,10 @@ impl Pipeline {
                 .messages()
         })
         .await;
-        let Some(mut messages) = messages else { return };
+        let Some(mut messages) = messages else { return Ok(()) };
+        // The last error the stream yielded, and whether it has ended.
+        let mut last_error: Option<String> = None;
+        let mut over = false;
         'consume: loop {
             // Wait for the first message of a batch, then fill it until it is
             // full or the linger time has passed.
@@ -81,7 +91,13 @@ impl Pipeline {
                 () = shutdown.cancelled() => break 'consume,
                 next = messages.next() => next,
             };
-            let Some(first) = first else { break };
+            let Some(first) = first else {
+                over = true;
+                break;
+            };
+            if let Err(error) = &first {
+                last_error = Some(error.to_string());
+            }
             self.take(first, &mut batch).await;
             let deadline = tokio::time::Instant::now() + self.linger;
             while batch.rows.len() < self.batch_size {
@@ -90,18 +106,27 @@ impl Pipeline {
                     () = shutdown.cancelled() => break,
                     next = messages.next() => match next {
                         Some(next) => self.take(next, &mut batch).await,
-                        None => break,
+                        None => {
+                            over = true;
+                            break;
+                        }
                     },
                 }
             }
             if !batch.messages.is_empty() {
                 self.flush(batch, &shutdown).await;
             }
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || over {
                 break;
             }
         }
         tracing::info!("sink pipeline stopped");
+        if over && !shutdown.is_cancelled() {
+            return Err(StreamEnded(
+                last_error.unwrap_or_else(|| "the message stream ended".to_owned()),
+            ));
+        }
+        Ok(())
     }
 
     /// Decodes a fetched message into the batch. A message that is no

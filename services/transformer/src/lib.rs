@@ -16,7 +16,7 @@ mod pipeline;
 use std::sync::atomic::Ordering;
 
 use tributary_runtime::streams::ConsumerSettings;
-use tributary_runtime::{CancellationToken, Readiness, ServiceHandle};
+use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 
 pub use config::Config;
 
@@ -29,75 +29,70 @@ pub enum Error {
     Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Nats(#[from] tributary_runtime::nats::ConnectError),
-    #[error("admin HTTP server: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Stopped(#[from] ServiceError),
 }
 
 /// Starts the transformer: binds the admin listener (port 0 allowed),
 /// connects to NATS, and consumes in the background once the streams and
 /// its durable consumer exist.
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle<Error>, Error> {
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, Error> {
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-transformer").await?;
 
-    let readiness = Readiness::default();
+    let mut service = Supervisor::new("transformer", shutdown.clone());
+    let readiness = service.readiness().clone();
     let nats_client = client.clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
     let consuming = readiness.flag("consumer");
     // The metrics stream drops what is published while it has no durable
     // consumer (interest retention): publish only while the sink's exists.
     let downstream = readiness.flag("metrics_consumer");
-    tokio::spawn(tributary_runtime::streams::watch_durable_consumers(
-        js.clone(),
-        config.streams.metrics.clone(),
-        downstream.clone(),
-        std::time::Duration::from_secs(2),
-        shutdown.clone(),
-    ));
-
-    let pipeline = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let settings = ConsumerSettings {
-                durable: config.durable.clone(),
-                filter_subject: String::new(),
-                ack_wait: config.ack_wait,
-                max_ack_pending: config.max_ack_pending,
-            };
-            let stream = &config.streams.raw;
-            let provisioned =
-                tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
-            if let Some(consumer) = provisioned.await {
-                consuming.store(true, Ordering::Relaxed);
-                let settings = pipeline::Settings {
-                    format: config.format,
-                    pull_batch: config.batch_size,
-                    max_batch_bytes: config.max_batch_bytes,
-                    window: config.publish_window,
-                    leave_unacked: config.test_leave_unacked,
-                };
-                let pipeline = pipeline::Pipeline::new(js, client, settings, downstream);
-                pipeline.run(consumer, shutdown).await;
-                consuming.store(false, Ordering::Relaxed);
-            }
-        })
-    };
-
-    tracing::info!(%addr, "transformer started");
-    let router = tributary_runtime::admin_router(readiness);
-    Ok(tributary_runtime::server::serve(
-        listener,
-        addr,
-        router,
-        shutdown,
-        vec![pipeline],
-        Error::Serve,
-    ))
+    service.spawn("metrics-consumer-watch", {
+        let watch = tributary_runtime::streams::watch_durable_consumers(
+            js.clone(),
+            config.streams.metrics.clone(),
+            downstream.clone(),
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+        );
+        async move {
+            watch.await;
+            Ok::<_, std::convert::Infallible>(())
+        }
+    });
+    service.spawn("pipeline", async move {
+        let settings = ConsumerSettings {
+            durable: config.durable.clone(),
+            filter_subject: String::new(),
+            ack_wait: config.ack_wait,
+            max_ack_pending: config.max_ack_pending,
+        };
+        let stream = &config.streams.raw;
+        let provisioned =
+            tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
+        let Some(consumer) = provisioned.await else {
+            return Ok(());
+        };
+        consuming.store(true, Ordering::Relaxed);
+        let settings = pipeline::Settings {
+            format: config.format,
+            pull_batch: config.batch_size,
+            max_batch_bytes: config.max_batch_bytes,
+            window: config.publish_window,
+            leave_unacked: config.test_leave_unacked,
+        };
+        let pipeline = pipeline::Pipeline::new(js, client, settings, downstream);
+        let result = pipeline.run(consumer, shutdown).await;
+        consuming.store(false, Ordering::Relaxed);
+        result
+    });
+    Ok(service.serve(listener, addr, axum::Router::new()))
 }
 
-/// Runs the transformer until `shutdown` is cancelled.
+/// Runs the transformer until `shutdown` is cancelled or a task fails.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     // Boxed: the start-up state (config included) would make every caller's future large.
-    Box::pin(start(config, shutdown)).await?.wait().await
+    Ok(Box::pin(start(config, shutdown)).await?.wait().await?)
 }

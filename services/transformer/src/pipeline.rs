@@ -33,6 +33,11 @@ const PAUSED_RECHECK: Duration = Duration::from_millis(200);
 /// Room left in a NATS message for headers (the `Nats-Msg-Id`).
 const HEADER_ALLOWANCE: usize = 1024;
 
+/// The raw stream's messages stopped coming before shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("consuming the raw stream stopped: {0}")]
+pub struct StreamEnded(String);
+
 /// How the pipeline runs.
 pub struct Settings {
     pub format: Format,
@@ -152,8 +157,11 @@ impl Pipeline {
     }
 
     /// Consumes until `shutdown`; then takes no new raw message, settles the
-    /// ones in hand (acked, or NAKed if a publish failed) and returns.
-    pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) {
+    /// ones in hand (acked, or NAKed if a publish failed) and returns Ok. If
+    /// the message stream ends before that (its consumer was deleted, say),
+    /// it settles what it holds and returns the reason: the service cannot
+    /// go on without it.
+    pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) -> Result<(), StreamEnded> {
         let messages = tributary_runtime::retry::until_ok("subscribing to the raw stream", &shutdown, || {
             consumer
                 .stream()
@@ -162,9 +170,11 @@ impl Pipeline {
                 .messages()
         })
         .await;
-        let Some(mut messages) = messages else { return };
+        let Some(mut messages) = messages else { return Ok(()) };
         let mut state = InFlight::default();
         let mut stopping = false;
+        let mut ended = None;
+        let mut ended_early = false;
         loop {
             self.send_queued(&mut state).await;
             if state.tally.settled() >= 256 || (state.is_idle() && state.tally.settled() > 0) {
@@ -183,8 +193,16 @@ impl Pipeline {
                 () = tokio::time::sleep(PAUSED_RECHECK), if paused && !stopping => {}
                 next = messages.next(), if room && !stopping => match next {
                     Some(Ok(message)) => self.take(&mut state, message).await,
-                    Some(Err(error)) => tracing::warn!(%error, "pulling raw messages"),
-                    None => break,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "pulling raw messages");
+                        ended = Some(error.to_string());
+                    }
+                    None => {
+                        // Settle what is in hand, then report.
+                        stopping = true;
+                        ended.get_or_insert_with(|| "the message stream ended".to_owned());
+                        ended_early = true;
+                    }
                 },
                 else => break,
             }
@@ -197,6 +215,10 @@ impl Pipeline {
             );
         }
         tracing::info!("transformer pipeline stopped");
+        if ended_early {
+            return Err(StreamEnded(ended.unwrap_or_default()));
+        }
+        Ok(())
     }
 
     /// Sends queued publishes while the window has room.

@@ -199,3 +199,39 @@ async fn a_stalled_sink_fills_the_streams_and_the_producer_answers_503_until_the
     assert_eq!(raw.info().await?.state.messages, 0, "the raw stream is empty again");
     h.stop().await
 }
+
+#[tokio::test]
+async fn a_pipeline_that_loses_its_consumer_fails_healthz_and_stops_with_an_error() -> Result<()> {
+    let mut h = Harness::start().await?;
+    h.post_accepted("plant-7", SAMPLE).await?;
+    h.wait_drained().await?;
+    let healthz = format!("{}/healthz", h.services.transformer.url());
+    assert_eq!(h.http.get(&healthz).send().await?.status(), 200);
+
+    // An operator deletes the transformer's durable consumer: its pipeline
+    // cannot go on, so the service must fail loudly, not idle while healthy.
+    h.js.get_stream("TELEMETRY_RAW")
+        .await?
+        .delete_consumer("transformer")
+        .await?;
+    let http = h.http.clone();
+    tributary_testkit::wait_until(Duration::from_secs(10), "/healthz to answer 503", || {
+        let (http, healthz) = (http.clone(), healthz.clone());
+        async move { matches!(http.get(&healthz).send().await, Ok(r) if r.status() == 503) }
+    })
+    .await?;
+    let standby = tributary_stack::start_transformer(&h.servers, &tributary_stack::Options::default()).await?;
+    let failed = std::mem::replace(&mut h.services.transformer, standby);
+    let outcome = failed.ended(Duration::from_secs(10)).await?;
+    let error = outcome.expect_err("the transformer ends with an error");
+    assert!(error.to_string().contains("pipeline"), "{error}");
+
+    // A restarted transformer (as the orchestrator would start) re-creates
+    // its consumer and the pipeline goes on.
+    h.services.transformer.wait_ready(DEADLINE).await?;
+    h.post_accepted("plant-7", r#"{"_id":"after","timestamp":1506775818,"items":{"x":1}}"#)
+        .await?;
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await?, 11);
+    h.stop().await
+}

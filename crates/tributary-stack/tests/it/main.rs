@@ -24,7 +24,6 @@ pub struct Harness {
     pub servers: Servers,
     pub services: Services,
     pub http: reqwest::Client,
-    pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub db: sqlx::PgPool,
 }
@@ -47,8 +46,7 @@ impl Harness {
             servers,
             services,
             http: reqwest::Client::new(),
-            js: async_nats::jetstream::new(client.clone()),
-            nats: client,
+            js: async_nats::jetstream::new(client),
             db,
         })
     }
