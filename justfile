@@ -10,8 +10,10 @@ default:
 dev *ARGS: check-servers
     cargo run -p tributary-stack --bin tributary-dev -- {{ARGS}}
 
-# Run every test (unit, integration, end-to-end on real servers).
+# Run every test (unit, integration, end-to-end on real servers). The service
+# binaries are built first: some tests run them as real processes.
 test: check-servers
+    cargo build --workspace --bins --locked
     cargo test --workspace --locked
 
 # Benchmark the whole pipeline on real servers (release builds); `just bench --help` for options.

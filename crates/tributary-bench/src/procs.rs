@@ -1,79 +1,8 @@
-//! The services as separate release processes, and what `/proc` says about
-//! any process: CPU time and peak memory.
+//! What `/proc` says about any process: CPU time and peak memory. (The
+//! services themselves run as `tributary_testkit::ServiceProcess`es.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use anyhow::{Context, Result};
-
-/// One service binary running as a child process.
-pub struct Service {
-    pub name: &'static str,
-    pub addr: String,
-    child: Child,
-}
-
-impl Service {
-    /// Starts `bin_dir/tributary-<name>` on a free loopback port with the
-    /// given `TRIBUTARY_*` variables; output goes to `log_dir/<name>.log`.
-    pub fn spawn(name: &'static str, bin_dir: &Path, log_dir: &Path, env: &[(&str, String)]) -> Result<Self> {
-        let binary = bin_dir.join(format!("tributary-{name}"));
-        anyhow::ensure!(
-            binary.exists(),
-            "{} is missing: build it with `cargo build --release -p {name}` (`just bench` does)",
-            binary.display()
-        );
-        let port = tributary_testkit::free_port()?;
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let child = Command::new(&binary)
-            .env("TRIBUTARY_LISTEN", &addr)
-            .env("TRIBUTARY_LOG", "warn")
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self { name, addr, child })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Polls `/readyz` until 200.
-    pub async fn wait_ready(&self) -> Result<()> {
-        let url = format!("http://{}/readyz", self.addr);
-        let client = reqwest::Client::new();
-        tributary_testkit::wait_until(Duration::from_secs(60), &format!("{} ready", self.name), || async {
-            matches!(client.get(&url).send().await, Ok(r) if r.status().is_success())
-        })
-        .await
-    }
-
-    /// SIGTERM (graceful), then reap.
-    pub fn stop(mut self) -> Result<()> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child.kill()?;
-        self.child.wait()?;
-        anyhow::bail!("{} did not stop within 30 s of SIGTERM", self.name)
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 /// CPU time and peak memory of a process (and, for PostgreSQL, its backends).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

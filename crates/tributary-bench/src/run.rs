@@ -12,7 +12,9 @@ use tributary_testkit::{Mosquitto, NatsServer, Postgres};
 use crate::limits::{self, Limits, Targets};
 use crate::measure::{self, FramingCheck, Freshness, LossCheck};
 use crate::nats_sync::NatsSync;
-use crate::procs::{self, Service, Usage};
+use tributary_testkit::ServiceProcess;
+
+use crate::procs::{self, Usage};
 use crate::samples::Samples;
 
 /// A fixed-rate phase at least this long is the headline figure; shorter ones and find-max steps are indicative.
@@ -141,7 +143,7 @@ struct Bench {
     database_url: String,
     db: PgPool,
     js: async_nats::jetstream::Context,
-    services: Vec<Service>,
+    services: Vec<ServiceProcess>,
 }
 
 impl Bench {
@@ -167,9 +169,9 @@ impl Bench {
         let nats_url = nats.url();
         let broker = format!("{}:{}", mosquitto.host(), mosquitto.port());
         let services = vec![
-            Service::spawn(
-                "producer",
+            ServiceProcess::spawn_from(
                 bin_dir,
+                "producer",
                 &logs,
                 &[
                     ("TRIBUTARY_NATS_URL", nats_url.clone()),
@@ -178,30 +180,31 @@ impl Bench {
                     ("TRIBUTARY_MQTT_CLIENT_ID", "bench-producer".into()),
                 ],
             )?,
-            Service::spawn(
-                "transformer",
+            ServiceProcess::spawn_from(
                 bin_dir,
+                "transformer",
                 &logs,
                 &[("TRIBUTARY_NATS_URL", nats_url.clone())],
             )?,
-            Service::spawn(
-                "sink",
+            ServiceProcess::spawn_from(
                 bin_dir,
+                "sink",
                 &logs,
                 &[
                     ("TRIBUTARY_NATS_URL", nats_url),
                     ("TRIBUTARY_DATABASE_URL", database_url.clone()),
                 ],
             )?,
-            Service::spawn(
-                "query-api",
+            ServiceProcess::spawn_from(
                 bin_dir,
+                "query-api",
                 &logs,
                 &[("TRIBUTARY_DATABASE_URL", database_url.clone())],
             )?,
         ];
-        for service in &services {
-            service.wait_ready().await?;
+        let mut services = services;
+        for service in &mut services {
+            service.wait_ready(Duration::from_secs(60)).await?;
         }
         let db = PgPool::connect(&database_url).await?;
         let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
@@ -222,7 +225,7 @@ impl Bench {
         let mut all: Vec<(String, Usage)> = self
             .services
             .iter()
-            .map(|s| (s.name.to_owned(), procs::usage(s.pid())))
+            .map(|s| (s.name().to_owned(), procs::usage(s.pid().unwrap_or(0))))
             .collect();
         let pid = |p: Option<u32>| p.unwrap_or(0);
         all.push(("nats-server".into(), procs::usage(pid(self.nats.pid()))));
@@ -235,7 +238,7 @@ impl Bench {
     /// Restarts every process's peak-RSS count: a phase reports its own peak.
     fn reset_peaks(&self) {
         let pid = |p: Option<u32>| p.unwrap_or(0);
-        let mut ok = self.services.iter().all(|s| procs::reset_peak(s.pid()));
+        let mut ok = self.services.iter().all(|s| procs::reset_peak(s.pid().unwrap_or(0)));
         ok &= procs::reset_peak(pid(self.nats.pid()));
         ok &= procs::reset_peak_with_children(pid(self.postgres.pid()));
         ok &= procs::reset_peak(pid(self.mosquitto.pid()));
@@ -246,7 +249,7 @@ impl Bench {
     }
 
     fn producer_url(&self) -> String {
-        format!("http://{}", self.services[0].addr)
+        self.services[0].url()
     }
 
     async fn phase(
@@ -324,9 +327,10 @@ impl Bench {
         })
     }
 
-    fn stop(self) -> Result<()> {
-        for service in self.services {
-            service.stop()?;
+    async fn stop(mut self) -> Result<()> {
+        for service in &mut self.services {
+            let status = service.terminate(Duration::from_secs(30)).await?;
+            anyhow::ensure!(status.success(), "{} exited with {status}", service.name());
         }
         Ok(())
     }
@@ -389,7 +393,7 @@ pub async fn run(args: Args) -> Result<Report> {
     )
     .await?;
 
-    bench.stop()?;
+    bench.stop().await?;
     Ok(Report {
         args,
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

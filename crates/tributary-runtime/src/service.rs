@@ -142,9 +142,15 @@ impl Supervisor {
                 .await
         });
         let shutdown = self.shutdown.clone();
+        let http_abort = http.abort_handle();
         let task = tokio::spawn(self.supervise(http, http_stop));
         tracing::info!(%addr, "listening");
-        ServiceHandle { addr, shutdown, task }
+        ServiceHandle {
+            addr,
+            shutdown,
+            task,
+            http_abort,
+        }
     }
 
     /// Waits for shutdown or the first fatal task, then for every task to end.
@@ -252,6 +258,7 @@ pub struct ServiceHandle {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServiceError>>,
+    http_abort: tokio::task::AbortHandle,
 }
 
 impl ServiceHandle {
@@ -263,7 +270,9 @@ impl ServiceHandle {
     /// Stops it at once, as a crash would: every task is dropped where it
     /// is, nothing is finished or acknowledged.
     pub fn abort(self) {
+        // The supervisor owns the tasks: dropping it drops them all.
         self.task.abort();
+        self.http_abort.abort();
     }
 
     /// True once the service has ended.
@@ -444,8 +453,16 @@ mod tests {
             std::future::pending::<()>().await;
             Ok::<_, String>(())
         });
-        started(supervisor).await.abort();
+        let handle = started(supervisor).await;
+        let addr = handle.addr;
+        handle.abort();
         assert!(dropped_rx.await.is_err(), "the task was dropped without finishing");
+        // The HTTP server is gone too.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still listening after an abort");
+            tokio::task::yield_now().await;
+        }
         assert!(!shutdown.is_cancelled(), "nothing was asked to stop gracefully");
     }
 }

@@ -204,6 +204,23 @@ pub async fn ensure_pull_consumer(
     stream.create_consumer(config).await.map_err(|e| error(&e))
 }
 
+/// Whether an error from a pull consumer's message stream means the
+/// consumer is gone for good (deleted), so the pipeline cannot go on, rather
+/// than NATS being briefly unreachable. Asks the server when the error alone
+/// does not say.
+pub async fn consumer_is_gone(consumer: &consumer::PullConsumer, error: &consumer::pull::MessagesError) -> bool {
+    use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    match error.kind() {
+        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::PushBasedConsumer => true,
+        MessagesErrorKind::NoResponders | MessagesErrorKind::MissingHeartbeat => matches!(
+            consumer.get_info().await,
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound)
+        ),
+        _ => false,
+    }
+}
+
 /// Creates the streams and then the durable pull consumer on `stream_name`,
 /// retrying with backoff until NATS answers. `None` if `shutdown` comes first.
 pub async fn provision_consumer(

@@ -1,6 +1,8 @@
 //! Real servers for tests and the local `just dev` runner: `nats-server -js`,
 //! PostgreSQL (`initdb` into a directory) and `mosquitto`, each a child of
-//! this process on a loopback port, with its data and log in a directory.
+//! this process on a loopback port, with its data and log in a directory;
+//! and Tributary's own service binaries as child processes
+//! ([`ServiceProcess`]), to kill, pause and restart them for real.
 //!
 //! Never used by a service binary: only by tests and `just dev`. Never
 //! depends on a server someone started by hand or on a fixed port (a fixed
@@ -17,6 +19,7 @@ mod mosquitto;
 mod nats;
 mod postgres;
 mod process;
+mod service;
 mod test_db;
 mod wait;
 
@@ -25,6 +28,7 @@ pub use anyhow::Result;
 pub use crate::mosquitto::Mosquitto;
 pub use crate::nats::NatsServer;
 pub use crate::postgres::Postgres;
+pub use crate::service::ServiceProcess;
 pub use crate::test_db::{TestDb, shared_postgres};
 pub use crate::wait::{wait_until, wait_until_blocking};
 

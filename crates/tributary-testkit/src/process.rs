@@ -166,7 +166,7 @@ impl ServerProcess {
 
 /// Signals other than SIGKILL (which `Child::kill` covers) need `kill(2)`.
 #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std; it only takes integers")]
-fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill(2) reads no memory; `pid` is an unreaped child of ours, so
     // it cannot name an unrelated process that reused the pid.

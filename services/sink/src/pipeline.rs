@@ -95,8 +95,12 @@ impl Pipeline {
                 over = true;
                 break;
             };
-            if let Err(error) = &first {
-                last_error = Some(error.to_string());
+            if let Err(error) = &first
+                && tributary_runtime::streams::consumer_is_gone(&consumer, error).await
+            {
+                last_error = Some(format!("{error}: the durable consumer is gone"));
+                over = true;
+                break;
             }
             self.take(first, &mut batch).await;
             let deadline = tokio::time::Instant::now() + self.linger;
@@ -105,6 +109,11 @@ impl Pipeline {
                     () = tokio::time::sleep_until(deadline) => break,
                     () = shutdown.cancelled() => break,
                     next = messages.next() => match next {
+                        Some(Err(error)) if tributary_runtime::streams::consumer_is_gone(&consumer, &error).await => {
+                            last_error = Some(format!("{error}: the durable consumer is gone"));
+                            over = true;
+                            break;
+                        }
                         Some(next) => self.take(next, &mut batch).await,
                         None => {
                             over = true;

@@ -195,7 +195,12 @@ impl Pipeline {
                     Some(Ok(message)) => self.take(&mut state, message).await,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "pulling raw messages");
-                        ended = Some(error.to_string());
+                        if tributary_runtime::streams::consumer_is_gone(&consumer, &error).await {
+                            // Settle what is in hand, then report.
+                            stopping = true;
+                            ended_early = true;
+                            ended = Some(format!("{error}: the durable consumer is gone"));
+                        }
                     }
                     None => {
                         // Settle what is in hand, then report.

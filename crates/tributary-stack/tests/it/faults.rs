@@ -72,12 +72,6 @@ async fn had_d2_first(h: &Harness) -> Result<bool> {
     Ok(n == 1)
 }
 
-async fn post_range(h: &Harness, range: std::ops::Range<u32>) -> Result<()> {
-    let posts = range.map(|i| async move { h.post_accepted("kill", &numbered_payload(i)).await });
-    futures::future::try_join_all(posts).await?;
-    Ok(())
-}
-
 /// A payload of ten metrics for device `kill-test` at second `i`.
 fn numbered_payload(i: u32) -> String {
     let items: Vec<String> = (0..10).map(|m| format!("\"m{m}\":\"{i}.{m}\"")).collect();
@@ -86,48 +80,6 @@ fn numbered_payload(i: u32) -> String {
         1_506_775_817 + i,
         items.join(",")
     )
-}
-
-#[tokio::test]
-async fn killing_the_transformer_and_sink_mid_stream_loses_and_doubles_nothing() -> Result<()> {
-    let options = tributary_stack::Options {
-        ack_wait: Duration::from_secs(2),
-        ..Default::default()
-    };
-    let mut h = Harness::start_with(&options).await?;
-    const PAYLOADS: u32 = 300;
-    post_range(&h, 0..PAYLOADS / 2).await?;
-
-    // Sudden death while the first half is in flight; the replacements are
-    // started first, as a Deployment's new pods would be.
-    let transformer = std::mem::replace(
-        &mut h.services.transformer,
-        tributary_stack::start_transformer(&h.servers, &options).await?,
-    );
-    let sink = std::mem::replace(
-        &mut h.services.sink,
-        tributary_stack::start_sink(&h.servers, &options).await?,
-    );
-    transformer.kill();
-    sink.kill();
-    post_range(&h, PAYLOADS / 2..PAYLOADS).await?;
-
-    h.wait_drained().await?;
-    let (rows, distinct): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT (metric, time)) FROM metric_events WHERE device_id = 'kill-test'",
-    )
-    .fetch_one(&h.db)
-    .await?;
-    assert_eq!(rows, i64::from(PAYLOADS) * 10, "every metric stored");
-    assert_eq!(distinct, rows, "none twice");
-    let wrong: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM metric_events WHERE device_id = 'kill-test' \
-         AND value_num <> (extract(epoch FROM time)::bigint - 1506775817) + substr(metric, 2)::int / 10.0",
-    )
-    .fetch_one(&h.db)
-    .await?;
-    assert_eq!(wrong, 0, "every value belongs to its own metric and time");
-    h.stop().await
 }
 
 /// Posts one payload after another (each new) until the producer answers

@@ -5,6 +5,7 @@ mod deploy;
 mod faults;
 mod framing;
 mod pipeline;
+mod processes;
 
 use std::time::Duration;
 

@@ -1,0 +1,195 @@
+//! The real service binaries as child processes, configured by `TRIBUTARY_*`
+//! variables as a deployment would configure them: SIGKILLed mid-stream,
+//! and failing loudly when a task they depend on is gone.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tributary_stack::{Options, Servers};
+use tributary_testkit::ServiceProcess;
+
+use crate::DEADLINE;
+
+/// The real transformer and sink, talking to `servers`, with a short ack wait
+/// so that what a killed process held comes back quickly.
+fn spawn_workers(servers: &Servers, logs: &std::path::Path) -> Result<(ServiceProcess, ServiceProcess)> {
+    let nats = ("TRIBUTARY_NATS_URL", servers.nats.url());
+    let ack_wait = ("TRIBUTARY_ACK_WAIT", "2s".to_owned());
+    let transformer = ServiceProcess::spawn("transformer", logs, &[nats.clone(), ack_wait.clone()])?;
+    let sink = ServiceProcess::spawn(
+        "sink",
+        logs,
+        &[nats, ack_wait, ("TRIBUTARY_DATABASE_URL", servers.database_url.clone())],
+    )?;
+    Ok((transformer, sink))
+}
+
+/// Deliveries beyond the first of a durable consumer's messages: how many
+/// times JetStream handed a message out again because nobody acknowledged it.
+async fn redeliveries(js: &async_nats::jetstream::Context, stream: &str, durable: &str) -> Result<u64> {
+    let mut consumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let info = consumer.info().await?;
+    let mut stream = js.get_stream(stream).await?;
+    let stored = stream.info().await.map_err(|e| anyhow::anyhow!(e))?.state.last_sequence;
+    Ok(info.delivered.consumer_sequence.saturating_sub(stored))
+}
+
+/// Both durable consumers have nothing pending or unacknowledged.
+async fn drained(js: &async_nats::jetstream::Context) -> Result<()> {
+    tributary_testkit::wait_until(Duration::from_secs(60), "the pipeline to drain", || {
+        let js = js.clone();
+        async move {
+            for (stream, durable) in [("TELEMETRY_RAW", "transformer"), ("TELEMETRY_METRICS", "sink")] {
+                let Ok(stream) = js.get_stream(stream).await else {
+                    return false;
+                };
+                let Ok(mut consumer) = stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable)
+                    .await
+                else {
+                    return false;
+                };
+                match consumer.info().await {
+                    Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+                    _ => return false,
+                }
+            }
+            true
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigkilled_transformers_and_sinks_lose_and_double_nothing() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let producer = tributary_stack::start_producer(&servers, &Options::default()).await?;
+    let (mut transformer, mut sink) = spawn_workers(&servers, logs.path())?;
+    transformer.wait_ready(DEADLINE).await?;
+    sink.wait_ready(DEADLINE).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    let db = sqlx::PgPool::connect(&servers.database_url).await?;
+
+    // A steady stream of payloads for the whole test.
+    let mut load = simulator::Config::http(&producer.url());
+    load.devices = 20;
+    load.metrics = 10;
+    load.rate = 300.0;
+    load.duration = Some(Duration::from_secs(14));
+    let sending = tokio::spawn(simulator::run(load, tributary_runtime::CancellationToken::new()));
+
+    // Meanwhile: SIGKILL the transformer, then the sink, three times each,
+    // restarting each (as the orchestrator would) once it is dead.
+    let mut kills = 0;
+    for round in 0..3 {
+        for process in [&mut transformer, &mut sink] {
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            let status = process.kill().await?;
+            assert!(!status.success(), "round {round}: {} was killed", process.name());
+            kills += 1;
+            process.restart()?;
+            process.wait_ready(DEADLINE).await?;
+        }
+    }
+    let report = sending.await??;
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.acknowledged > 2_000, "{report:?}");
+
+    drained(&js).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_events")
+        .fetch_one(&db)
+        .await?;
+    let redelivered_raw = redeliveries(&js, "TELEMETRY_RAW", "transformer").await?;
+    let redelivered_batches = redeliveries(&js, "TELEMETRY_METRICS", "sink").await?;
+    let sink_metrics = reqwest::get(format!("{}/metrics", sink.url())).await?.text().await?;
+    let duplicate_rows = sink_metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"tributary_sink_rows_total{outcome="duplicate"} "#))
+        .unwrap_or("0");
+    tracing::info!(
+        kills,
+        acknowledged_metrics = report.metrics_sent,
+        stored,
+        redelivered_raw,
+        redelivered_batches,
+        duplicate_rows_in_the_last_sink = duplicate_rows,
+        "after the kills"
+    );
+    // Every metric the producer acknowledged is stored, and only those: a
+    // lost event makes `stored` smaller, a stray one larger (a doubled one
+    // cannot exist: the natural key refuses it).
+    assert_eq!(
+        stored as u64, report.metrics_sent,
+        "acknowledged metrics vs stored rows"
+    );
+    // The kills really interrupted work: JetStream handed unacknowledged
+    // batches out again, and they were absorbed.
+    assert!(
+        redelivered_batches > 0,
+        "no batch was redelivered: the kills caught nothing in flight"
+    );
+    let wrong: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT device_id, metric, time FROM metric_events \
+         GROUP BY 1, 2, 3 HAVING count(*) > 1) AS doubled",
+    )
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(wrong, 0);
+
+    for process in [&mut transformer, &mut sink] {
+        let status = process.terminate(DEADLINE).await?;
+        assert!(
+            status.success(),
+            "{} stops cleanly on SIGTERM: {status}",
+            process.name()
+        );
+    }
+    producer.stop().await
+}
+
+#[tokio::test]
+async fn a_transformer_that_loses_its_consumer_answers_503_and_exits_non_zero() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let (mut transformer, mut sink) = spawn_workers(&servers, logs.path())?;
+    transformer.wait_ready(DEADLINE).await?;
+    sink.wait_ready(DEADLINE).await?;
+    assert_eq!(transformer.get_status("/healthz").await, Some(200));
+
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    js.get_stream("TELEMETRY_RAW")
+        .await?
+        .delete_consumer("transformer")
+        .await?;
+
+    let mut saw_503 = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline && !saw_503 {
+        saw_503 = transformer.get_status("/healthz").await == Some(503);
+        if !saw_503 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        saw_503,
+        "/healthz answered 503 before the exit; log:\n{}",
+        std::fs::read_to_string(transformer.log_path()).unwrap_or_default()
+    );
+    let status = transformer
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .context("the transformer exits by itself")?;
+    assert_eq!(status.code(), Some(1), "{status}");
+    let log = std::fs::read_to_string(transformer.log_path())?;
+    assert!(log.contains("pipeline"), "the log says which task failed:\n{log}");
+    let status = sink.terminate(DEADLINE).await?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
