@@ -163,6 +163,7 @@ impl Supervisor {
         let mut http_done = false;
         loop {
             tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => {
                     // Asked to stop: take no new requests, finish the rest.
                     http_stop.cancel();
@@ -180,7 +181,7 @@ impl Supervisor {
                     break;
                 }
                 Some(joined) = self.tasks.join_next_with_id() => {
-                    if let Some(failure) = self.judge(joined, false) {
+                    if let Some(failure) = self.judge(joined) {
                         self.fail(&failure);
                         first_failure = Some(failure);
                         break;
@@ -190,7 +191,7 @@ impl Supervisor {
         }
         // Shutting down: every task finishes what it holds.
         while let Some(joined) = self.tasks.join_next_with_id().await {
-            if let Some(failure) = self.judge(joined, true) {
+            if let Some(failure) = self.judge(joined) {
                 tracing::error!(service = self.name, error = %failure, "a task failed while shutting down");
                 first_failure.get_or_insert(failure);
             }
@@ -217,12 +218,11 @@ impl Supervisor {
     }
 
     /// What one finished task means for the service: `None` if all is well.
-    fn judge(
-        &self,
-        joined: Result<(Id, Outcome), tokio::task::JoinError>,
-        shutting_down: bool,
-    ) -> Option<ServiceError> {
+    fn judge(&self, joined: Result<(Id, Outcome), tokio::task::JoinError>) -> Option<ServiceError> {
         let name = |id: Id| self.names.get(&id).copied().unwrap_or("unnamed");
+        // Asked the token, not the loop: a task that saw the cancellation
+        // and returned can be joined before the loop saw it too.
+        let shutting_down = self.shutdown.is_cancelled();
         match joined {
             Ok((_, (_, Ok(())))) if shutting_down => None,
             Ok((_, (Lifetime::UntilDone, Ok(())))) => None,
@@ -369,6 +369,23 @@ mod tests {
         handle.stop();
         handle.wait().await.unwrap();
         done_rx.await.expect("the worker finished before wait returned");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_as_shutdown_begins_is_not_a_failure() {
+        // The task ends (it saw the token) before the supervisor's loop
+        // notices the cancellation: that is a clean stop, every time.
+        for _ in 0..50 {
+            let shutdown = CancellationToken::new();
+            let mut supervisor = Supervisor::new("test", shutdown.clone());
+            let stop = shutdown.clone();
+            supervisor.spawn("pipeline", async move {
+                stop.cancelled().await;
+                Ok::<_, String>(())
+            });
+            shutdown.cancel();
+            started(supervisor).await.wait().await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -147,8 +147,9 @@ async fn sigkilled_transformers_and_sinks_lose_and_double_nothing() -> Result<()
         let status = process.terminate(DEADLINE).await?;
         assert!(
             status.success(),
-            "{} stops cleanly on SIGTERM: {status}",
-            process.name()
+            "{} stops cleanly on SIGTERM: {status}; log:\n{}",
+            process.name(),
+            std::fs::read_to_string(process.log_path()).unwrap_or_default()
         );
     }
     producer.stop().await
@@ -190,6 +191,10 @@ async fn a_transformer_that_loses_its_consumer_answers_503_and_exits_non_zero() 
     let log = std::fs::read_to_string(transformer.log_path())?;
     assert!(log.contains("pipeline"), "the log says which task failed:\n{log}");
     let status = sink.terminate(DEADLINE).await?;
-    assert!(status.success(), "{status}");
+    assert!(
+        status.success(),
+        "{status}; log:\n{}",
+        std::fs::read_to_string(sink.log_path()).unwrap_or_default()
+    );
     Ok(())
 }
