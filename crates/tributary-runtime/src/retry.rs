@@ -1,12 +1,63 @@
-//! Retrying a transient operation with capped exponential backoff, until it
-//! succeeds or the service is shutting down.
+//! The one backoff every retry loop in Tributary uses: exponential, capped,
+//! with jitter, so that replicas that failed together do not retry together.
+//! [`until_ok`] wraps it for the common "try until it works or we shut down".
 
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Calls `attempt` until it returns Ok, sleeping 100 ms, 200 ms, … up to 5 s
+/// Delays for successive retries: each is drawn uniformly from the upper half
+/// of an exponentially growing step (`initial`, `2 × initial`, … up to `cap`),
+/// so it never falls below half the step and never exceeds `cap`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    cap: Duration,
+    step: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    /// Starts at `initial` (at least 1 ms) and grows to at most `cap`.
+    pub fn new(initial: Duration, cap: Duration) -> Self {
+        let initial = initial.max(Duration::from_millis(1));
+        Self {
+            initial,
+            cap: cap.max(initial),
+            step: initial,
+            // A different sequence per process and per backoff.
+            seed: std::collections::hash_map::RandomState::new().build_hasher().finish() | 1,
+        }
+    }
+
+    /// What the services use: 100 ms, doubling, at most 5 s.
+    pub fn standard() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The delay before the next retry; each call grows the step.
+    pub fn next_delay(&mut self) -> Duration {
+        // xorshift64*: plenty for jitter, no dependency.
+        self.seed ^= self.seed >> 12;
+        self.seed ^= self.seed << 25;
+        self.seed ^= self.seed >> 27;
+        let random = self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        let step = self.step;
+        self.step = (self.step * 2).min(self.cap);
+        let half = step / 2;
+        let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+        half + half.mul_f64(fraction)
+    }
+
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.step = self.initial;
+    }
+}
+
+/// Calls `attempt` until it returns Ok, waiting [`Backoff::standard`] delays
 /// between failures (each logged at WARN with `what`). Returns `None` if
 /// `shutdown` is cancelled first.
 pub async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> Option<T>
@@ -15,19 +66,67 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::standard();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return None,
             result = attempt() => match result {
                 Ok(value) => return Some(value),
-                Err(error) => tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying"),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
             },
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_with_jitter_up_to_the_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let steps = [100, 200, 400, 800, 1_000, 1_000, 1_000];
+        for step in steps {
+            let delay = backoff.next_delay();
+            let step = Duration::from_millis(step);
+            assert!(
+                delay >= step / 2 && delay <= step,
+                "{delay:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn two_backoffs_do_not_march_in_step() {
+        let draw = |mut b: Backoff| (0..8).map(|_| b.next_delay()).collect::<Vec<_>>();
+        let (a, b) = (draw(Backoff::standard()), draw(Backoff::standard()));
+        assert_ne!(a, b, "jitter differs between backoffs");
+    }
+
+    #[tokio::test]
+    async fn until_ok_retries_until_success_and_stops_on_shutdown() {
+        let shutdown = CancellationToken::new();
+        let mut calls = 0;
+        let got = until_ok("test", &shutdown, || {
+            calls += 1;
+            let n = calls;
+            async move { if n < 3 { Err("not yet") } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(got, Some(3));
+
+        shutdown.cancel();
+        let never = until_ok("test", &shutdown, || async { Err::<(), _>("down") }).await;
+        assert_eq!(never, None);
     }
 }

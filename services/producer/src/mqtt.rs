@@ -89,7 +89,7 @@ async fn poll(
     shutdown: CancellationToken,
 ) {
     let mut to_acker = Some(to_acker);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = tributary_runtime::retry::Backoff::standard();
     loop {
         let event = tokio::select! {
             _ = &mut acker => break,
@@ -103,7 +103,7 @@ async fn poll(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 connected.store(true, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "MQTT connected");
                 let client = client.clone();
@@ -127,12 +127,12 @@ async fn poll(
             Ok(_) => {}
             Err(error) => {
                 connected.store(false, Ordering::Relaxed);
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error");
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection error");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     _ = &mut acker => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -203,7 +203,7 @@ async fn forward(
     };
     let bytes: bytes::Bytes = envelope.encode_to_vec().into();
     let subject = raw_mqtt_subject(&topic);
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = tributary_runtime::retry::Backoff::standard();
     loop {
         match publisher.publish(subject.clone(), &msg_id, bytes.clone()).await {
             Ok(_) => return Some(publish),
@@ -215,9 +215,8 @@ async fn forward(
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -170,7 +170,7 @@ fn encode(target: &Target, job: &Job, out: &mut Vec<u8>) {
 /// Posts one request, retrying as the module says. `Err` says why it failed.
 async fn post(shared: &Shared, conn: &mut Option<Conn>, request: &[u8]) -> Result<(), String> {
     let url = &shared.url;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = tributary_runtime::retry::Backoff::new(FIRST_BACKOFF, MAX_RETRY_DELAY);
     let mut attempt = 1;
     loop {
         let (why, delay) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange(&shared.target, conn, request)).await {
@@ -184,18 +184,18 @@ async fn post(shared: &Shared, conn: &mut Option<Conn>, request: &[u8]) -> Resul
                 }
                 (
                     format!("HTTP {status} from {url}"),
-                    response.retry_after.unwrap_or(backoff),
+                    response.retry_after.unwrap_or_else(|| backoff.next_delay()),
                 )
             }
             Ok(Err(error)) => {
                 *conn = None;
-                (format!("POST {url}: {error}"), backoff)
+                (format!("POST {url}: {error}"), backoff.next_delay())
             }
             Err(_elapsed) => {
                 *conn = None;
                 (
                     format!("POST {url}: no response within {}s", REQUEST_TIMEOUT.as_secs()),
-                    backoff,
+                    backoff.next_delay(),
                 )
             }
         };
@@ -203,7 +203,6 @@ async fn post(shared: &Shared, conn: &mut Option<Conn>, request: &[u8]) -> Resul
             return Err(format!("{why} (after {attempt} tries)"));
         }
         tokio::time::sleep(delay.min(MAX_RETRY_DELAY)).await;
-        backoff = (backoff * 2).min(MAX_RETRY_DELAY);
         attempt += 1;
     }
 }

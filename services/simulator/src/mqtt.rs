@@ -172,11 +172,11 @@ async fn drive(
     // Packet id → metric count of the publishes awaiting their PUBACK.
     let mut awaiting: HashMap<u16, u32> = HashMap::new();
     let mut kept: Vec<Request> = Vec::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = tributary_runtime::retry::Backoff::standard();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 // Sent before anything new: they were queued first.
                 eventloop.pending.extend(kept.drain(..));
                 state.send_modify(|s| s.connected = true);
@@ -217,12 +217,12 @@ async fn drive(
                         .drain(..)
                         .filter(|request| matches!(request, Request::Publish(_))),
                 );
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error");
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection error");
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = closing.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -265,11 +265,12 @@ impl Pipeline {
         shutdown: &CancellationToken,
     ) -> Option<Result<u64, StoreError>> {
         let rows = &batch.rows[range];
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = tributary_runtime::retry::Backoff::standard();
         loop {
             match self.store.write_batch(rows).await {
                 Err(error) if error.is_transient() => {
                     self.db_ok.store(false, Ordering::Relaxed);
+                    let delay = backoff.next_delay();
                     tracing::warn!(%error, rows = rows.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
                     // Keep JetStream from redelivering what we still hold.
                     join_all(batch.messages.iter().map(|t| t.message.ack_with(AckKind::Progress))).await;
@@ -277,7 +278,6 @@ impl Pipeline {
                         () = shutdown.cancelled() => return None,
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 other => return Some(other),
             }
