@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::host::{ServerDir, find_binary, hand_to_user, touch};
-use crate::process::{ServerProcess, StartFailure, StopStep, listens_on, start_on_port, tcp_accepts};
+use crate::process::{
+    ServerProcess, StartFailure, StopStep, listens_on, off_runtime, start_on_port, stop_off_runtime, tcp_accepts,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIGTERM: mosquitto saves its persistence file only on a clean shutdown.
@@ -80,18 +82,39 @@ impl Mosquitto {
     }
 
     /// Stops the broker (SIGTERM, so it saves its persistence file; SIGKILL
-    /// after 10 s) and reaps it. A no-op when it is not running.
-    pub fn stop(&mut self) -> Result<()> {
+    /// after 10 s) and reaps it, without blocking the async runtime. A no-op
+    /// when it is not running.
+    pub async fn stop(&mut self) -> Result<()> {
+        stop_off_runtime(&mut self.process, STOP, "stopping mosquitto").await
+    }
+
+    /// Stops if running and starts again on the same port with the same
+    /// persistence file, so retained messages and sessions survive; without
+    /// blocking the async runtime.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        let (dir, port, extra, kept) = (
+            self.dir.path().to_path_buf(),
+            self.port,
+            self.extra.clone(),
+            !self.dir.is_temp(),
+        );
+        let process = off_runtime(move || spawn(&dir, port, &extra, kept).map_err(|f| f.error)).await?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// [`Mosquitto::stop`] for code outside an async runtime.
+    pub fn stop_blocking(&mut self) -> Result<()> {
         if let Some(mut process) = self.process.take() {
             process.stop(STOP).context("stopping mosquitto")?;
         }
         Ok(())
     }
 
-    /// Stops if running and starts again on the same port with the same
-    /// persistence file, so retained messages and sessions survive.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop()?;
+    /// [`Mosquitto::restart`] for code outside an async runtime.
+    pub fn restart_blocking(&mut self) -> Result<()> {
+        self.stop_blocking()?;
         self.process = Some(spawn(self.dir.path(), self.port, &self.extra, !self.dir.is_temp()).map_err(|f| f.error)?);
         Ok(())
     }
@@ -99,7 +122,7 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
+        if let Err(e) = self.stop_blocking() {
             tracing::warn!(error = format!("{e:#}"), "mosquitto did not stop cleanly");
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::host::{ServerDir, find_binary};
-use crate::process::{ServerProcess, StopStep};
+use crate::process::{ServerProcess, StopStep, off_runtime, stop_off_runtime};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIGTERM lets JetStream flush and close its store; SIGKILL if it hangs.
@@ -74,7 +74,7 @@ impl NatsServer {
             config,
             process: None,
         };
-        server.spawn()?;
+        server.restart_blocking()?;
         Ok(server)
     }
 
@@ -94,24 +94,46 @@ impl NatsServer {
 
     /// The JetStream store directory (`-sd`); it survives `restart()`.
     pub fn store_dir(&self) -> PathBuf {
-        self.dir.path().join("jetstream")
+        store_dir(self.dir.path())
     }
 
-    /// Stops the server (SIGTERM, SIGKILL after 10 s) and reaps it. A no-op
-    /// when it is not running.
-    pub fn stop(&mut self) -> Result<()> {
-        self.stop_with(STOP)
-    }
-
-    /// Stops if running and starts again on the same port with the same store.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop()?;
-        self.spawn()
+    /// Stops the server (SIGTERM, SIGKILL after 10 s) and reaps it, without
+    /// blocking the async runtime. A no-op when it is not running.
+    pub async fn stop(&mut self) -> Result<()> {
+        stop_off_runtime(&mut self.process, STOP, "stopping nats-server").await
     }
 
     /// Kills with SIGKILL, as a crash would, without restarting.
-    pub fn kill(&mut self) -> Result<()> {
+    pub async fn kill(&mut self) -> Result<()> {
+        stop_off_runtime(&mut self.process, KILL, "killing nats-server").await
+    }
+
+    /// Stops if running and starts again on the same port with the same
+    /// store, without blocking the async runtime.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        let launch = self.launch_spec();
+        let (process, port) = off_runtime(move || launch.spawn()).await?;
+        (self.process, self.port) = (Some(process), Some(port));
+        Ok(())
+    }
+
+    /// [`NatsServer::stop`] for code outside an async runtime.
+    pub fn stop_blocking(&mut self) -> Result<()> {
+        self.stop_with(STOP)
+    }
+
+    /// [`NatsServer::kill`] for code outside an async runtime.
+    pub fn kill_blocking(&mut self) -> Result<()> {
         self.stop_with(KILL)
+    }
+
+    /// [`NatsServer::restart`] for code outside an async runtime.
+    pub fn restart_blocking(&mut self) -> Result<()> {
+        self.stop_blocking()?;
+        let (process, port) = self.launch_spec().spawn()?;
+        (self.process, self.port) = (Some(process), Some(port));
+        Ok(())
     }
 
     fn stop_with(&mut self, steps: &[StopStep]) -> Result<()> {
@@ -121,9 +143,29 @@ impl NatsServer {
         Ok(())
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    fn launch_spec(&self) -> Launch {
+        Launch {
+            dir: self.dir.path().to_path_buf(),
+            kept: !self.dir.is_temp(),
+            port: self.port,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// What starting the server needs, owned, so a restart can run off the runtime.
+struct Launch {
+    dir: PathBuf,
+    kept: bool,
+    port: Option<u16>,
+    config: Option<PathBuf>,
+}
+
+impl Launch {
+    /// Starts the server; returns it and the port it listens on.
+    fn spawn(&self) -> Result<(ServerProcess, u16)> {
         let binary = binary()?;
-        let dir = self.dir.path();
+        let dir = &self.dir;
         let log = dir.join("nats.log");
         // `-p -1` lets the server pick a free port itself (no race with other
         // tests); it reports it in the ports file, which also signals readiness.
@@ -131,7 +173,7 @@ impl NatsServer {
         let mut cmd = Command::new(binary);
         // Kept servers (`just dev`) get their own process group: a terminal's Ctrl-C
         // then reaches only the runner, which stops the services before the servers.
-        if !self.dir.is_temp() {
+        if self.kept {
             cmd.process_group(0);
         }
         if let Some(config) = &self.config {
@@ -150,7 +192,7 @@ impl NatsServer {
             .arg("--ports_file_dir")
             .arg(dir)
             .arg("-sd")
-            .arg(self.store_dir())
+            .arg(store_dir(dir))
             .arg("-l")
             .arg(&log);
         let mut learned = None;
@@ -159,15 +201,19 @@ impl NatsServer {
             learned.is_some()
         })
         .map_err(|failure| failure.error)?;
-        self.port = learned;
-        self.process = Some(process);
-        Ok(())
+        let port = learned.context("nats-server became ready without a port")?;
+        Ok((process, port))
     }
+}
+
+/// The JetStream store directory under a server's directory.
+fn store_dir(dir: &Path) -> PathBuf {
+    dir.join("jetstream")
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
+        if let Err(e) = self.stop_blocking() {
             tracing::warn!(error = format!("{e:#}"), "nats-server did not stop cleanly");
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, ensure};
 
 use crate::host::{ServerDir, hand_to_user, is_executable, open_append};
-use crate::process::{ServerProcess, StartFailure, StopStep, start_on_port};
+use crate::process::{ServerProcess, StartFailure, StopStep, off_runtime, start_on_port, stop_off_runtime};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGINT is PostgreSQL's fast shutdown; SIGQUIT its immediate one. Never
@@ -83,16 +83,32 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Fast shutdown (SIGINT), waiting for the exit; SIGQUIT after 30 s.
-    /// A no-op when the server is not running.
-    pub fn stop(&mut self) -> Result<()> {
+    /// Fast shutdown (SIGINT), waiting for the exit (SIGQUIT after 30 s)
+    /// without blocking the async runtime. A no-op when it is not running.
+    pub async fn stop(&mut self) -> Result<()> {
+        let process = self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stop_off_runtime(process, STOP, "stopping PostgreSQL").await
+    }
+
+    /// Stops if running and starts again on the same port with the same
+    /// data, without blocking the async runtime.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        let (dir, port, durable, run_as) = (self.dir.path().to_path_buf(), self.port, self.durable, self.run_as);
+        let process = off_runtime(move || spawn(&dir, port, durable, run_as).map_err(|f| f.error)).await?;
+        *self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(process);
+        Ok(())
+    }
+
+    /// [`Postgres::stop`] for code outside an async runtime.
+    pub fn stop_blocking(&mut self) -> Result<()> {
         let process = self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
         stop_process(process)
     }
 
-    /// Stops if running and starts again on the same port with the same data.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop()?;
+    /// [`Postgres::restart`] for code outside an async runtime.
+    pub fn restart_blocking(&mut self) -> Result<()> {
+        self.stop_blocking()?;
         let process = spawn(self.dir.path(), self.port, self.durable, self.run_as).map_err(|f| f.error)?;
         *self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(process);
         Ok(())
@@ -116,7 +132,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        if let Err(e) = self.stop() {
+        if let Err(e) = self.stop_blocking() {
             tracing::warn!(error = format!("{e:#}"), "PostgreSQL did not stop cleanly");
         }
     }

@@ -164,6 +164,37 @@ impl ServerProcess {
     }
 }
 
+/// Runs blocking test-kit work (a stop ladder, a start that polls for
+/// readiness) on tokio's blocking pool, so an async test's runtime keeps
+/// running the services under test meanwhile.
+pub(crate) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("a blocking test-kit task panicked")?
+}
+
+/// Stops `process` (if any) with `steps` off the runtime; on failure the
+/// process is put back, still ours to stop again.
+pub(crate) async fn stop_off_runtime(
+    process: &mut Option<ServerProcess>,
+    steps: &'static [StopStep],
+    what: &'static str,
+) -> Result<()> {
+    let Some(mut running) = process.take() else {
+        return Ok(());
+    };
+    let (running, result) = off_runtime(move || {
+        let result = running.stop(steps);
+        Ok((running, result))
+    })
+    .await?;
+    if let Err(error) = result {
+        *process = Some(running);
+        return Err(error.context(what));
+    }
+    Ok(())
+}
+
 /// Signals other than SIGKILL (which `Child::kill` covers) need `kill(2)`.
 #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std; it only takes integers")]
 pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {

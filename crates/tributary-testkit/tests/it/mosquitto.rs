@@ -76,12 +76,12 @@ fn restart_keeps_port_and_retained_messages() -> Result<()> {
     let port = broker.port();
     publish_retained(&mut connect(port)?, "it/kept", b"before restart")?;
 
-    broker.restart()?;
+    broker.restart_blocking()?;
     assert_eq!(broker.port(), port);
     let payload = first_message(&mut connect(port)?, "it/kept")?;
     assert_eq!(payload, b"before restart", "persistence survives a restart");
 
-    broker.stop()?;
+    broker.stop_blocking()?;
     assert!(!accepts(port), "a stopped broker refuses connections");
     Ok(())
 }

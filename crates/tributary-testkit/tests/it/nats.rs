@@ -86,7 +86,7 @@ fn restart_keeps_port_and_jetstream_store() -> Result<()> {
     assert!(ack.contains("\"seq\":1"), "{ack}");
     drop(conn);
 
-    nats.restart()?;
+    nats.restart_blocking()?;
     assert_eq!(nats.port(), port);
     let info = Conn::open(port)?.request("$JS.API.STREAM.INFO.KEEP", "")?;
     assert!(
@@ -100,12 +100,12 @@ fn restart_keeps_port_and_jetstream_store() -> Result<()> {
 fn kill_refuses_connections_until_restart() -> Result<()> {
     let mut nats = NatsServer::start()?;
     let port = nats.port();
-    nats.kill()?;
+    nats.kill_blocking()?;
     assert!(!accepts(port), "a killed server's port refuses connections");
-    nats.restart()?;
+    nats.restart_blocking()?;
     assert_eq!(nats.port(), port);
     assert!(accepts(port));
-    nats.stop()?;
+    nats.stop_blocking()?;
     assert!(!accepts(port));
     Ok(())
 }

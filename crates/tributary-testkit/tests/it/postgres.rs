@@ -63,14 +63,14 @@ async fn table_survives_restart() -> Result<()> {
         .await?;
     conn.close().await?;
 
-    let mut pg = tokio::task::spawn_blocking(move || pg.restart().map(|()| pg)).await??;
+    pg.restart().await?;
     assert_eq!(pg.port(), port);
     let mut conn = PgConnection::connect(&pg.url("postgres")).await?;
     let v: String = sqlx::query_scalar("SELECT v FROM kept").fetch_one(&mut conn).await?;
     assert_eq!(v, "before restart");
     conn.close().await?;
 
-    let pg = tokio::task::spawn_blocking(move || pg.stop().map(|()| pg)).await??;
+    pg.stop().await?;
     assert!(!accepts(port), "a stopped server refuses connections");
     drop(pg);
     Ok(())

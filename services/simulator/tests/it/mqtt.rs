@@ -125,12 +125,7 @@ async fn survives_a_broker_restart() {
             .expect("in time")
             .expect("open");
     }
-    let broker = tokio::task::spawn_blocking(move || {
-        broker.restart().expect("restart");
-        broker
-    })
-    .await
-    .expect("join");
+    broker.restart().await.expect("restart");
     let report = running.await.expect("join");
     let metrics: u64 = expected(&config, 400).iter().map(|(_, _, m)| u64::from(*m)).sum();
     assert_eq!(
