@@ -200,6 +200,12 @@ impl Store {
         &self.pool
     }
 
+    /// One round trip to the database (`SELECT 1`): for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Applies the embedded migrations that have not run yet. Safe to call
     /// from every replica at once: an advisory lock serialises them.
     pub async fn migrate(&self) -> Result<(), StoreError> {

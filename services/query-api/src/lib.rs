@@ -16,6 +16,10 @@ use tributary_store::Store;
 
 pub use config::Config;
 
+/// How often readiness asks the database whether it answers, and how long it waits.
+const DATABASE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const DATABASE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the query API could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,13 +41,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     let store = Arc::new(Store::connect_lazy(&config.store_config())?);
 
     let mut service = Supervisor::new("query-api", shutdown.clone());
-    let migrated = service.readiness().flag("database");
+    // Ready once the schema is there, and for as long as the database answers.
+    let database = service.readiness().flag("database");
     {
         let store = store.clone();
-        service.spawn_until_done("migration", async move {
-            let done = tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
-            migrated.store(done.is_some(), Ordering::Relaxed);
-            Ok::<_, std::convert::Infallible>(())
+        service.spawn("database-watch", async move {
+            let migrated =
+                tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
+            if migrated.is_none() {
+                return Ok::<_, std::convert::Infallible>(());
+            }
+            loop {
+                let answered = tokio::time::timeout(DATABASE_CHECK_TIMEOUT, store.ping()).await;
+                let ok = matches!(answered, Ok(Ok(())));
+                if database.swap(ok, Ordering::Relaxed) != ok {
+                    if ok {
+                        tracing::info!("the database answers again");
+                    } else {
+                        tracing::warn!("the database does not answer: not ready");
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(DATABASE_CHECK_EVERY) => {}
+                }
+            }
         });
     }
     let router = http::router(store, config.max_points);

@@ -12,7 +12,7 @@ async fn producer_answers_503_while_nats_is_down_and_recovers_without_restart() 
     h.post_accepted("plant-7", SAMPLE).await?;
     h.wait_drained().await?;
 
-    h.servers.nats.stop()?;
+    h.servers.nats.stop().await?;
     // The client notices the closed connection; from then on every ingest is
     // refused with 503 and Retry-After instead of hanging or losing data.
     let mut refused = None;
@@ -35,7 +35,7 @@ async fn producer_answers_503_while_nats_is_down_and_recovers_without_restart() 
     let body: serde_json::Value = refused.json().await?;
     assert_eq!(body["code"], "stream_unavailable");
 
-    h.servers.nats.restart()?;
+    h.servers.nats.restart().await?;
     // Same producer process: it reconnects by itself.
     let mut accepted = false;
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -186,4 +186,31 @@ async fn a_pipeline_that_loses_its_consumer_fails_healthz_and_stops_with_an_erro
     h.wait_drained().await?;
     assert_eq!(h.rows().await?, 11);
     h.stop().await
+}
+
+#[tokio::test]
+async fn the_query_api_is_not_ready_while_its_database_is_down() -> Result<()> {
+    // A database of its own: stopping the test process's shared one would
+    // stop every other test.
+    let mut postgres = tributary_testkit::Postgres::start()?;
+    let mut config = query_api::Config::for_database(&postgres.url("postgres"));
+    config.listen = "127.0.0.1:0".parse()?;
+    let handle = query_api::start(config, tributary_runtime::CancellationToken::new()).await?;
+    let readyz = format!("http://{}/readyz", handle.addr);
+    let http = reqwest::Client::new();
+    let status_is = |wanted: u16| {
+        let (http, readyz) = (http.clone(), readyz.clone());
+        move || {
+            let (http, readyz) = (http.clone(), readyz.clone());
+            async move { matches!(http.get(&readyz).send().await, Ok(r) if r.status() == wanted) }
+        }
+    };
+    tributary_testkit::wait_until(DEADLINE, "ready", status_is(200)).await?;
+    postgres.stop().await?;
+    tributary_testkit::wait_until(DEADLINE, "not ready with the database down", status_is(503)).await?;
+    postgres.restart().await?;
+    tributary_testkit::wait_until(DEADLINE, "ready again", status_is(200)).await?;
+    handle.stop();
+    handle.wait().await?;
+    Ok(())
 }
