@@ -3,7 +3,8 @@
 //! and where it came from, and only then terminated in its own stream.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, context::PublishAckFuture};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
+use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use tributary_schema::{dlq_subject, headers};
 
@@ -12,9 +13,24 @@ use tributary_schema::{dlq_subject, headers};
 #[derive(Debug, thiserror::Error)]
 pub enum DeadLetterError {
     #[error("publishing dead letter to {subject}: {message}")]
-    Publish { subject: String, message: String },
+    Publish {
+        subject: String,
+        message: String,
+        transient: bool,
+    },
     #[error("terminating the original message: {0}")]
     Terminate(String),
+}
+
+impl crate::retry::Transient for DeadLetterError {
+    /// Permanent only when the dead-letter stream refuses this very message
+    /// (too large for it): the redelivery would be refused again.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Publish { transient, .. } => *transient,
+            Self::Terminate(_) => true,
+        }
+    }
 }
 
 /// Publishes `message` to the dead-letter stream and, once the stream has
@@ -88,9 +104,10 @@ async fn publish(
         };
         headers.insert(headers::MSG_ID, id.as_str());
     }
-    let publish_error = |e: &dyn std::fmt::Display| DeadLetterError::Publish {
+    let publish_error = |e: &PublishError| DeadLetterError::Publish {
         subject: subject.clone(),
         message: e.to_string(),
+        transient: crate::nats::publish_is_transient(e),
     };
     let ack: PublishAckFuture = js
         .publish_with_headers(subject.clone(), headers, payload)

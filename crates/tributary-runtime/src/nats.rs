@@ -62,7 +62,7 @@ pub async fn connect(
         .connect(args.url.as_str())
         .await
         .map_err(|source| ConnectError::Connect {
-            url: args.url.clone(),
+            url: crate::config::redact_nats_urls(&args.url),
             source,
         })?;
     let mut js = async_nats::jetstream::new(client.clone());
@@ -73,4 +73,22 @@ pub async fn connect(
 /// True while the client holds a live connection.
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Whether a JetStream publish that failed may succeed when sent again with
+/// the same `Nats-Msg-Id`. Permanent only when the message itself is the
+/// problem: larger than the server's `max_payload`, or than the stream's
+/// largest message. Everything else (timeouts, a lost connection, a full
+/// stream, a stream being re-created, a cluster electing a leader) may pass,
+/// and leaving the message for redelivery loses nothing.
+pub fn publish_is_transient(error: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::PublishErrorKind;
+    if error.kind() == PublishErrorKind::MaxPayloadExceeded {
+        return false;
+    }
+    let refused_for_size = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|api| api.error_code() == ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM);
+    !refused_for_size
 }

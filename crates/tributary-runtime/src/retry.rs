@@ -57,26 +57,50 @@ impl Backoff {
     }
 }
 
+pub use tributary_schema::Transient;
+
+/// Wraps an error from outside Tributary that is always worth another try
+/// (a subscription request that went unanswered, say) so [`until_ok`] can
+/// retry it.
+#[derive(Debug)]
+pub struct Retryable<E>(pub E);
+
+impl<E: std::fmt::Display> std::fmt::Display for Retryable<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::fmt::Display> Transient for Retryable<E> {
+    fn is_transient(&self) -> bool {
+        true
+    }
+}
+
 /// Calls `attempt` until it returns Ok, waiting [`Backoff::standard`] delays
-/// between failures (each logged at WARN with `what`). Returns `None` if
-/// `shutdown` is cancelled first.
-pub async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> Option<T>
+/// between transient failures (each logged at WARN with `what`). A permanent
+/// failure is returned at once; `Ok(None)` if `shutdown` is cancelled first.
+pub async fn until_ok<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> Result<Option<T>, E>
 where
-    E: std::fmt::Display,
+    E: Transient,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::standard();
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return Ok(None),
             result = attempt() => match result {
-                Ok(value) => return Some(value),
+                Ok(value) => return Ok(Some(value)),
+                Err(error) if !error.is_transient() => {
+                    tracing::error!(%error, "{what} failed, and trying again cannot help");
+                    return Err(error);
+                }
                 Err(error) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
                     tokio::select! {
-                        () = shutdown.cancelled() => return None,
+                        () = shutdown.cancelled() => return Ok(None),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -113,20 +137,56 @@ mod tests {
         assert_ne!(a, b, "jitter differs between backoffs");
     }
 
+    #[derive(Debug, PartialEq)]
+    struct Failure {
+        transient: bool,
+    }
+
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(if self.transient {
+                "down for now"
+            } else {
+                "refused for good"
+            })
+        }
+    }
+
+    impl Transient for Failure {
+        fn is_transient(&self) -> bool {
+            self.transient
+        }
+    }
+
     #[tokio::test]
-    async fn until_ok_retries_until_success_and_stops_on_shutdown() {
+    async fn until_ok_retries_transient_failures_until_success_and_stops_on_shutdown() {
         let shutdown = CancellationToken::new();
         let mut calls = 0;
         let got = until_ok("test", &shutdown, || {
             calls += 1;
             let n = calls;
-            async move { if n < 3 { Err("not yet") } else { Ok(n) } }
+            async move { if n < 3 { Err(Failure { transient: true }) } else { Ok(n) } }
         })
         .await;
-        assert_eq!(got, Some(3));
+        assert_eq!(got, Ok(Some(3)));
 
         shutdown.cancel();
-        let never = until_ok("test", &shutdown, || async { Err::<(), _>("down") }).await;
-        assert_eq!(never, None);
+        let never = until_ok("test", &shutdown, || async {
+            Err::<(), _>(Failure { transient: true })
+        })
+        .await;
+        assert_eq!(never, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn until_ok_gives_up_at_once_on_a_permanent_failure() {
+        let mut calls = 0;
+        let got = until_ok("test", &CancellationToken::new(), || {
+            calls += 1;
+            async { Err::<(), _>(Failure { transient: false }) }
+        })
+        .await;
+        assert_eq!(got, Err(Failure { transient: false }));
+        assert_eq!(calls, 1, "a permanent failure is not retried");
     }
 }

@@ -10,13 +10,76 @@ use tributary_schema::{DLQ_SUBJECTS, METRICS_SUBJECTS, RAW_SUBJECTS};
 
 use crate::config::StreamArgs;
 
-/// A stream or consumer could not be created or updated.
+/// A stream or consumer could not be created or updated. Transient when
+/// NATS was away or busy (retry); permanent when JetStream refused the
+/// configuration itself (a stream made with another retention, subjects
+/// that overlap another stream, JetStream off): the service stops and says so.
 #[derive(Debug, thiserror::Error)]
 #[error("provisioning JetStream {what} {name}: {message}")]
 pub struct ProvisionError {
     what: &'static str,
     name: String,
     message: String,
+    transient: bool,
+}
+
+impl crate::retry::Transient for ProvisionError {
+    fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+/// Whether a JetStream API refusal may pass by itself: the cluster or its
+/// leader busy or away, storage momentarily short, or another replica racing
+/// us to create the same stream or consumer. Every other refusal is about
+/// what was asked, and asking again gets the same answer.
+pub fn api_error_is_transient(error: &jetstream::Error) -> bool {
+    use jetstream::ErrorCode as C;
+    const CONSUMER_ALREADY_EXISTS: u64 = 10148;
+    let code = error.error_code();
+    [
+        C::CLUSTER_NOT_AVAILABLE,
+        C::CLUSTER_NOT_LEADER,
+        C::CLUSTER_INCOMPLETE,
+        C::CLUSTER_NO_PEERS,
+        C::CLUSTER_NOT_ACTIVE,
+        C::CLUSTER_NOT_ASSIGNED,
+        C::RAFT_GENERAL,
+        C::INSUFFICIENT_RESOURCES,
+        C::STREAM_STORE_FAILED,
+        C::STREAM_NAME_EXIST,
+        C::CONSUMER_NAME_EXIST,
+        C::STREAM_NOT_FOUND,
+        jetstream::ErrorCode(CONSUMER_ALREADY_EXISTS),
+    ]
+    .contains(&code)
+}
+
+fn create_stream_is_transient(error: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as K;
+    match error.kind() {
+        K::JetStream(api) => api_error_is_transient(&api),
+        K::JetStreamUnavailable | K::TimedOut | K::Response | K::NotFound | K::ResponseParse => true,
+        K::EmptyStreamName | K::InvalidStreamName | K::DomainAndExternalSet => false,
+    }
+}
+
+fn get_stream_is_transient(error: &jetstream::context::GetStreamError) -> bool {
+    use jetstream::context::GetStreamErrorKind as K;
+    match error.kind() {
+        K::JetStream(api) => api_error_is_transient(&api),
+        K::Request => true,
+        K::EmptyName | K::InvalidStreamName => false,
+    }
+}
+
+fn consumer_is_transient(error: &jetstream::stream::ConsumerError) -> bool {
+    use jetstream::stream::ConsumerErrorKind as K;
+    match error.kind() {
+        K::JetStream(api) => api_error_is_transient(&api),
+        K::TimedOut | K::Request | K::Other => true,
+        K::InvalidConsumerType | K::InvalidName => false,
+    }
 }
 
 /// The configuration Tributary wants for one of its streams.
@@ -95,6 +158,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
     for config in wanted {
         let name = config.name.clone();
         js.create_or_update_stream(config).await.map_err(|e| {
+            let transient = create_stream_is_transient(&e);
             let mut message = e.to_string();
             if message.contains("retention") {
                 message.push_str(
@@ -107,6 +171,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
                 what: "stream",
                 name: name.clone(),
                 message,
+                transient,
             }
         })?;
         tracing::debug!(stream = %name, "stream ready");
@@ -119,14 +184,19 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
 /// while there is none is dropped at once, so publishers check this first.
 pub async fn has_durable_consumer(js: &jetstream::Context, stream_name: &str) -> Result<bool, ProvisionError> {
     use futures::TryStreamExt;
-    let error = |e: &dyn std::fmt::Display| ProvisionError {
+    let error = |e: &dyn std::fmt::Display, transient: bool| ProvisionError {
         what: "consumers of stream",
         name: stream_name.to_owned(),
         message: e.to_string(),
+        transient,
     };
-    let stream = js.get_stream(stream_name).await.map_err(|e| error(&e))?;
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| error(&e, get_stream_is_transient(&e)))?;
     let mut consumers = stream.consumers();
-    while let Some(info) = consumers.try_next().await.map_err(|e| error(&e))? {
+    // Listing fails only on a request that went wrong: worth another try.
+    while let Some(info) = consumers.try_next().await.map_err(|e| error(&e, true))? {
         if info.config.durable_name.is_some() && info.config.ack_policy == consumer::AckPolicy::Explicit {
             return Ok(true);
         }
@@ -183,12 +253,16 @@ pub async fn ensure_pull_consumer(
     stream_name: &str,
     settings: &ConsumerSettings,
 ) -> Result<consumer::PullConsumer, ProvisionError> {
-    let error = |e: &dyn std::fmt::Display| ProvisionError {
+    let error = |e: &dyn std::fmt::Display, transient: bool| ProvisionError {
         what: "consumer",
         name: format!("{stream_name}/{}", settings.durable),
         message: e.to_string(),
+        transient,
     };
-    let stream = js.get_stream(stream_name).await.map_err(|e| error(&e))?;
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| error(&e, get_stream_is_transient(&e)))?;
     let config = consumer::pull::Config {
         durable_name: Some(settings.durable.clone()),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -201,7 +275,10 @@ pub async fn ensure_pull_consumer(
         max_deliver: -1,
         ..Default::default()
     };
-    stream.create_consumer(config).await.map_err(|e| error(&e))
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| error(&e, consumer_is_transient(&e)))
 }
 
 /// Whether an error from a pull consumer's message stream means the
@@ -222,14 +299,15 @@ pub async fn consumer_is_gone(consumer: &consumer::PullConsumer, error: &consume
 }
 
 /// Creates the streams and then the durable pull consumer on `stream_name`,
-/// retrying with backoff until NATS answers. `None` if `shutdown` comes first.
+/// retrying transient failures with backoff until NATS answers. `Ok(None)`
+/// if `shutdown` comes first; a permanent refusal is returned.
 pub async fn provision_consumer(
     js: &jetstream::Context,
     streams: &StreamArgs,
     stream_name: &str,
     settings: &ConsumerSettings,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Option<consumer::PullConsumer> {
+) -> Result<Option<consumer::PullConsumer>, ProvisionError> {
     crate::retry::until_ok("provisioning streams and consumer", shutdown, || async {
         ensure_streams(js, streams).await?;
         ensure_pull_consumer(js, stream_name, settings).await

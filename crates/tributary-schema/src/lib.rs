@@ -23,6 +23,16 @@ pub use subjects::{
 };
 pub use v1::{MetricBatch, MetricEvent, RawEnvelope, SourceKind, metric_event::Value};
 
+/// The two classes of failure the delivery rules (ARCHITECTURE.md) know:
+/// transient (a server briefly away, a timeout: retry with backoff and leave
+/// the message unacknowledged) or permanent (a refusal that a retry repeats:
+/// dead-letter the message with its reason, or stop the service saying why).
+/// Every error that crosses a crate or stage boundary says which it is.
+pub trait Transient: std::fmt::Display {
+    /// True when a later attempt may succeed.
+    fn is_transient(&self) -> bool;
+}
+
 /// Header names Tributary sets on messages.
 pub mod headers {
     /// JetStream's de-duplication header.

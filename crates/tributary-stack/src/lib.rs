@@ -27,8 +27,9 @@ pub struct Servers {
 enum Database {
     /// A fresh database on the test process's shared server.
     Test(#[expect(dead_code, reason = "held for its Drop")] TestDb),
-    /// A server of our own, with its data in a kept directory (`just dev`).
-    Own(#[expect(dead_code, reason = "held for its Drop")] Postgres),
+    /// A server of our own: with its data in a kept directory (`just dev`),
+    /// or temporary for a test that stops or pauses it.
+    Own(Postgres),
 }
 
 impl Servers {
@@ -43,6 +44,28 @@ impl Servers {
             database_url: db.url().to_owned(),
             _database: Database::Test(db),
         })
+    }
+
+    /// Fresh servers with temporary data and a PostgreSQL server of their own
+    /// (not the test process's shared one), for tests that stop or pause it.
+    pub async fn start_with_own_database() -> Result<Self> {
+        let nats = NatsServer::start()?;
+        let mosquitto = Mosquitto::start()?;
+        let postgres = tokio::task::spawn_blocking(Postgres::start).await??;
+        Ok(Self {
+            nats,
+            mosquitto,
+            database_url: postgres.url("postgres"),
+            _database: Database::Own(postgres),
+        })
+    }
+
+    /// The PostgreSQL server, when these servers run one of their own.
+    pub fn postgres(&mut self) -> Option<&mut Postgres> {
+        match &mut self._database {
+            Database::Own(postgres) => Some(postgres),
+            Database::Test(_) => None,
+        }
     }
 
     /// Servers whose data lives under `dir` and survives restarts, reading
@@ -221,6 +244,8 @@ pub async fn start_sink(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = sink::Config::for_servers(&servers.nats.url(), &servers.database_url);
     config.batch_linger = options.sink_linger;
     config.ack_wait = options.ack_wait;
+    // A write must give up before its messages would be redelivered.
+    config.write_timeout = config.write_timeout.min(options.ack_wait / 2);
     config.streams = options.streams.clone();
     let handle = sink::start(config, CancellationToken::new())
         .await

@@ -58,6 +58,8 @@ pub struct StoredPoint {
     pub stored_at_us: i64,
 }
 
+pub use tributary_schema::Transient;
+
 /// Errors talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,12 +67,16 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("event time {0} µs is outside what the store accepts")]
     TimeOutOfRange(i64),
+    /// The database did not answer within the caller's deadline (it hangs,
+    /// or is paused): transient.
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
-impl StoreError {
+impl tributary_schema::Transient for StoreError {
     /// True when retrying later may succeed (connection lost, server
     /// restarting, serialisation failure); false for errors a retry repeats.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => match e {
                 sqlx::Error::Io(_)
@@ -89,6 +95,7 @@ impl StoreError {
                 _ => false,
             },
             StoreError::TimeOutOfRange(_) => false,
+            StoreError::TimedOut(_) => true,
         }
     }
 }

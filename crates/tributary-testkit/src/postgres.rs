@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, ensure};
 
 use crate::host::{ServerDir, hand_to_user, is_executable, open_append};
-use crate::process::{ServerProcess, StartFailure, StopStep, off_runtime, start_on_port, stop_off_runtime};
+use crate::process::{
+    ServerProcess, StartFailure, StopStep, off_runtime, send_signal, start_on_port, stop_off_runtime,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// SIGINT is PostgreSQL's fast shutdown; SIGQUIT its immediate one. Never
@@ -114,6 +116,28 @@ impl Postgres {
         Ok(())
     }
 
+    /// Freezes the whole server with SIGSTOP, the postmaster first (so it
+    /// forks no new backend) and then every process it started: it keeps
+    /// its connections and answers nothing, as a hung host would look.
+    pub fn pause(&self) -> Result<()> {
+        self.signal_all(libc::SIGSTOP)
+    }
+
+    /// Thaws a [`Postgres::pause`]d server with SIGCONT.
+    pub fn resume(&self) -> Result<()> {
+        self.signal_all(libc::SIGCONT)
+    }
+
+    fn signal_all(&self, signal: libc::c_int) -> Result<()> {
+        let postmaster = self.pid().context("PostgreSQL is not running")?;
+        send_signal(postmaster, signal).with_context(|| format!("signal {signal} to the postmaster"))?;
+        for child in children_of(postmaster) {
+            // A backend may have exited since it was listed: not an error.
+            let _ = send_signal(child, signal);
+        }
+        Ok(())
+    }
+
     /// Stops the server and removes a temporary data directory through
     /// `&self`: for the shared server, whose static is never dropped.
     pub(crate) fn shut_down_shared(&self) {
@@ -144,6 +168,25 @@ fn stop_process(process: &mut Option<ServerProcess>) -> Result<()> {
         *process = None;
     }
     Ok(())
+}
+
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&candidate| {
+            // `pid (comm) state ppid …`: the command may hold spaces and
+            // parentheses, so read after its last ')'.
+            fs::read_to_string(format!("/proc/{candidate}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 /// Ids to run `initdb` and `postgres` as: PostgreSQL refuses to run as root.

@@ -199,8 +199,9 @@ pub(crate) async fn stop_off_runtime(
 #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std; it only takes integers")]
 pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill(2) reads no memory; `pid` is an unreaped child of ours, so
-    // it cannot name an unrelated process that reused the pid.
+    // SAFETY: kill(2) reads no memory. Callers pass an unreaped child of
+    // ours, whose pid cannot be reused, or (pausing PostgreSQL) a child of
+    // such a child read from /proc an instant before.
     let rc = unsafe { libc::kill(pid, signal) };
     if rc == 0 {
         Ok(())

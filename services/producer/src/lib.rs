@@ -51,9 +51,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
             let provisioned = tributary_runtime::retry::until_ok("stream provisioning", &shutdown, || {
                 tributary_runtime::streams::ensure_streams(&js, &streams)
             })
-            .await;
+            .await?;
             streams_ready.store(provisioned.is_some(), Ordering::Relaxed);
-            Ok::<_, std::convert::Infallible>(())
+            Ok::<_, tributary_runtime::streams::ProvisionError>(())
         });
     }
 

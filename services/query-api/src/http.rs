@@ -1,6 +1,7 @@
 //! `GET /v1/series`: one series in a time range.
 
 use std::sync::Arc;
+use tributary_store::Transient as _;
 
 use axum::Json;
 use axum::Router;

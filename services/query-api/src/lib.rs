@@ -47,9 +47,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let store = store.clone();
         service.spawn("database-watch", async move {
             let migrated =
-                tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
+                tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await?;
             if migrated.is_none() {
-                return Ok::<_, std::convert::Infallible>(());
+                return Ok::<_, tributary_store::StoreError>(());
             }
             loop {
                 let answered = tokio::time::timeout(DATABASE_CHECK_TIMEOUT, store.ping()).await;

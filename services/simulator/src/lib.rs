@@ -76,10 +76,10 @@ pub enum Error {
     MqttConnect { broker: String, reason: String },
 }
 
-impl Error {
+impl tributary_runtime::retry::Transient for Error {
     /// Whether trying again later could succeed (the broker may come up);
     /// a bad configuration never will.
-    pub fn is_transient(&self) -> bool {
+    fn is_transient(&self) -> bool {
         matches!(self, Self::MqttConnect { .. })
     }
 }

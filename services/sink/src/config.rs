@@ -43,6 +43,10 @@ pub struct Config {
     /// How long an event may stay unacknowledged before JetStream redelivers it.
     #[arg(long, env = "TRIBUTARY_ACK_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub ack_wait: Duration,
+    /// Longest one database write may take before it is abandoned and retried
+    /// (a database that hangs, rather than refusing, is noticed); shorter than --ack-wait.
+    #[arg(long, env = "TRIBUTARY_WRITE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// How long to finish the batch in hand after SIGTERM before exiting anyway.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -103,6 +107,13 @@ impl Config {
         ));
         if self.batch_linger >= self.ack_wait {
             problems.push("--batch-linger must be shorter than --ack-wait".to_owned());
+        }
+        if self.write_timeout.is_zero() || self.write_timeout >= self.ack_wait {
+            problems.push(
+                "--write-timeout must be above zero and shorter than --ack-wait (a write that outlives the ack wait \
+                 is redelivered meanwhile)"
+                    .to_owned(),
+            );
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }

@@ -31,6 +31,10 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] tributary_store::StoreError),
     #[error(transparent)]
+    Provision(#[from] tributary_runtime::streams::ProvisionError),
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::StreamEnded),
+    #[error(transparent)]
     Stopped(#[from] ServiceError),
 }
 
@@ -50,7 +54,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     let db_ok = readiness.flag("database");
 
     service.spawn("pipeline", async move {
-        let migrated = tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await;
+        let migrated = tributary_runtime::retry::until_ok("database migration", &shutdown, || store.migrate()).await?;
         if migrated.is_none() {
             return Ok(());
         }
@@ -64,7 +68,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let stream = &config.streams.metrics;
         let provisioned =
             tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
-        let Some(consumer) = provisioned.await else {
+        let Some(consumer) = provisioned.await? else {
             return Ok(());
         };
         consuming.store(true, Ordering::Relaxed);
@@ -74,10 +78,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
             db_ok,
             batch_size: config.batch_size,
             linger: config.batch_linger,
+            write_timeout: config.write_timeout,
         };
         let result = pipeline.run(consumer, shutdown).await;
         consuming.store(false, Ordering::Relaxed);
-        result
+        Ok::<_, Error>(result?)
     });
     Ok(service.serve(listener, addr, axum::Router::new()))
 }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use futures::future::join_all;
 use tributary_runtime::CancellationToken;
 use tributary_schema::{Message as _, MetricBatch, MetricEvent, Value};
-use tributary_store::{Row, RowValue, Store, StoreError};
+use tributary_store::{Row, RowValue, Store, StoreError, Transient as _};
 
 /// The stage name in dead-letter subjects and headers.
 const STAGE: &str = "sink";
@@ -35,6 +35,8 @@ pub struct Pipeline {
     /// Most rows per transaction (a batch also always takes whole messages).
     pub batch_size: usize,
     pub linger: Duration,
+    /// Longest one write attempt may take before it counts as a transient failure.
+    pub write_timeout: Duration,
 }
 
 /// The batch being gathered: the rows to write, where each came from, and
@@ -71,15 +73,20 @@ impl Pipeline {
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) -> Result<(), StreamEnded> {
         // Messages carry about ten events each: ask for enough to fill a batch.
         let pull = self.batch_size.div_ceil(10).clamp(1, 1000);
-        let messages = tributary_runtime::retry::until_ok("subscribing to the metrics stream", &shutdown, || {
+        let messages = tributary_runtime::retry::until_ok("subscribing to the metrics stream", &shutdown, || async {
             consumer
                 .stream()
                 .max_messages_per_batch(pull)
                 .heartbeat(Duration::from_secs(5))
                 .messages()
+                .await
+                .map_err(tributary_runtime::retry::Retryable)
         })
         .await;
-        let Some(mut messages) = messages else { return Ok(()) };
+        // Retryable: only shutdown ends the retries.
+        let Ok(Some(mut messages)) = messages else {
+            return Ok(());
+        };
         // The last error the stream yielded, and whether it has ended.
         let mut last_error: Option<String> = None;
         let mut over = false;
@@ -177,7 +184,7 @@ impl Pipeline {
                 Err(refused) => {
                     let (event, why) = *refused;
                     hold |= !self
-                        .dead_letter_event(&message, part, Some(event), "bad_event", &why)
+                        .dead_letter_event(&message, part, Some(event), "bad_event", &why.to_string())
                         .await;
                 }
             }
@@ -267,9 +274,15 @@ impl Pipeline {
         let rows = &batch.rows[range];
         let mut backoff = tributary_runtime::retry::Backoff::standard();
         loop {
-            match self.store.write_batch(rows).await {
+            // A write abandoned at its deadline is rolled back by the server
+            // when the connection closes; if it had committed after all, the
+            // retry finds the rows there and adds nothing (the natural key).
+            let attempt = tokio::time::timeout(self.write_timeout, self.store.write_batch(rows)).await;
+            let result = attempt.unwrap_or(Err(StoreError::TimedOut(self.write_timeout)));
+            match result {
                 Err(error) if error.is_transient() => {
                     self.db_ok.store(false, Ordering::Relaxed);
+                    metrics::counter!("tributary_sink_write_retries_total").increment(1);
                     let delay = backoff.next_delay();
                     tracing::warn!(%error, rows = rows.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; retrying");
                     // Keep JetStream from redelivering what we still hold.
@@ -329,24 +342,34 @@ fn original_event(message: &jetstream::Message, part: u32) -> Option<MetricEvent
 fn rejection_reason(error: &StoreError) -> &'static str {
     match error {
         StoreError::TimeOutOfRange(_) => "time_out_of_range",
-        StoreError::Database(_) => "rejected_by_database",
+        StoreError::Database(_) | StoreError::TimedOut(_) => "rejected_by_database",
     }
 }
 
+/// Why an event can never become a row: permanent, so it is dead-lettered
+/// (reason `bad_event`) and never retried.
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum Unstorable {
+    #[error("the event has no device id or no metric name")]
+    NoIdentity,
+    #[error("event {device}/{metric} has no value")]
+    NoValue { device: String, metric: String },
+}
+
 /// Turns an event into a row, or hands it back with why it can never be stored.
-fn to_row(event: MetricEvent) -> Result<Row, Box<(MetricEvent, String)>> {
+fn to_row(event: MetricEvent) -> Result<Row, Box<(MetricEvent, Unstorable)>> {
     if event.device_id.is_empty() || event.metric.is_empty() {
-        return Err(Box::new((
-            event,
-            "the event has no device id or no metric name".to_owned(),
-        )));
+        return Err(Box::new((event, Unstorable::NoIdentity)));
     }
     let value = match event.value {
         Some(Value::Number(n)) => RowValue::Number(n),
         Some(Value::Text(t)) => RowValue::Text(t),
         Some(Value::Boolean(b)) => RowValue::Bool(b),
         None => {
-            let why = format!("event {}/{} has no value", event.device_id, event.metric);
+            let why = Unstorable::NoValue {
+                device: event.device_id.clone(),
+                metric: event.metric.clone(),
+            };
             return Err(Box::new((event, why)));
         }
     };
@@ -402,13 +425,20 @@ mod tests {
             ..Default::default()
         };
         let (back, why) = *to_row(no_value.clone()).unwrap_err();
-        assert!(why.contains("no value"), "{why}");
+        assert_eq!(
+            why,
+            Unstorable::NoValue {
+                device: "d".into(),
+                metric: "m".into()
+            }
+        );
+        assert_eq!(why.to_string(), "event d/m has no value");
         assert_eq!(back, no_value, "the refused event is handed back for its dead letter");
         let no_device = MetricEvent {
             metric: "m".into(),
             value: Some(Value::Boolean(true)),
             ..Default::default()
         };
-        assert!(to_row(no_device).is_err());
+        assert_eq!(to_row(no_device).unwrap_err().1, Unstorable::NoIdentity);
     }
 }

@@ -30,6 +30,10 @@ pub enum Error {
     #[error(transparent)]
     Nats(#[from] tributary_runtime::nats::ConnectError),
     #[error(transparent)]
+    Provision(#[from] tributary_runtime::streams::ProvisionError),
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::StreamEnded),
+    #[error(transparent)]
     Stopped(#[from] ServiceError),
 }
 
@@ -72,7 +76,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let stream = &config.streams.raw;
         let provisioned =
             tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
-        let Some(consumer) = provisioned.await else {
+        let Some(consumer) = provisioned.await? else {
             return Ok(());
         };
         consuming.store(true, Ordering::Relaxed);
@@ -86,7 +90,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let pipeline = pipeline::Pipeline::new(js, client, settings, downstream);
         let result = pipeline.run(consumer, shutdown).await;
         consuming.store(false, Ordering::Relaxed);
-        result
+        Ok::<_, Error>(result?)
     });
     Ok(service.serve(listener, addr, axum::Router::new()))
 }

@@ -79,6 +79,10 @@ struct RawInFlight {
     outstanding: usize,
     /// A publish failed: once nothing is outstanding, the message is NAKed.
     failed: bool,
+    /// A publish was refused for good (the message itself is the problem):
+    /// once nothing is outstanding, the message is dead-lettered with this
+    /// explanation instead of NAKed, since a redelivery would be refused again.
+    refused: Option<String>,
     events: u64,
 }
 
@@ -162,15 +166,20 @@ impl Pipeline {
     /// it settles what it holds and returns the reason: the service cannot
     /// go on without it.
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) -> Result<(), StreamEnded> {
-        let messages = tributary_runtime::retry::until_ok("subscribing to the raw stream", &shutdown, || {
+        let messages = tributary_runtime::retry::until_ok("subscribing to the raw stream", &shutdown, || async {
             consumer
                 .stream()
                 .max_messages_per_batch(self.settings.pull_batch)
                 .heartbeat(Duration::from_secs(5))
                 .messages()
+                .await
+                .map_err(tributary_runtime::retry::Retryable)
         })
         .await;
-        let Some(mut messages) = messages else { return Ok(()) };
+        // Retryable: only shutdown ends the retries.
+        let Ok(Some(mut messages)) = messages else {
+            return Ok(());
+        };
         let mut state = InFlight::default();
         let mut stopping = false;
         let mut ended = None;
@@ -274,6 +283,7 @@ impl Pipeline {
                 message,
                 outstanding: batches,
                 failed: false,
+                refused: None,
                 events,
             },
         );
@@ -330,7 +340,9 @@ impl Pipeline {
             Ok(ack) if ack.duplicate => state.tally.duplicate_batches += 1,
             Ok(_) => state.tally.batches += 1,
             Err(error) => {
-                if !entry.failed {
+                if !tributary_runtime::nats::publish_is_transient(&error) {
+                    entry.refused.get_or_insert_with(|| error.to_string());
+                } else if !entry.failed {
                     state.tally.retry_cause = Some(error.to_string());
                 }
                 entry.failed = true;
@@ -344,6 +356,13 @@ impl Pipeline {
             return;
         }
         let entry = state.raw.remove(&raw).expect("present above");
+        if let Some(why) = &entry.refused {
+            // Batches of other devices may have landed; a replay of the dead
+            // letter publishes them again under the same ids, de-duplicated.
+            let why = format!("the metrics stream refused a batch for good: {why}");
+            self.dead_letter(state, &entry.message, "refused_by_stream", &why).await;
+            return;
+        }
         if entry.failed {
             state.tally.retried += 1;
             let _ = entry.message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await;

@@ -54,6 +54,36 @@ async fn provisioning_is_idempotent_and_updates_limits() {
 }
 
 #[tokio::test]
+async fn a_stream_nats_will_not_convert_is_a_permanent_error_and_a_missing_server_a_transient_one() {
+    use tributary_runtime::retry::Transient as _;
+    let mut nats = NatsServer::start().unwrap();
+    let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")
+        .await
+        .unwrap();
+    // An older Tributary made the raw stream with limits retention; NATS
+    // cannot change that in place, and asking again will not help.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "TELEMETRY_RAW".into(),
+        subjects: vec!["raw.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let refused = ensure_streams(&js, &StreamArgs::default()).await.unwrap_err();
+    assert!(!refused.is_transient(), "{refused}");
+    assert!(refused.to_string().contains("retention"), "{refused}");
+    let shutdown = tributary_runtime::CancellationToken::new();
+    let args = StreamArgs::default();
+    let gave_up = tributary_runtime::retry::until_ok("provisioning", &shutdown, || ensure_streams(&js, &args)).await;
+    assert!(gave_up.is_err(), "a permanent refusal ends the retries");
+
+    // With the server gone, the same call fails in a way worth retrying.
+    nats.stop().await.unwrap();
+    let away = ensure_streams(&js, &StreamArgs::default()).await.unwrap_err();
+    assert!(away.is_transient(), "{away}");
+}
+
+#[tokio::test]
 async fn dead_letters_carry_their_reason_and_are_terminated() {
     let nats = NatsServer::start().unwrap();
     let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")

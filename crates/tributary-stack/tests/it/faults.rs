@@ -214,3 +214,65 @@ async fn the_query_api_is_not_ready_while_its_database_is_down() -> Result<()> {
     handle.wait().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_the_metrics_stream_refuses_for_good_is_dead_lettered_once_and_never_retried() -> Result<()> {
+    let h = Harness::start().await?;
+    h.post_accepted("plant-7", SAMPLE).await?;
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await?, 10);
+
+    // The metrics stream now refuses any message over 64 bytes: a refusal
+    // about the message itself, which a retry would only repeat.
+    let js = &h.js;
+    let set_max_message_size = |size: i32| async move {
+        let mut stream = js.get_stream("TELEMETRY_METRICS").await?;
+        let mut config = stream.info().await?.config.clone();
+        config.max_message_size = size;
+        js.update_stream(config).await?;
+        anyhow::Ok(())
+    };
+    set_max_message_size(64).await?;
+    let refused = SAMPLE.replace("12:50:17.765Z", "12:51:00.000Z");
+    h.post_accepted("plant-7", &refused).await?;
+    tributary_testkit::wait_until(DEADLINE, "a dead letter", || async {
+        h.dead_letters().await.is_ok_and(|d| !d.is_empty())
+    })
+    .await?;
+    h.wait_drained().await?;
+
+    // The stream takes anything again; later payloads flow as before.
+    set_max_message_size(-1).await?;
+    let later = SAMPLE.replace("12:50:17.765Z", "12:52:00.000Z");
+    h.post_accepted("plant-7", &later).await?;
+    h.wait_drained().await?;
+    assert_eq!(
+        h.rows().await?,
+        20,
+        "the refused payload is not stored, the later one is"
+    );
+
+    let dead = h.dead_letters().await?;
+    let subjects: Vec<&str> = dead.iter().map(|(subject, ..)| subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        ["dlq.transformer.refused_by_stream"],
+        "dead-lettered exactly once"
+    );
+    let (_, headers, payload) = &dead[0];
+    let error = headers.get("Tributary-Error").map(|v| v.as_str()).unwrap_or_default();
+    assert!(error.contains("refused"), "the reason says why: {error}");
+    // The dead letter is the raw message itself, whole.
+    let envelope = <tributary_schema::RawEnvelope as tributary_schema::Message>::decode(payload.as_slice())?;
+    assert_eq!(envelope.payload.as_ref(), refused.as_bytes());
+    // Never retried: JetStream delivered no raw message twice.
+    let mut consumer =
+        h.js.get_stream("TELEMETRY_RAW")
+            .await?
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("transformer")
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    let info = consumer.info().await?;
+    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    h.stop().await
+}

@@ -13,15 +13,32 @@ use crate::DEADLINE;
 /// The real transformer and sink, talking to `servers`, with a short ack wait
 /// so that what a killed process held comes back quickly.
 fn spawn_workers(servers: &Servers, logs: &std::path::Path) -> Result<(ServiceProcess, ServiceProcess)> {
+    spawn_workers_with(servers, logs, "2s", &[("TRIBUTARY_WRITE_TIMEOUT", "1s".to_owned())])
+}
+
+/// [`spawn_workers`] with another ack wait, and more settings for the sink.
+fn spawn_workers_with(
+    servers: &Servers,
+    logs: &std::path::Path,
+    ack_wait: &str,
+    sink_env: &[(&str, String)],
+) -> Result<(ServiceProcess, ServiceProcess)> {
     let nats = ("TRIBUTARY_NATS_URL", servers.nats.url());
-    let ack_wait = ("TRIBUTARY_ACK_WAIT", "2s".to_owned());
+    let ack_wait = ("TRIBUTARY_ACK_WAIT", ack_wait.to_owned());
     let transformer = ServiceProcess::spawn("transformer", logs, &[nats.clone(), ack_wait.clone()])?;
-    let sink = ServiceProcess::spawn(
-        "sink",
-        logs,
-        &[nats, ack_wait, ("TRIBUTARY_DATABASE_URL", servers.database_url.clone())],
-    )?;
+    let mut env = vec![nats, ack_wait, ("TRIBUTARY_DATABASE_URL", servers.database_url.clone())];
+    env.extend(sink_env.iter().cloned());
+    let sink = ServiceProcess::spawn("sink", logs, &env)?;
     Ok((transformer, sink))
+}
+
+/// One counter from a service's Prometheus `/metrics` (0 when absent).
+async fn counter(process: &ServiceProcess, series: &str) -> Result<u64> {
+    let text = reqwest::get(format!("{}/metrics", process.url())).await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
 }
 
 /// Deliveries beyond the first of a durable consumer's messages: how many
@@ -197,4 +214,71 @@ async fn a_transformer_that_loses_its_consumer_answers_503_and_exits_non_zero() 
         std::fs::read_to_string(sink.log_path()).unwrap_or_default()
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn a_paused_database_is_waited_out_and_nothing_is_lost() -> Result<()> {
+    // A PostgreSQL of its own: pausing the shared one would stall every test.
+    let mut servers = Servers::start_with_own_database().await?;
+    let logs = tempfile::tempdir()?;
+    let producer = tributary_stack::start_producer(&servers, &Options::default()).await?;
+    // A write that hangs is abandoned after 2 s and retried.
+    let write_timeout = [("TRIBUTARY_WRITE_TIMEOUT", "2s".to_owned())];
+    let (mut transformer, mut sink) = spawn_workers_with(&servers, logs.path(), "10s", &write_timeout)?;
+    transformer.wait_ready(DEADLINE).await?;
+    sink.wait_ready(DEADLINE).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    let db_url = servers.database_url.clone();
+
+    let mut load = simulator::Config::http(&producer.url());
+    load.devices = 10;
+    load.metrics = 10;
+    load.rate = 200.0;
+    load.duration = Some(Duration::from_secs(10));
+    let sending = tokio::spawn(simulator::run(load, tributary_runtime::CancellationToken::new()));
+
+    // Once rows flow, freeze the database: the sink's writes hang, time out
+    // and are retried; it says it is not ready meanwhile.
+    let stored = |db_url: String| async move {
+        let db = sqlx::PgPool::connect(&db_url).await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_events")
+            .fetch_one(&db)
+            .await?;
+        db.close().await;
+        anyhow::Ok(n)
+    };
+    tributary_testkit::wait_until(DEADLINE, "the first rows", || {
+        let db_url = db_url.clone();
+        async move { stored(db_url).await.is_ok_and(|n| n > 0) }
+    })
+    .await?;
+    let postgres = servers.postgres().context("own PostgreSQL")?;
+    postgres.pause()?;
+    let noticed = tributary_testkit::wait_until(DEADLINE, "the sink to report the database down", || {
+        let sink = &sink;
+        async move { sink.get_status("/readyz").await == Some(503) }
+    })
+    .await;
+    // The fault's length, not a wait for readiness.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.resume()?;
+    noticed?;
+
+    let report = sending.await??;
+    assert_eq!(report.failed, 0, "{report:?}");
+    drained(&js).await?;
+    let retries = counter(&sink, "tributary_sink_write_retries_total").await?;
+    assert!(retries > 0, "the sink retried its writes while the database was paused");
+    assert_eq!(
+        stored(db_url).await? as u64,
+        report.metrics_sent,
+        "acknowledged metrics vs stored rows"
+    );
+    assert_eq!(sink.get_status("/readyz").await, Some(200), "ready again");
+    for process in [&mut transformer, &mut sink] {
+        let status = process.terminate(DEADLINE).await?;
+        assert!(status.success(), "{} stops cleanly: {status}", process.name());
+    }
+    producer.stop().await
 }

@@ -1,6 +1,7 @@
 //! The store against a real PostgreSQL (one server per test process, one
 //! fresh database per test).
 
+use tributary_store::Transient as _;
 use tributary_store::{Row, RowValue, Store, StoreConfig, StoreError};
 use tributary_testkit::TestDb;
 

@@ -1,6 +1,7 @@
 //! MQTT transport against a real mosquitto (from the test kit).
 
 use std::time::Duration;
+use tributary_runtime::retry::Transient as _;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use simulator::{Config, Report};
