@@ -7,8 +7,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tributary_schema::{DLQ_STREAM, METRICS_STREAM, RAW_STREAM};
 
-/// How to reach NATS.
-#[derive(Debug, Clone, clap::Args)]
+/// How to reach NATS. Its `Debug` hides credentials in the URL, the
+/// password and the token.
+#[derive(Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma-separated.
     #[arg(
@@ -32,6 +33,37 @@ pub struct NatsArgs {
     /// How long to wait for a JetStream publish acknowledgement or API reply.
     #[arg(long = "nats-request-timeout", env = "TRIBUTARY_NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<SecretString>| secret.as_ref().map(|_| "***");
+        f.debug_struct("NatsArgs")
+            .field("url", &redact_nats_urls(&self.url))
+            .field("creds", &self.creds)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// NATS URLs (comma-separated) with any user information replaced by `***`:
+/// in `nats://TOKEN@host` the lone user part is itself the secret.
+pub fn redact_nats_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+                Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                None => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl NatsArgs {
@@ -279,6 +311,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_nats_args_hides_every_secret() {
+        let mut args = NatsArgs::with_url("nats://alice:hunter2@a:4222,nats://s3cr3t-token@b:4222,nats://c:4222");
+        args.password = Some("pa55word".into());
+        args.token = Some("t0ken".into());
+        let printed = format!("{args:?}");
+        for secret in ["hunter2", "alice", "s3cr3t-token", "pa55word", "t0ken"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(
+            printed.contains("nats://***@a:4222,nats://***@b:4222,nats://c:4222"),
+            "{printed}"
+        );
+    }
 
     #[test]
     fn parses_durations() {
