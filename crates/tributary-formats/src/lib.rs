@@ -18,7 +18,10 @@ use std::str::FromStr;
 
 mod items;
 mod json;
+mod lineproto;
 mod timestamp;
+
+pub use lineproto::{LineOptions, Precision};
 
 pub use timestamp::{TIME_RANGE_US, format_timestamp, parse_timestamp};
 
@@ -157,6 +160,10 @@ pub enum DecodeError {
         excerpt: String,
     },
 
+    /// A line of a line-protocol payload that does not parse (1-based).
+    #[error("line {line}: {problem}")]
+    BadLine { line: usize, problem: String },
+
     /// One element of a batch (a JSON array of payloads) failed; the whole
     /// batch is refused, under the element's reason.
     #[error("element {index} of the batch: {error}")]
@@ -167,7 +174,7 @@ impl DecodeError {
     /// A short, stable, `snake_case` token for the failure, used as a NATS subject
     /// token and a metrics label. One of: `not_json`, `not_object`,
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
-    /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`.
+    /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
@@ -180,6 +187,7 @@ impl DecodeError {
             DecodeError::BadValue { .. } => "bad_value",
             DecodeError::NoMetrics { .. } => "no_metrics",
             DecodeError::NameTooLong { .. } => "name_too_long",
+            DecodeError::BadLine { .. } => "bad_line",
             DecodeError::InBatch { error, .. } => error.reason(),
         }
     }
@@ -204,6 +212,28 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
     let points = match format {
         Format::Items => items::decode(payload)?,
     };
+    check_names(&points)?;
+    Ok(points)
+}
+
+/// Decodes an InfluxDB line-protocol payload (see [`LineOptions`]); lines
+/// without a timestamp take `received_at_us`. Never panics, whatever the bytes.
+///
+/// # Errors
+///
+/// As [`decode`], plus `bad_line` naming the first line that does not parse.
+pub fn decode_line_protocol(
+    payload: &[u8],
+    options: &LineOptions,
+    received_at_us: i64,
+) -> Result<Vec<Point>, DecodeError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let points = lineproto::decode(payload, options, received_at_us)?;
     check_names(&points)?;
     Ok(points)
 }
@@ -283,6 +313,10 @@ mod tests {
                 len: 0,
                 limit: 0,
                 excerpt: String::new(),
+            },
+            DecodeError::BadLine {
+                line: 1,
+                problem: String::new(),
             },
         ];
         let mut reasons: Vec<_> = errors.iter().map(DecodeError::reason).collect();
