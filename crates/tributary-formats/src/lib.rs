@@ -19,6 +19,7 @@ use std::str::FromStr;
 mod items;
 mod json;
 mod lineproto;
+mod senml;
 mod timestamp;
 
 pub use lineproto::{LineOptions, Precision};
@@ -160,6 +161,11 @@ pub enum DecodeError {
         excerpt: String,
     },
 
+    /// A SenML field whose label ends in `_`: the sender says it must be
+    /// understood, and this decoder does not know it (RFC 8428, 4.4).
+    #[error("SenML field {label:?} must be understood, and is not known here")]
+    MustUnderstand { label: String },
+
     /// A line of a line-protocol payload that does not parse (1-based).
     #[error("line {line}: {problem}")]
     BadLine { line: usize, problem: String },
@@ -174,7 +180,8 @@ impl DecodeError {
     /// A short, stable, `snake_case` token for the failure, used as a NATS subject
     /// token and a metrics label. One of: `not_json`, `not_object`,
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
-    /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`.
+    /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`,
+    /// `must_understand`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
@@ -188,6 +195,7 @@ impl DecodeError {
             DecodeError::NoMetrics { .. } => "no_metrics",
             DecodeError::NameTooLong { .. } => "name_too_long",
             DecodeError::BadLine { .. } => "bad_line",
+            DecodeError::MustUnderstand { .. } => "must_understand",
             DecodeError::InBatch { error, .. } => error.reason(),
         }
     }
@@ -234,6 +242,25 @@ pub fn decode_line_protocol(
         });
     }
     let points = lineproto::decode(payload, options, received_at_us)?;
+    check_names(&points)?;
+    Ok(points)
+}
+
+/// Decodes a SenML JSON pack (RFC 8428); times relative to "now" are
+/// resolved against `received_at_us`. Never panics, whatever the bytes.
+///
+/// # Errors
+///
+/// As [`decode`], plus `must_understand` for a field the sender marks as
+/// mandatory that this decoder does not know.
+pub fn decode_senml_json(payload: &[u8], received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let points = senml::decode_json(payload, received_at_us)?;
     check_names(&points)?;
     Ok(points)
 }
@@ -318,6 +345,7 @@ mod tests {
                 line: 1,
                 problem: String::new(),
             },
+            DecodeError::MustUnderstand { label: String::new() },
         ];
         let mut reasons: Vec<_> = errors.iter().map(DecodeError::reason).collect();
         for reason in &reasons {
