@@ -19,10 +19,12 @@ use std::str::FromStr;
 mod items;
 mod json;
 mod lineproto;
+mod routes;
 mod senml;
 mod timestamp;
 
 pub use lineproto::{LineOptions, Precision};
+pub use routes::{Decoder, Input, Route, RouteTable, Transport, check_topic_filter};
 
 pub use timestamp::{TIME_RANGE_US, format_timestamp, parse_timestamp};
 
@@ -41,16 +43,22 @@ pub enum Format {
     /// `timestamp`, optional `loc` and `context`, and an `items` object of
     /// metric name to value.
     Items,
+    /// SenML in JSON (RFC 8428, `application/senml+json`).
+    SenmlJson,
+    /// InfluxDB line protocol.
+    LineProtocol,
 }
 
 impl Format {
     /// Every format, in the order `--help` and error messages list them.
-    pub const ALL: &'static [Format] = &[Format::Items];
+    pub const ALL: &'static [Format] = &[Format::Items, Format::SenmlJson, Format::LineProtocol];
 
     /// The name used in configuration, e.g. `"items"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Format::Items => "items",
+            Format::SenmlJson => "senml-json",
+            Format::LineProtocol => "line-protocol",
         }
     }
 }
@@ -161,6 +169,18 @@ pub enum DecodeError {
         excerpt: String,
     },
 
+    /// No route of the route table takes this message.
+    #[error(
+        "no route takes a message from {transport:?} source {from:?}, topic {topic:?}, content type {content_type:?}"
+    )]
+    NoRoute {
+        transport: Transport,
+        /// The message's source (`source` is a name thiserror reserves).
+        from: String,
+        topic: String,
+        content_type: String,
+    },
+
     /// A SenML field whose label ends in `_`: the sender says it must be
     /// understood, and this decoder does not know it (RFC 8428, 4.4).
     #[error("SenML field {label:?} must be understood, and is not known here")]
@@ -181,7 +201,7 @@ impl DecodeError {
     /// token and a metrics label. One of: `not_json`, `not_object`,
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
     /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`,
-    /// `must_understand`.
+    /// `must_understand`, `no_route`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
@@ -196,6 +216,7 @@ impl DecodeError {
             DecodeError::NameTooLong { .. } => "name_too_long",
             DecodeError::BadLine { .. } => "bad_line",
             DecodeError::MustUnderstand { .. } => "must_understand",
+            DecodeError::NoRoute { .. } => "no_route",
             DecodeError::InBatch { error, .. } => error.reason(),
         }
     }
@@ -219,6 +240,20 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
     }
     let points = match format {
         Format::Items => items::decode(payload)?,
+        // Formats that need to know when the payload was received get "now".
+        Format::SenmlJson | Format::LineProtocol => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            return routes::Decoder::new(format).decode(&routes::Input {
+                transport: routes::Transport::Http,
+                source: "",
+                topic: "",
+                content_type: "",
+                received_at_us: now,
+                payload,
+            });
+        }
     };
     check_names(&points)?;
     Ok(points)
@@ -294,9 +329,12 @@ mod tests {
         }
         check("items", Ok(Format::Items));
         check("ITEMS", Ok(Format::Items));
-        check("", Err("unknown payload format \"\" (known: items)"));
-        check(" items", Err("unknown payload format \" items\" (known: items)"));
-        check("senml", Err("unknown payload format \"senml\" (known: items)"));
+        check("senml-json", Ok(Format::SenmlJson));
+        check("Line-Protocol", Ok(Format::LineProtocol));
+        let known = "(known: items, senml-json, line-protocol)";
+        check("", Err(&format!("unknown payload format \"\" {known}")));
+        check(" items", Err(&format!("unknown payload format \" items\" {known}")));
+        check("senml", Err(&format!("unknown payload format \"senml\" {known}")));
     }
 
     #[test]
@@ -346,6 +384,12 @@ mod tests {
                 problem: String::new(),
             },
             DecodeError::MustUnderstand { label: String::new() },
+            DecodeError::NoRoute {
+                transport: Transport::Http,
+                from: String::new(),
+                topic: String::new(),
+                content_type: String::new(),
+            },
         ];
         let mut reasons: Vec<_> = errors.iter().map(DecodeError::reason).collect();
         for reason in &reasons {

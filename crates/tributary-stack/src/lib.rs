@@ -123,6 +123,8 @@ pub struct Options {
     pub transformer_leave_unacked: u64,
     /// The streams' limits, the same for every service (each provisions them).
     pub streams: tributary_runtime::StreamArgs,
+    /// The transformer's route table file (`--routes`); none: items JSON.
+    pub routes: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -137,6 +139,7 @@ impl Default for Options {
             max_batch_bytes: 256 * 1024,
             transformer_leave_unacked: 0,
             streams: tributary_runtime::StreamArgs::default(),
+            routes: None,
         }
     }
 }
@@ -232,6 +235,7 @@ pub async fn start_transformer(servers: &Servers, options: &Options) -> Result<P
     config.ack_wait = options.ack_wait;
     config.max_batch_bytes = options.max_batch_bytes;
     config.test_leave_unacked = options.transformer_leave_unacked;
+    config.routes.clone_from(&options.routes);
     config.streams = options.streams.clone();
     let handle = transformer::start(config, CancellationToken::new())
         .await

@@ -1,9 +1,10 @@
 //! The transformer's configuration: flags and `TRIBUTARY_*` environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tributary_formats::Format;
+use tributary_formats::{Format, RouteTable};
 use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_duration};
 
 /// Tributary transformer: consumes raw payloads, decodes them and publishes
@@ -14,9 +15,13 @@ pub struct Config {
     /// Address for the admin routes (/healthz, /readyz, /metrics).
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "0.0.0.0:9101")]
     pub listen: SocketAddr,
-    /// Payload format of the raw messages.
+    /// Payload format of every raw message, when no --routes file is given.
     #[arg(long, env = "TRIBUTARY_FORMAT", default_value = "items")]
     pub format: Format,
+    /// Route table (TOML): which format decodes which input, by transport,
+    /// HTTP source, MQTT topic filter and content type. See README "Routes".
+    #[arg(long, env = "TRIBUTARY_ROUTES")]
+    pub routes: Option<PathBuf>,
     /// Durable consumer name; every replica uses the same one to share the work.
     #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "transformer")]
     pub durable: String,
@@ -75,9 +80,28 @@ impl Config {
         config
     }
 
-    /// Every problem with the configuration, before any I/O.
+    /// The route table: the --routes file, or one route of --format.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the file (unreadable, or each bad route).
+    pub fn route_table(&self) -> Result<RouteTable, Vec<String>> {
+        let Some(path) = &self.routes else {
+            return Ok(RouteTable::single(self.format));
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--routes {}: {e}", path.display())])?;
+        RouteTable::from_toml(&text).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("--routes {}: {p}", path.display()))
+                .collect()
+        })
+    }
+
+    /// Every problem with the configuration, before any network I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        problems.extend(self.route_table().err().unwrap_or_default());
         problems.extend(self.nats.validate().err().unwrap_or_default());
         problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
@@ -115,6 +139,26 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn a_route_file_is_read_and_every_problem_in_it_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "[[routes]]\nname = \"all\"\nformat = \"senml-json\"\n").unwrap();
+        let config = Config::parse_from(["t", "--routes", good.to_str().unwrap()]);
+        assert!(config.validate().is_ok());
+        assert_eq!(config.route_table().unwrap().routes()[0].name, "all");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[[routes]]\nname = \"\"\nformat = \"csv\"\n").unwrap();
+        let config = Config::parse_from(["t", "--routes", bad.to_str().unwrap()]);
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("--routes "), "{problems:?}");
+
+        let missing = Config::parse_from(["t", "--routes", "/nonexistent/routes.toml"]);
+        assert!(missing.validate().unwrap_err()[0].contains("/nonexistent/routes.toml"));
     }
 
     #[test]

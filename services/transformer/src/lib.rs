@@ -81,7 +81,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         };
         consuming.store(true, Ordering::Relaxed);
         let settings = pipeline::Settings {
-            format: config.format,
+            routes: std::sync::Arc::new(config.route_table().map_err(Error::Config)?),
             pull_batch: config.batch_size,
             max_batch_bytes: config.max_batch_bytes,
             window: config.publish_window,

@@ -18,8 +18,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tributary_formats::Format;
+use tributary_formats::{Input, RouteTable, Transport};
 use tributary_runtime::CancellationToken;
+use tributary_schema::SourceKind;
 use tributary_schema::{Message as _, RawEnvelope, headers, metric_batch_msg_id, metric_subject};
 
 use crate::framing;
@@ -40,7 +41,8 @@ pub struct StreamEnded(String);
 
 /// How the pipeline runs.
 pub struct Settings {
-    pub format: Format,
+    /// Which decoder takes which raw message.
+    pub routes: Arc<RouteTable>,
     /// Raw messages asked for per pull request.
     pub pull_batch: usize,
     /// A device's events from one raw message are split into chunks of at most this many bytes.
@@ -295,7 +297,23 @@ impl Pipeline {
     fn plan(&self, message: &jetstream::Message) -> Result<Vec<(String, String, Bytes, u64)>, (&'static str, String)> {
         let envelope = RawEnvelope::decode(message.payload.clone())
             .map_err(|error| ("bad_envelope", format!("the message is not a RawEnvelope: {error}")))?;
-        let points = tributary_formats::decode(self.settings.format, &envelope.payload)
+        let transport = match SourceKind::try_from(envelope.source_kind) {
+            Ok(SourceKind::Mqtt) => Transport::Mqtt,
+            Ok(SourceKind::Pull) => Transport::Pull,
+            _ => Transport::Http,
+        };
+        let input = Input {
+            transport,
+            source: &envelope.source,
+            topic: &envelope.topic,
+            content_type: &envelope.content_type,
+            received_at_us: envelope.received_at_us,
+            payload: &envelope.payload,
+        };
+        let points = self
+            .settings
+            .routes
+            .decode(&input)
             .map_err(|error| (error.reason(), error.to_string()))?;
         let raw_msg_id = message
             .headers

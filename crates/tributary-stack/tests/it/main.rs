@@ -3,6 +3,7 @@
 
 mod deploy;
 mod faults;
+mod formats;
 mod framing;
 mod pipeline;
 mod processes;
