@@ -140,6 +140,16 @@ pub enum DecodeError {
     #[error("payload is not JSON: {detail}")]
     NotJson { detail: String },
 
+    /// An object gives the same key twice: which value was meant is unknowable.
+    #[error("payload is ambiguous: {detail}")]
+    DuplicateKey { detail: String },
+
+    #[error("payload holds a number beyond the 64-bit float range: {detail}")]
+    NumberOutOfRange { detail: String },
+
+    #[error("payload nests deeper than 128 arrays and objects: {detail}")]
+    TooDeep { detail: String },
+
     #[error("payload is a JSON {found}, not an object")]
     NotObject { found: &'static str },
 
@@ -201,11 +211,15 @@ impl DecodeError {
     /// token and a metrics label. One of: `not_json`, `not_object`,
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
     /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`,
-    /// `must_understand`, `no_route`.
+    /// `must_understand`, `no_route`, `duplicate_key`, `number_out_of_range`,
+    /// `too_deep`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotJson { .. } => "not_json",
+            DecodeError::DuplicateKey { .. } => "duplicate_key",
+            DecodeError::NumberOutOfRange { .. } => "number_out_of_range",
+            DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::NotObject { .. } => "not_object",
             DecodeError::MissingDevice { .. } => "missing_device",
             DecodeError::MissingTimestamp { .. } => "missing_timestamp",
@@ -351,6 +365,9 @@ mod tests {
         let errors = [
             DecodeError::TooLarge { size: 2, limit: 1 },
             DecodeError::NotJson { detail: String::new() },
+            DecodeError::DuplicateKey { detail: String::new() },
+            DecodeError::NumberOutOfRange { detail: String::new() },
+            DecodeError::TooDeep { detail: String::new() },
             DecodeError::NotObject { found: "array" },
             DecodeError::MissingDevice {
                 field: String::new(),

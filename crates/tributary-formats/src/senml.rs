@@ -67,15 +67,13 @@ pub(crate) struct Record {
 
 /// Decodes a SenML JSON pack.
 pub(crate) fn decode_json(payload: &[u8], received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
-    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
-    let pack = match serde_json::from_slice::<Json>(payload) {
-        Ok(Json::Array(records)) => records,
-        Ok(other) => {
+    let pack = match json::parse(payload)? {
+        Json::Array(records) => records,
+        other => {
             return Err(DecodeError::NotObject {
                 found: json::type_name(&other),
             });
         }
-        Err(e) => return Err(DecodeError::NotJson { detail: e.to_string() }),
     };
     let records = pack
         .iter()

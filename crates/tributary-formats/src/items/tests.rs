@@ -419,6 +419,38 @@ fn not_json_or_not_object() {
 }
 
 #[test]
+fn ambiguous_huge_and_deep_payloads_have_reasons_of_their_own() {
+    // A key given twice: serde_json would keep the last one silently.
+    check(
+        r#"{"_id":"a","_id":"b","timestamp":1506775817,"items":{"x":1}}"#,
+        "duplicate_key: payload is ambiguous: duplicate key \"_id\" in one object at line 1 column 16",
+    );
+    let twice = r#"{"_id":"a","timestamp":1506775817,"items":{"x":1},"items":{"y":2}}"#;
+    assert_eq!(
+        decode(Format::Items, twice.as_bytes()).unwrap_err().reason(),
+        "duplicate_key"
+    );
+    let inside = r#"{"_id":"a","timestamp":1506775817,"items":{"x":1,"x":2}}"#;
+    assert_eq!(
+        decode(Format::Items, inside.as_bytes()).unwrap_err().reason(),
+        "duplicate_key"
+    );
+    // A bare number past f64 is not "not JSON".
+    let huge = r#"{"_id":"a","timestamp":1506775817,"items":{"x":1e400}}"#;
+    assert_eq!(
+        decode(Format::Items, huge.as_bytes()).unwrap_err().reason(),
+        "number_out_of_range"
+    );
+    // An attribute nested past the parser's limit.
+    let deep = format!(
+        r#"{{"_id":"a","timestamp":1506775817,"items":{{"x":1}},"extra":{}1{}}}"#,
+        "[".repeat(130),
+        "]".repeat(130)
+    );
+    assert_eq!(decode(Format::Items, deep.as_bytes()).unwrap_err().reason(), "too_deep");
+}
+
+#[test]
 fn first_problem_wins() {
     // Checked in order: device, timestamp, location, items, values.
     check("{}", "missing_device: no device id: `_id` is absent");
