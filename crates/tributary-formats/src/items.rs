@@ -51,7 +51,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<Vec<Point>, DecodeError> {
 
 /// One items object.
 fn decode_object(object: &Map<String, Json>) -> Result<Vec<Point>, DecodeError> {
-    let device_id = device_id(object.get(DEVICE))?;
+    let device_id = device_id(DEVICE, object.get(DEVICE))?;
     let time_us = match object.get(TIMESTAMP) {
         None | Some(Json::Null) => {
             return Err(DecodeError::MissingTimestamp {
@@ -90,7 +90,8 @@ fn decode_object(object: &Map<String, Json>) -> Result<Vec<Point>, DecodeError> 
     Ok(points)
 }
 
-fn device_id(value: Option<&Json>) -> Result<String, DecodeError> {
+/// The device id at `field`: a non-empty string, or an integer as its text.
+pub(crate) fn device_id(field: &str, value: Option<&Json>) -> Result<String, DecodeError> {
     let problem = match value {
         Some(Json::String(s)) if !s.is_empty() => return Ok(s.clone()),
         Some(Json::Number(n)) if n.is_i64() || n.is_u64() => return Ok(n.to_string()),
@@ -103,7 +104,7 @@ fn device_id(value: Option<&Json>) -> Result<String, DecodeError> {
         ),
     };
     Err(DecodeError::MissingDevice {
-        field: DEVICE.to_owned(),
+        field: field.to_owned(),
         problem,
     })
 }
@@ -163,7 +164,9 @@ fn items(object: &Map<String, Json>) -> Result<&Map<String, Json>, DecodeError> 
     })
 }
 
-fn metric_value(metric: &str, value: &Json) -> Result<Value, DecodeError> {
+/// One metric's value: numbers, numeric strings (as numbers), other strings
+/// (text) and booleans.
+pub(crate) fn metric_value(metric: &str, value: &Json) -> Result<Value, DecodeError> {
     let bad = |problem: String| DecodeError::BadValue {
         metric: json::excerpt(metric),
         problem,

@@ -19,11 +19,13 @@ use std::str::FromStr;
 mod items;
 mod json;
 mod lineproto;
+mod mapped;
 mod routes;
 mod senml;
 mod timestamp;
 
 pub use lineproto::{LineOptions, Precision};
+pub use mapped::MappedOptions;
 pub use routes::{Decoder, Input, Route, RouteTable, Transport, check_topic_filter};
 
 pub use timestamp::{TIME_RANGE_US, format_timestamp, parse_timestamp};
@@ -47,11 +49,19 @@ pub enum Format {
     SenmlJson,
     /// InfluxDB line protocol.
     LineProtocol,
+    /// Any vendor's JSON, with the route saying where device, time and
+    /// metrics are.
+    MappedJson,
 }
 
 impl Format {
     /// Every format, in the order `--help` and error messages list them.
-    pub const ALL: &'static [Format] = &[Format::Items, Format::SenmlJson, Format::LineProtocol];
+    pub const ALL: &'static [Format] = &[
+        Format::Items,
+        Format::SenmlJson,
+        Format::LineProtocol,
+        Format::MappedJson,
+    ];
 
     /// The name used in configuration, e.g. `"items"`.
     pub fn as_str(&self) -> &'static str {
@@ -59,6 +69,7 @@ impl Format {
             Format::Items => "items",
             Format::SenmlJson => "senml-json",
             Format::LineProtocol => "line-protocol",
+            Format::MappedJson => "mapped-json",
         }
     }
 }
@@ -255,7 +266,7 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
     let points = match format {
         Format::Items => items::decode(payload)?,
         // Formats that need to know when the payload was received get "now".
-        Format::SenmlJson | Format::LineProtocol => {
+        Format::SenmlJson | Format::LineProtocol | Format::MappedJson => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
@@ -314,6 +325,28 @@ pub fn decode_senml_json(payload: &[u8], received_at_us: i64) -> Result<Vec<Poin
     Ok(points)
 }
 
+/// Decodes vendor JSON as `options` map it (see [`MappedOptions`]); without
+/// a time pointer, points take `received_at_us`. Never panics.
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_mapped_json(
+    payload: &[u8],
+    options: &MappedOptions,
+    received_at_us: i64,
+) -> Result<Vec<Point>, DecodeError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let points = mapped::decode(payload, options, received_at_us)?;
+    check_names(&points)?;
+    Ok(points)
+}
+
 /// Refuses names over [`MAX_NAME_BYTES`], for every format alike.
 fn check_names(points: &[Point]) -> Result<(), DecodeError> {
     for point in points {
@@ -345,7 +378,7 @@ mod tests {
         check("ITEMS", Ok(Format::Items));
         check("senml-json", Ok(Format::SenmlJson));
         check("Line-Protocol", Ok(Format::LineProtocol));
-        let known = "(known: items, senml-json, line-protocol)";
+        let known = "(known: items, senml-json, line-protocol, mapped-json)";
         check("", Err(&format!("unknown payload format \"\" {known}")));
         check(" items", Err(&format!("unknown payload format \" items\" {known}")));
         check("senml", Err(&format!("unknown payload format \"senml\" {known}")));

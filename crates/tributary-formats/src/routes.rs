@@ -29,7 +29,9 @@
 
 use serde::Deserialize;
 
-use crate::{DecodeError, Format, LineOptions, Point, Precision};
+use std::collections::BTreeMap;
+
+use crate::{DecodeError, Format, LineOptions, MappedOptions, Point, Precision};
 
 /// How a raw message came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,6 +64,7 @@ pub enum Decoder {
     Items,
     SenmlJson,
     LineProtocol(LineOptions),
+    MappedJson(MappedOptions),
 }
 
 impl Decoder {
@@ -71,6 +74,9 @@ impl Decoder {
             Format::Items => Self::Items,
             Format::SenmlJson => Self::SenmlJson,
             Format::LineProtocol => Self::LineProtocol(LineOptions::default()),
+            // Without pointers nothing can be found: every payload is
+            // refused with `missing_device`, saying so. Routes give them.
+            Format::MappedJson => Self::MappedJson(MappedOptions::default()),
         }
     }
 
@@ -84,6 +90,7 @@ impl Decoder {
             Self::Items => crate::decode(Format::Items, input.payload),
             Self::SenmlJson => crate::decode_senml_json(input.payload, input.received_at_us),
             Self::LineProtocol(options) => crate::decode_line_protocol(input.payload, options, input.received_at_us),
+            Self::MappedJson(options) => crate::decode_mapped_json(input.payload, options, input.received_at_us),
         }
     }
 }
@@ -205,6 +212,13 @@ struct RawRoute {
     content_type: Option<String>,
     device_tag: Option<String>,
     precision: Option<String>,
+    device: Option<String>,
+    time: Option<String>,
+    metrics: Option<String>,
+    metric_name: Option<String>,
+    metric_value: Option<String>,
+    metric_unit: Option<String>,
+    attributes: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +269,34 @@ impl RawRoute {
         if self.device_tag.as_deref().is_some_and(str::is_empty) {
             problems.push("`device_tag` is empty".to_owned());
         }
+        let mapped = MappedOptions {
+            device: self.device.clone().unwrap_or_default(),
+            time: self.time.clone(),
+            metrics: self.metrics.clone().unwrap_or_default(),
+            metric_name: self.metric_name.clone(),
+            metric_value: self.metric_value.clone(),
+            metric_unit: self.metric_unit.clone(),
+            attributes: self.attributes.clone().unwrap_or_default(),
+        };
+        let mapped_options = self.device.is_some()
+            || self.time.is_some()
+            || self.metrics.is_some()
+            || self.metric_name.is_some()
+            || self.metric_value.is_some()
+            || self.metric_unit.is_some()
+            || self.attributes.is_some();
+        if format == Some(Format::MappedJson) {
+            problems.extend(mapped.problems());
+            if self.metrics.is_none() {
+                problems.push("`metrics` (a JSON pointer to the metrics; \"\" for the whole document) is required for mapped-json".to_owned());
+            }
+        } else if mapped_options && format.is_some() {
+            problems.push(
+                "`device`, `time`, `metrics`, `metric_name`, `metric_value`, `metric_unit` and `attributes` are \
+                 options of format \"mapped-json\" only"
+                    .to_owned(),
+            );
+        }
         let (Some(format), true) = (format, problems.is_empty()) else {
             return Err(problems);
         };
@@ -263,6 +305,7 @@ impl RawRoute {
                 device_tag: self.device_tag.unwrap_or_else(|| LineOptions::default().device_tag),
                 precision,
             }),
+            Format::MappedJson => Decoder::MappedJson(mapped),
             other => Decoder::new(other),
         };
         Ok(Route {

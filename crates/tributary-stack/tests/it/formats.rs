@@ -21,6 +21,18 @@ device_tag = "host"
 precision = "ms"
 
 [[routes]]
+name = "vendor"
+format = "mapped-json"
+source = "vendor-x"
+device = "/meta/serial"
+time = "/meta/ts"
+metrics = "/readings"
+metric_name = "/name"
+metric_value = "/value"
+metric_unit = "/unit"
+attributes = { site = "lab-3" }
+
+[[routes]]
 name = "default"
 format = "items"
 "#;
@@ -69,7 +81,7 @@ async fn series(h: &Harness, device: &str, metric: &str) -> Result<Vec<(String, 
 }
 
 #[tokio::test]
-async fn senml_and_line_protocol_are_decoded_by_their_routes() -> Result<()> {
+async fn senml_line_protocol_and_mapped_json_are_decoded_by_their_routes() -> Result<()> {
     let (h, _dir) = harness().await?;
     let senml = r#"[{"bn":"urn:dev:ow:10e2073a0108006:","bt":1.276020076001e+09,"bu":"A",
                      "n":"voltage","u":"V","v":120.1},
@@ -79,10 +91,13 @@ async fn senml_and_line_protocol_are_decoded_by_their_routes() -> Result<()> {
     let lines = "weather,host=station-7,region=north temperature=21.5,ok=true 1506775817765\n\
                  weather,host=station-7,region=north temperature=21.75 1506775818765\n";
     assert_eq!(post(&h, "telegraf-eu", "text/plain; charset=utf-8", lines).await?, 202);
+    let vendor = r#"{"meta":{"serial":"SN-42","ts":1506775817},
+                     "readings":[{"name":"rpm","value":1200,"unit":"1/min"},{"name":"state","value":"idle"}]}"#;
+    assert_eq!(post(&h, "vendor-x", "application/json", vendor).await?, 202);
     // The items JSON still goes through the default route.
     h.post_accepted("plant-7", crate::SAMPLE).await?;
     h.wait_drained().await?;
-    assert_eq!(h.rows().await?, 3 + 3 + 10);
+    assert_eq!(h.rows().await?, 3 + 3 + 2 + 10);
     assert!(h.dead_letters().await?.is_empty());
 
     let device = "urn:dev:ow:10e2073a0108006";
@@ -107,6 +122,14 @@ async fn senml_and_line_protocol_are_decoded_by_their_routes() -> Result<()> {
     assert_eq!(
         series(&h, "station-7", "weather.ok").await?,
         [("2017-09-30T12:50:17.765Z".to_owned(), json!(true), Value::Null)]
+    );
+    assert_eq!(
+        series(&h, "SN-42", "rpm").await?,
+        [("2017-09-30T12:50:17Z".to_owned(), json!(1200.0), json!("1/min"))]
+    );
+    assert_eq!(
+        series(&h, "SN-42", "state").await?,
+        [("2017-09-30T12:50:17Z".to_owned(), json!("idle"), Value::Null)]
     );
     h.stop().await
 }
