@@ -47,6 +47,8 @@ pub enum Format {
     Items,
     /// SenML in JSON (RFC 8428, `application/senml+json`).
     SenmlJson,
+    /// SenML in CBOR (RFC 8428, `application/senml+cbor`).
+    SenmlCbor,
     /// InfluxDB line protocol.
     LineProtocol,
     /// Any vendor's JSON, with the route saying where device, time and
@@ -59,6 +61,7 @@ impl Format {
     pub const ALL: &'static [Format] = &[
         Format::Items,
         Format::SenmlJson,
+        Format::SenmlCbor,
         Format::LineProtocol,
         Format::MappedJson,
     ];
@@ -68,6 +71,7 @@ impl Format {
         match self {
             Format::Items => "items",
             Format::SenmlJson => "senml-json",
+            Format::SenmlCbor => "senml-cbor",
             Format::LineProtocol => "line-protocol",
             Format::MappedJson => "mapped-json",
         }
@@ -151,6 +155,9 @@ pub enum DecodeError {
     #[error("payload is not JSON: {detail}")]
     NotJson { detail: String },
 
+    #[error("payload is not CBOR: {detail}")]
+    NotCbor { detail: String },
+
     /// An object gives the same key twice: which value was meant is unknowable.
     #[error("payload is ambiguous: {detail}")]
     DuplicateKey { detail: String },
@@ -223,12 +230,13 @@ impl DecodeError {
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
     /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`,
     /// `must_understand`, `no_route`, `duplicate_key`, `number_out_of_range`,
-    /// `too_deep`.
+    /// `too_deep`, `not_cbor`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotJson { .. } => "not_json",
             DecodeError::DuplicateKey { .. } => "duplicate_key",
+            DecodeError::NotCbor { .. } => "not_cbor",
             DecodeError::NumberOutOfRange { .. } => "number_out_of_range",
             DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::NotObject { .. } => "not_object",
@@ -266,7 +274,7 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
     let points = match format {
         Format::Items => items::decode(payload)?,
         // Formats that need to know when the payload was received get "now".
-        Format::SenmlJson | Format::LineProtocol | Format::MappedJson => {
+        Format::SenmlJson | Format::SenmlCbor | Format::LineProtocol | Format::MappedJson => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
@@ -325,6 +333,24 @@ pub fn decode_senml_json(payload: &[u8], received_at_us: i64) -> Result<Vec<Poin
     Ok(points)
 }
 
+/// Decodes a SenML CBOR pack (RFC 8428, section 6), as
+/// [`decode_senml_json`] does the JSON form.
+///
+/// # Errors
+///
+/// As [`decode_senml_json`], and `not_cbor`.
+pub fn decode_senml_cbor(payload: &[u8], received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge {
+            size: payload.len(),
+            limit: MAX_PAYLOAD_BYTES,
+        });
+    }
+    let points = senml::decode_cbor(payload, received_at_us)?;
+    check_names(&points)?;
+    Ok(points)
+}
+
 /// Decodes vendor JSON as `options` map it (see [`MappedOptions`]); without
 /// a time pointer, points take `received_at_us`. Never panics.
 ///
@@ -378,7 +404,7 @@ mod tests {
         check("ITEMS", Ok(Format::Items));
         check("senml-json", Ok(Format::SenmlJson));
         check("Line-Protocol", Ok(Format::LineProtocol));
-        let known = "(known: items, senml-json, line-protocol, mapped-json)";
+        let known = "(known: items, senml-json, senml-cbor, line-protocol, mapped-json)";
         check("", Err(&format!("unknown payload format \"\" {known}")));
         check(" items", Err(&format!("unknown payload format \" items\" {known}")));
         check("senml", Err(&format!("unknown payload format \"senml\" {known}")));
@@ -399,6 +425,7 @@ mod tests {
             DecodeError::TooLarge { size: 2, limit: 1 },
             DecodeError::NotJson { detail: String::new() },
             DecodeError::DuplicateKey { detail: String::new() },
+            DecodeError::NotCbor { detail: String::new() },
             DecodeError::NumberOutOfRange { detail: String::new() },
             DecodeError::TooDeep { detail: String::new() },
             DecodeError::NotObject { found: "array" },

@@ -63,6 +63,7 @@ pub struct Input<'a> {
 pub enum Decoder {
     Items,
     SenmlJson,
+    SenmlCbor,
     LineProtocol(LineOptions),
     MappedJson(MappedOptions),
 }
@@ -73,6 +74,7 @@ impl Decoder {
         match format {
             Format::Items => Self::Items,
             Format::SenmlJson => Self::SenmlJson,
+            Format::SenmlCbor => Self::SenmlCbor,
             Format::LineProtocol => Self::LineProtocol(LineOptions::default()),
             // Without pointers nothing can be found: every payload is
             // refused with `missing_device`, saying so. Routes give them.
@@ -89,6 +91,7 @@ impl Decoder {
         match self {
             Self::Items => crate::decode(Format::Items, input.payload),
             Self::SenmlJson => crate::decode_senml_json(input.payload, input.received_at_us),
+            Self::SenmlCbor => crate::decode_senml_cbor(input.payload, input.received_at_us),
             Self::LineProtocol(options) => crate::decode_line_protocol(input.payload, options, input.received_at_us),
             Self::MappedJson(options) => crate::decode_mapped_json(input.payload, options, input.received_at_us),
         }

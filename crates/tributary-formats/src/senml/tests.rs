@@ -264,3 +264,99 @@ fn arbitrary_json_never_panics() {
         }
     }
 }
+
+/// Bytes from hex text.
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn cbor_packs_from_an_independent_encoder_decode_as_their_json_twins() {
+    // testdata/senml_cbor_vectors.py wrote these with Python's cbor2.
+    let vectors = include_str!("../../testdata/senml_cbor_vectors.txt");
+    let mut checked = 0;
+    for line in vectors.lines() {
+        let (hex, json) = line.split_once(' ').unwrap();
+        let from_cbor = decode_cbor(&unhex(hex), RECEIVED).unwrap();
+        let from_json = decode(json).unwrap();
+        assert_eq!(from_cbor, from_json, "{json}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+    // The data value of RFC 8428's 5.1.6, carried as bytes in CBOR.
+    let last = vectors.lines().last().unwrap().split_once(' ').unwrap().0;
+    let points = decode_cbor(&unhex(last), RECEIVED).unwrap();
+    assert_eq!(points[3].value, Value::Text("aGkgCg".into()));
+}
+
+#[test]
+fn bad_cbor_says_why() {
+    assert_eq!(decode_cbor(b"", RECEIVED).unwrap_err().reason(), "not_cbor");
+    assert_eq!(decode_cbor(&[0xff, 0x00], RECEIVED).unwrap_err().reason(), "not_cbor");
+    // {0: "d"}: a map, not a pack.
+    assert_eq!(
+        decode_cbor(&unhex("a1006164"), RECEIVED).unwrap_err().reason(),
+        "not_object"
+    );
+    // [{0: "d", 2: "x"}]: v must be a number.
+    assert_eq!(
+        decode_cbor(&unhex("81a2006164026178"), RECEIVED).unwrap_err().reason(),
+        "bad_value"
+    );
+    // [{0: "d", 2: 1, "x_": 1}]: a must-understand label.
+    let must = unhex("81a300616402016278 5f01".replace(' ', "").as_str());
+    assert_eq!(decode_cbor(&must, RECEIVED).unwrap_err().reason(), "must_understand");
+    // Deep nesting is refused, not a stack overflow.
+    let deep = vec![0x81; 100_000];
+    assert!(decode_cbor(&deep, RECEIVED).is_err());
+}
+
+#[test]
+fn base64url_without_padding() {
+    for (bytes, text) in [
+        (&b""[..], ""),
+        (b"f", "Zg"),
+        (b"fo", "Zm8"),
+        (b"foo", "Zm9v"),
+        (b"foob", "Zm9vYg"),
+        (b"hi \n", "aGkgCg"),
+        (&[0xfb, 0xff], "-_8"),
+    ] {
+        assert_eq!(base64url(bytes), text);
+    }
+}
+
+#[test]
+fn arbitrary_cbor_never_panics_or_balloons() {
+    // Declared lengths far beyond the bytes given must not be allocated up front.
+    for hex in [
+        "9bffffffffffffffff",
+        "bbffffffffffffffff",
+        "5bffffffffffffffff",
+        "7bffffffffffffffff",
+    ] {
+        assert!(decode_cbor(&unhex(hex), RECEIVED).is_err(), "{hex}");
+    }
+    let mut seed: u64 = 0x0123_4567_89AB_CDEF;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..20_000 {
+        let len = (next() % 40) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        // Mostly packs of maps, so decoding goes past the first byte.
+        if next() % 2 == 0 {
+            bytes.insert(0, 0x81);
+            bytes.insert(1, 0xa0 | (next() % 8) as u8);
+        }
+        if let Err(error) = decode_cbor(&bytes, RECEIVED) {
+            assert!(!error.reason().is_empty());
+        }
+    }
+}
