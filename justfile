@@ -26,6 +26,12 @@ bench-store *ARGS: check-servers
     cargo build --release --locked -p tributary-bench
     target/release/tributary-store-shapes {{ARGS}}
 
+# Fuzz one payload decoder for a while (items, senml_json, senml_cbor,
+# line_protocol, mapped_json, routes). Needs `cargo install cargo-fuzz` and a
+# nightly toolchain; crashes land in fuzz/artifacts/<target>/.
+fuzz TARGET="items" SECONDS="60":
+    cd fuzz && cargo +nightly fuzz run {{TARGET}} -- -max_total_time={{SECONDS}}
+
 # Formatting and lints, warnings denied.
 lint:
     cargo fmt --all -- --check

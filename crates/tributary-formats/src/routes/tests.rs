@@ -191,3 +191,64 @@ fn globs_and_topic_filters() {
         assert_eq!(topic_matches(filter, topic), expected, "{filter} vs {topic}");
     }
 }
+
+#[test]
+fn arbitrary_route_files_never_panic() {
+    let keys = [
+        "name",
+        "format",
+        "transport",
+        "source",
+        "topic",
+        "content_type",
+        "device_tag",
+        "precision",
+        "device",
+        "time",
+        "metrics",
+        "metric_name",
+        "metric_value",
+        "metric_unit",
+        "attributes",
+        "x",
+    ];
+    let values = [
+        "\"\"",
+        "\"items\"",
+        "\"line-protocol\"",
+        "\"mapped-json\"",
+        "\"http\"",
+        "\"a/#\"",
+        "\"#/a\"",
+        "\"/p\"",
+        "\"ms\"",
+        "1",
+        "{ a = \"b\" }",
+        "[1]",
+        "true",
+    ];
+    let mut seed: u64 = 0xDEAD_BEEF_CAFE_F00D;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    for _ in 0..3_000 {
+        let mut text = String::new();
+        for _ in 0..next() % 3 {
+            text.push_str("[[routes]]\n");
+            for _ in 0..next() % 6 {
+                text.push_str(&format!(
+                    "{} = {}\n",
+                    keys[next() % keys.len()],
+                    values[next() % values.len()]
+                ));
+            }
+        }
+        match RouteTable::from_toml(&text) {
+            Ok(table) => assert!(!table.routes().is_empty(), "{text}"),
+            Err(problems) => assert!(!problems.is_empty(), "{text}"),
+        }
+    }
+}
