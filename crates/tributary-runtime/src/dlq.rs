@@ -70,6 +70,44 @@ pub async fn dead_letter_part(
     publish(js, stage, reason, error, message, payload, Some(part)).await
 }
 
+/// Dead-letters something that never reached its stream (the producer's
+/// ingest, for a message the stream can never take): `payload` goes to
+/// `dlq.<stage>.<reason>` with the usual headers, naming the subject and
+/// message id it was meant for. Its own id derives from that message id, so
+/// a redelivered MQTT message is dead-lettered once.
+pub async fn dead_letter_ingest(
+    js: &jetstream::Context,
+    stage: &str,
+    reason: &str,
+    error: &str,
+    original_subject: &str,
+    original_msg_id: &str,
+    payload: Bytes,
+) -> Result<(), DeadLetterError> {
+    let subject = dlq_subject(stage, reason);
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::DLQ_STAGE, stage);
+    headers.insert(headers::DLQ_REASON, reason);
+    headers.insert(headers::DLQ_ERROR, error.replace(['\r', '\n'], " ").as_str());
+    headers.insert(headers::DLQ_ORIGINAL_SUBJECT, original_subject);
+    headers.insert(headers::DLQ_ORIGINAL_MSG_ID, original_msg_id);
+    headers.insert(headers::MSG_ID, format!("{stage}:{original_msg_id}").as_str());
+    let publish_error = |e: &PublishError| DeadLetterError::Publish {
+        subject: subject.clone(),
+        message: e.to_string(),
+        transient: crate::nats::publish_is_transient(e),
+    };
+    js.publish_with_headers(subject.clone(), headers, payload)
+        .await
+        .map_err(|e| publish_error(&e))?
+        .await
+        .map_err(|e| publish_error(&e))?;
+    metrics::counter!("tributary_dead_letters_total", "stage" => stage.to_owned(), "reason" => reason.to_owned())
+        .increment(1);
+    tracing::warn!(stage, reason, error, original_subject, "dead-lettered at ingest");
+    Ok(())
+}
+
 async fn publish(
     js: &jetstream::Context,
     stage: &str,

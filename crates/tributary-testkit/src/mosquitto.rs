@@ -23,7 +23,8 @@ const STOP: &[StopStep] = &[
 
 /// A `mosquitto` broker child process: anonymous clients allowed,
 /// persistence on, queues sized for load tests rather than the defaults
-/// (1,000 queued QoS 1 messages per client, 20 in flight).
+/// (100,000 queued QoS 1 messages per client instead of 1,000; 1,000 in
+/// flight instead of 20, as deploy/mosquitto.conf).
 ///
 /// Dropping it stops the broker (SIGTERM) and reaps it; a temporary
 /// directory is removed.
@@ -160,7 +161,7 @@ fn config(dir: &Path, port: u16) -> String {
          persistence true\n\
          persistence_location {dir}/\n\
          max_queued_messages 100000\n\
-         max_inflight_messages 0\n\
+         max_inflight_messages 1000\n\
          log_dest file {dir}/mosquitto.log\n"
     )
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::host::{ServerDir, find_binary};
-use crate::process::{ServerProcess, StopStep, off_runtime, stop_off_runtime};
+use crate::process::{ServerProcess, StopStep, off_runtime, send_signal, stop_off_runtime};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// SIGTERM lets JetStream flush and close its store; SIGKILL if it hangs.
@@ -116,6 +116,19 @@ impl NatsServer {
         let (process, port) = off_runtime(move || launch.spawn()).await?;
         (self.process, self.port) = (Some(process), Some(port));
         Ok(())
+    }
+
+    /// Freezes the server with SIGSTOP: connections stay open and nothing is
+    /// answered, as a hung host or a long GC pause would look.
+    pub fn pause(&self) -> Result<()> {
+        let pid = self.pid().context("nats-server is not running")?;
+        send_signal(pid, libc::SIGSTOP).context("SIGSTOP to nats-server")
+    }
+
+    /// Thaws a [`NatsServer::pause`]d server with SIGCONT.
+    pub fn resume(&self) -> Result<()> {
+        let pid = self.pid().context("nats-server is not running")?;
+        send_signal(pid, libc::SIGCONT).context("SIGCONT to nats-server")
     }
 
     /// [`NatsServer::stop`] for code outside an async runtime.

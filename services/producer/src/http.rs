@@ -116,6 +116,11 @@ async fn accept(
         .await
         .map_err(|e| match e {
             PublishError::Full(_) => ApiError::unavailable("stream_full", 1, &e),
+            PublishError::TooLarge(_) => ApiError::client(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the payload with its envelope is larger than the stream takes: {e}"),
+            ),
             _ => ApiError::unavailable("stream_unavailable", 1, &e),
         })?;
     let body = serde_json::json!({

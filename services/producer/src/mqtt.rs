@@ -2,6 +2,18 @@
 //! persistent session, publishes each message to `raw.mqtt.<topic levels>`,
 //! and sends the PUBACK only after JetStream has acknowledged the publish.
 //! PUBACKs go out in the order the messages came in (MQTT 3.1.1, 4.6.0-2).
+//!
+//! The event loop never waits on NATS: it hands each message over without
+//! blocking and goes straight back to the socket, so keep-alives flow and the
+//! broker keeps the session whatever NATS does. Back-pressure is the PUBACKs
+//! it holds: the broker sends a client at most `max_inflight_messages`
+//! unacknowledged QoS 1 messages (see deploy/mosquitto.conf) and queues the
+//! rest for the session, which bounds what the bridge holds in memory.
+//!
+//! A message the stream can never take (larger, with its envelope, than the
+//! server's `max_payload`) is dead-lettered as `dlq.producer.too_large`, its
+//! payload cut to its first 64 KiB, and then acknowledged: it does not hold
+//! up the PUBACKs behind it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +21,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode};
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tributary_runtime::CancellationToken;
@@ -17,7 +29,7 @@ use tributary_runtime::config::split_host_port;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
 
 use crate::config::Config;
-use crate::publish::{RawPublisher, now_us};
+use crate::publish::{PublishError, RawPublisher, now_us};
 
 /// Checks an MQTT topic filter: `#` only as the whole last level, `+` only
 /// as a whole level, not empty.
@@ -37,10 +49,16 @@ pub fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Largest MQTT packet accepted: matches the HTTP body limit's default.
-const MAX_PACKET: usize = 1 << 20;
-/// Messages received but not yet acknowledged by the stream.
+/// Room for the rest of a PUBLISH packet besides its payload: the topic
+/// (at most 65,535 bytes in MQTT) and the fixed and variable headers.
+const PACKET_OVERHEAD: usize = 65_535 + 64;
+/// Outgoing requests rumqttc may queue (subscriptions, PUBACKs).
 const IN_FLIGHT: usize = 1000;
+/// Past this many messages held, the bridge warns: the broker's in-flight
+/// limit should keep it far below (deploy/mosquitto.conf).
+const HELD_WARNING: usize = 20_000;
+/// How much of a too-large payload its dead letter keeps.
+const DEAD_LETTER_EXCERPT: usize = 64 << 10;
 
 /// Runs the bridge until `shutdown`; then stops taking messages, finishes the
 /// in-flight publishes and their PUBACKs, and disconnects.
@@ -54,17 +72,23 @@ pub async fn run_bridge(
         return;
     };
     let mut options = MqttOptions::new(config.mqtt_client_id.clone(), host, port);
+    // Any message the broker accepts must be a packet the bridge accepts, or
+    // the client drops the connection on it and the broker resends it for
+    // ever: the payload limit plus a topic of the longest length.
+    let max_incoming = config.max_body_bytes + PACKET_OVERHEAD;
     options
         .set_keep_alive(Duration::from_secs(10))
         .set_clean_session(false)
         .set_manual_acks(true)
-        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_max_packet_size(max_incoming, 64 << 10)
         .set_inflight(IN_FLIGHT as u16);
     if let (Some(user), Some(password)) = (&config.mqtt_user, &config.mqtt_password) {
         options.set_credentials(user.clone(), password.expose_secret());
     }
     let (client, eventloop) = AsyncClient::new(options, IN_FLIGHT);
-    let (to_acker, from_loop) = mpsc::channel::<Publish>(IN_FLIGHT);
+    // Unbounded so the event loop never waits: the broker's in-flight limit
+    // bounds it (see the module docs).
+    let (to_acker, from_loop) = mpsc::unbounded_channel::<Publish>();
     let acker = tokio::spawn(ack_in_order(
         client.clone(),
         publisher,
@@ -83,13 +107,14 @@ async fn poll(
     mut eventloop: EventLoop,
     client: AsyncClient,
     topics: Vec<String>,
-    to_acker: mpsc::Sender<Publish>,
+    to_acker: mpsc::UnboundedSender<Publish>,
     mut acker: tokio::task::JoinHandle<()>,
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut to_acker = Some(to_acker);
     let mut backoff = tributary_runtime::retry::Backoff::standard();
+    let mut awaiting_subacks = usize::MAX;
     loop {
         let event = tokio::select! {
             _ = &mut acker => break,
@@ -104,7 +129,9 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
-                connected.store(true, Ordering::Relaxed);
+                // Ready once the subscriptions are acknowledged (below).
+                awaiting_subacks = topics.len();
+                connected.store(topics.is_empty(), Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "MQTT connected");
                 let client = client.clone();
                 let topics = topics.clone();
@@ -118,12 +145,26 @@ async fn poll(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if let Some(tx) = &to_acker {
-                    // Waits when IN_FLIGHT messages are unacknowledged:
-                    // back-pressure reaches the broker.
-                    let _ = tx.send(publish).await;
+                    // Never waits: the loop must get back to the socket.
+                    let _ = tx.send(publish);
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => tracing::debug!(pkid = ack.pkid, "MQTT subscribed"),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, SubscribeReasonCode::Failure))
+                {
+                    // Not ready: the broker refuses the filter (an ACL, say).
+                    tracing::error!(pkid = ack.pkid, "the MQTT broker refused a subscription");
+                } else {
+                    tracing::debug!(pkid = ack.pkid, "MQTT subscribed");
+                    awaiting_subacks = awaiting_subacks.saturating_sub(1);
+                    if awaiting_subacks == 0 {
+                        connected.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
             Ok(_) => {}
             Err(error) => {
                 connected.store(false, Ordering::Relaxed);
@@ -157,15 +198,26 @@ async fn ack_in_order(
     client: AsyncClient,
     publisher: Arc<RawPublisher>,
     source: String,
-    mut incoming: mpsc::Receiver<Publish>,
+    mut incoming: mpsc::UnboundedReceiver<Publish>,
     shutdown: CancellationToken,
 ) {
     let mut pending = FuturesOrdered::new();
     let mut open = true;
+    let mut warned = false;
     loop {
         tokio::select! {
-            message = incoming.recv(), if open && pending.len() < IN_FLIGHT => match message {
-                Some(publish) => pending.push_back(forward(publisher.clone(), source.clone(), publish, shutdown.clone())),
+            message = incoming.recv(), if open => match message {
+                Some(publish) => {
+                    pending.push_back(forward(publisher.clone(), source.clone(), publish, shutdown.clone()));
+                    metrics::gauge!("tributary_mqtt_held_messages").set(pending.len() as f64);
+                    if pending.len() > HELD_WARNING && !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(
+                            held = pending.len(),
+                            "the MQTT bridge holds many unacknowledged messages: limit the broker's \
+                             max_inflight_messages for this client (deploy/mosquitto.conf)"
+                        );
+                    }
+                }
                 None => open = false,
             },
             Some(done) = pending.next() => {
@@ -192,7 +244,7 @@ async fn forward(
 ) -> Option<Publish> {
     let topic = publish.topic.clone();
     let msg_id = raw_msg_id("mqtt", &source, &topic, &publish.payload);
-    let envelope = RawEnvelope {
+    let mut envelope = RawEnvelope {
         source_kind: SourceKind::Mqtt as i32,
         source,
         topic: topic.clone(),
@@ -203,10 +255,22 @@ async fn forward(
     };
     let bytes: bytes::Bytes = envelope.encode_to_vec().into();
     let subject = raw_mqtt_subject(&topic);
+    // Only a dead letter needs the envelope again; its payload is cut then.
+    envelope.payload = envelope
+        .payload
+        .slice(..envelope.payload.len().min(DEAD_LETTER_EXCERPT));
     let mut backoff = tributary_runtime::retry::Backoff::standard();
     loop {
         match publisher.publish(subject.clone(), &msg_id, bytes.clone()).await {
             Ok(_) => return Some(publish),
+            Err(error @ PublishError::TooLarge(_)) => {
+                if dead_letter_too_large(&publisher, &subject, &msg_id, envelope.clone(), &error, &shutdown).await {
+                    metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "dead_lettered")
+                        .increment(1);
+                    return Some(publish);
+                }
+                return None;
+            }
             Err(error) => {
                 metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "retried")
                     .increment(1);
@@ -215,6 +279,46 @@ async fn forward(
         }
         tokio::select! {
             () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Dead-letters a message the stream can never take, its payload cut to an
+/// excerpt, retrying while NATS is away. False if shutdown came first (the
+/// broker then redelivers the message, and it is dead-lettered again, once:
+/// the dead letter's id derives from the message's).
+async fn dead_letter_too_large(
+    publisher: &RawPublisher,
+    subject: &str,
+    msg_id: &str,
+    excerpt: RawEnvelope,
+    error: &PublishError,
+    shutdown: &CancellationToken,
+) -> bool {
+    let why = format!(
+        "{error} (the payload kept here is its first {} bytes at most)",
+        DEAD_LETTER_EXCERPT
+    );
+    let payload: bytes::Bytes = excerpt.encode_to_vec().into();
+    let mut backoff = tributary_runtime::retry::Backoff::standard();
+    loop {
+        let stored = tributary_runtime::dlq::dead_letter_ingest(
+            publisher.jetstream(),
+            "producer",
+            "too_large",
+            &why,
+            subject,
+            msg_id,
+            payload.clone(),
+        )
+        .await;
+        match stored {
+            Ok(()) => return true,
+            Err(failure) => tracing::warn!(%failure, "dead-lettering a too-large MQTT message failed; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }

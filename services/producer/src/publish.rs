@@ -6,11 +6,15 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 
-/// A publish that did not end in a stream acknowledgement. Always worth
-/// retrying with the same `Nats-Msg-Id`: the stream drops the duplicate if
-/// the first attempt did land.
+/// A publish that did not end in a stream acknowledgement. Worth retrying
+/// with the same `Nats-Msg-Id` (the stream drops the duplicate if the first
+/// attempt did land), except [`PublishError::TooLarge`]: that one never fits.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The message with its envelope is larger than the server's
+    /// `max_payload` or the stream's largest message: permanent.
+    #[error("the message is too large for the stream: {0}")]
+    TooLarge(String),
     #[error("not connected to NATS")]
     Disconnected,
     #[error("publishing: {0}")]
@@ -25,6 +29,12 @@ pub enum PublishError {
     Timeout(Duration),
 }
 
+impl tributary_runtime::retry::Transient for PublishError {
+    fn is_transient(&self) -> bool {
+        !matches!(self, Self::TooLarge(_))
+    }
+}
+
 /// Publishes raw envelopes to JetStream.
 pub struct RawPublisher {
     client: async_nats::Client,
@@ -37,6 +47,11 @@ impl RawPublisher {
         Self { client, js, timeout }
     }
 
+    /// The JetStream context (for dead letters).
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
+    }
+
     /// Publishes and waits for the acknowledgement: when this returns Ok, the
     /// message is stored (or was already, if `ack.duplicate`).
     pub async fn publish(&self, subject: String, msg_id: &str, payload: Bytes) -> Result<PublishAck, PublishError> {
@@ -45,14 +60,18 @@ impl RawPublisher {
         }
         let message = PublishMessage::build().payload(payload).message_id(msg_id);
         let attempt = async {
-            let ack = self
-                .js
-                .send_publish(subject, message)
-                .await
-                .map_err(|e| PublishError::Send(e.to_string()))?;
+            let ack = self.js.send_publish(subject, message).await.map_err(|e| {
+                if tributary_runtime::nats::publish_is_transient(&e) {
+                    PublishError::Send(e.to_string())
+                } else {
+                    PublishError::TooLarge(e.to_string())
+                }
+            })?;
             ack.await.map_err(|e| {
                 if stream_is_full(&e) {
                     PublishError::Full(e.to_string())
+                } else if !tributary_runtime::nats::publish_is_transient(&e) {
+                    PublishError::TooLarge(e.to_string())
                 } else {
                     PublishError::Ack(e.to_string())
                 }

@@ -1,0 +1,198 @@
+//! The MQTT bridge keeps consuming whatever NATS does (issue 7): each case
+//! here stopped MQTT ingest until the producer was restarted.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tributary_stack::{Options, Servers};
+
+use crate::DEADLINE;
+
+/// Publishes `count` distinct QoS 1 messages under `devices/flood/<i>` and
+/// waits until the broker has acknowledged every one (the broker's PUBACK:
+/// it then holds them for the bridge's session).
+async fn flood(broker: (String, u16), client_id: &str, count: usize, payload_bytes: usize) -> Result<()> {
+    let mut options = MqttOptions::new(client_id, broker.0, broker.1);
+    options.set_max_packet_size(4 << 20, 4 << 20).set_inflight(500);
+    let (client, mut eventloop) = AsyncClient::new(options, 1000);
+    let sender = tokio::spawn(async move {
+        for i in 0..count {
+            let mut payload = format!(
+                r#"{{"_id":"flood","timestamp":{},"items":{{"n":{i}}}}}"#,
+                1_506_775_817 + i
+            );
+            payload.extend(std::iter::repeat_n(' ', payload_bytes.saturating_sub(payload.len())));
+            client
+                .publish(format!("devices/flood/{}", i % 50), QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+        anyhow::Ok(client)
+    });
+    let mut acked = 0;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while acked < count {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                acked += 1;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the broker acknowledged the flood")??;
+    sender.await??.disconnect().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    Ok(())
+}
+
+/// Messages stored in the raw stream (nothing consumes it in these tests).
+async fn raw_messages(js: &async_nats::jetstream::Context) -> Result<u64> {
+    let mut stream = js.get_stream("TELEMETRY_RAW").await?;
+    Ok(stream.info().await?.state.messages)
+}
+
+async fn wait_raw(js: &async_nats::jetstream::Context, at_least: u64, within: Duration) -> Result<u64> {
+    tributary_testkit::wait_until(within, &format!("{at_least} raw messages"), || async {
+        raw_messages(js).await.is_ok_and(|n| n >= at_least)
+    })
+    .await?;
+    raw_messages(js).await
+}
+
+fn broker(servers: &Servers) -> (String, u16) {
+    (servers.mosquitto.host().to_owned(), servers.mosquitto.port())
+}
+
+fn bridge_options() -> Options {
+    Options {
+        mqtt_topics: vec!["devices/#".to_owned()],
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn a_nats_pause_during_a_flood_loses_nothing_and_the_bridge_keeps_its_session() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let producer = tributary_stack::start_producer(&servers, &bridge_options()).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    let sending = tokio::spawn(flood(broker(&servers), "flood-1", 10_000, 0));
+    // Once ingest is under way, freeze NATS for longer than the bridge's
+    // keep-alive (10 s): a bridge that stops polling loses its session.
+    wait_raw(&js, 500, DEADLINE).await?;
+    servers.nats.pause()?;
+    tokio::time::sleep(Duration::from_secs(15)).await; // the fault's length
+    servers.nats.resume()?;
+    sending.await??;
+
+    let stored = wait_raw(&js, 10_000, Duration::from_secs(90)).await?;
+    assert_eq!(stored, 10_000, "every message once");
+    let ready = reqwest::get(format!("{}/readyz", producer.url())).await?;
+    assert_eq!(ready.status(), 200, "{}", ready.text().await?);
+    // And it still stops within its grace.
+    tokio::time::timeout(Duration::from_secs(25), producer.stop())
+        .await
+        .context("the producer stops within its grace")??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_producer_restarted_with_thousands_queued_and_nats_down_takes_them_all() -> Result<()> {
+    let mut servers = Servers::start_temporary().await?;
+    let options = bridge_options();
+    // A first run creates the bridge's persistent session at the broker.
+    let producer = tributary_stack::start_producer(&servers, &options).await?;
+    producer.wait_ready(DEADLINE).await?;
+    producer.stop().await?;
+
+    // While it is away, 3,000 messages queue up for its session.
+    flood(broker(&servers), "flood-2", 3_000, 0).await?;
+    // It comes back to the broker before NATS is back.
+    servers.nats.stop().await?;
+    let producer = tributary_stack::start_producer(&servers, &options).await?;
+    // Longer than the keep-alive: a bridge that stopped polling is dropped.
+    tokio::time::sleep(Duration::from_secs(15)).await; // the outage's length
+    servers.nats.restart().await?;
+
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    let stored = wait_raw(&js, 3_000, Duration::from_secs(90)).await?;
+    assert_eq!(stored, 3_000, "every queued message once");
+    producer.stop().await
+}
+
+#[tokio::test]
+async fn a_60000_character_topic_is_bridged_and_breaks_nothing() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let producer = tributary_stack::start_producer(&servers, &bridge_options()).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    let long_topic = format!("devices/{}", "x".repeat(60_000 - "devices/".len()));
+    let mut options = MqttOptions::new("long-topic", servers.mosquitto.host(), servers.mosquitto.port());
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .publish(&long_topic, QoS::AtLeastOnce, false, crate::SAMPLE.as_bytes().to_vec())
+        .await?;
+    client
+        .publish("devices/after", QoS::AtLeastOnce, false, b"{\"after\":1}".to_vec())
+        .await?;
+    let mut acked = 0;
+    while acked < 2 {
+        if let Event::Incoming(Packet::PubAck(_)) = tokio::time::timeout(DEADLINE, eventloop.poll()).await?? {
+            acked += 1;
+        }
+    }
+    assert_eq!(wait_raw(&js, 2, DEADLINE).await?, 2);
+
+    // The subject is bounded; the envelope keeps the whole topic.
+    let stream = js.get_stream("TELEMETRY_RAW").await?;
+    let first = stream.get_raw_message(1).await?;
+    assert!(
+        first.subject.len() <= tributary_schema::MAX_SUBJECT_LEN,
+        "{}",
+        first.subject.len()
+    );
+    let envelope = <tributary_schema::RawEnvelope as tributary_schema::Message>::decode(first.payload)?;
+    assert_eq!(envelope.topic, long_topic);
+    // NATS kept the producer's connection: HTTP ingest still answers 202.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/ingest/plant-7", producer.url()))
+        .body(crate::SAMPLE)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 202);
+    producer.stop().await
+}
+
+#[tokio::test]
+async fn a_one_mebibyte_payload_is_dead_lettered_and_the_bridge_goes_on() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let producer = tributary_stack::start_producer(&servers, &bridge_options()).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    // Exactly 1 MiB: the broker takes it; with its envelope it is more than
+    // nats-server's max_payload (1 MiB by default).
+    flood(broker(&servers), "big", 1, 1 << 20).await?;
+    // The bridge neither loops on it nor stalls behind it.
+    flood(broker(&servers), "small", 20, 0).await?;
+    tributary_testkit::wait_until(DEADLINE, "the dead letter", || async {
+        let Ok(mut dlq) = js.get_stream("TELEMETRY_DLQ").await else {
+            return false;
+        };
+        dlq.info().await.is_ok_and(|i| i.state.messages == 1)
+    })
+    .await?;
+    let dlq = js.get_stream("TELEMETRY_DLQ").await?;
+    let letter = dlq.get_raw_message(1).await?;
+    assert_eq!(letter.subject.as_str(), "dlq.producer.too_large");
+    let envelope = <tributary_schema::RawEnvelope as tributary_schema::Message>::decode(letter.payload)?;
+    assert_eq!(envelope.payload.len(), 64 << 10, "an excerpt of the payload is kept");
+    // The 20 small ones arrive, behind it.
+    assert_eq!(wait_raw(&js, 20, DEADLINE).await?, 20);
+    let ready = reqwest::get(format!("{}/readyz", producer.url())).await?;
+    assert_eq!(ready.status(), 200);
+    producer.stop().await
+}
