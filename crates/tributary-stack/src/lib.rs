@@ -245,7 +245,12 @@ pub async fn start_transformer(servers: &Servers, options: &Options) -> Result<P
 
 /// Starts the sink.
 pub async fn start_sink(servers: &Servers, options: &Options) -> Result<Part> {
-    let mut config = sink::Config::for_servers(&servers.nats.url(), &servers.database_url);
+    start_sink_at(servers, options, &servers.database_url).await
+}
+
+/// Starts the sink on another database URL (one through a fault proxy, say).
+pub async fn start_sink_at(servers: &Servers, options: &Options, database_url: &str) -> Result<Part> {
+    let mut config = sink::Config::for_servers(&servers.nats.url(), database_url);
     config.batch_linger = options.sink_linger;
     config.ack_wait = options.ack_wait;
     // A write must give up before its messages would be redelivered.

@@ -2,7 +2,9 @@
 //! PostgreSQL (`initdb` into a directory) and `mosquitto`, each a child of
 //! this process on a loopback port, with its data and log in a directory;
 //! and Tributary's own service binaries as child processes
-//! ([`ServiceProcess`]), to kill, pause and restart them for real.
+//! ([`ServiceProcess`]), to kill, pause and restart them for real; and a TCP
+//! [`FaultProxy`] to put between a service and a server, which adds latency,
+//! blackholes or resets connections on demand.
 //!
 //! Never used by a service binary: only by tests and `just dev`. Never
 //! depends on a server someone started by hand or on a fixed port (a fixed
@@ -19,6 +21,7 @@ mod mosquitto;
 mod nats;
 mod postgres;
 mod process;
+mod proxy;
 mod service;
 mod test_db;
 mod wait;
@@ -28,6 +31,7 @@ pub use anyhow::Result;
 pub use crate::mosquitto::Mosquitto;
 pub use crate::nats::NatsServer;
 pub use crate::postgres::Postgres;
+pub use crate::proxy::{Fault, FaultProxy};
 pub use crate::service::ServiceProcess;
 pub use crate::test_db::{TestDb, shared_postgres};
 pub use crate::wait::{wait_until, wait_until_blocking};

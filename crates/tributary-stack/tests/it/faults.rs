@@ -276,3 +276,47 @@ async fn a_batch_the_metrics_stream_refuses_for_good_is_dead_lettered_once_and_n
     assert_eq!(info.num_redelivered, 0, "{info:?}");
     h.stop().await
 }
+
+#[tokio::test]
+async fn a_blackholed_database_connection_is_abandoned_and_the_writes_retried() -> Result<()> {
+    let mut h = Harness::start().await?;
+    // The sink reaches PostgreSQL through a fault proxy.
+    let mut url = reqwest::Url::parse(&h.servers.database_url)?;
+    let upstream: std::net::SocketAddr = ([127, 0, 0, 1], url.port().unwrap_or(5432)).into();
+    let proxy = tributary_testkit::FaultProxy::start(upstream).await?;
+    url.set_port(Some(proxy.port()))
+        .map_err(|()| anyhow::anyhow!("setting the port"))?;
+    h.services.sink.halt().await?;
+    let options = tributary_stack::Options {
+        // Writes give up after 15 s (half the ack wait).
+        ack_wait: Duration::from_secs(30),
+        ..Default::default()
+    };
+    h.services.sink = tributary_stack::start_sink_at(&h.servers, &options, url.as_str()).await?;
+    h.post_accepted("plant-7", SAMPLE).await?;
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await?, 10);
+
+    // The network to the database goes dead: open connections hang, new ones
+    // are never answered. Ingest goes on; the sink says the database is down.
+    proxy.set(tributary_testkit::Fault::Blackhole);
+    h.post_accepted("plant-7", &SAMPLE.replace("12:50:17.765Z", "12:51:00Z"))
+        .await?;
+    let readyz = format!("{}/readyz", h.services.sink.url());
+    tributary_testkit::wait_until(
+        Duration::from_secs(60),
+        "the sink to report the database down",
+        || async { matches!(reqwest::get(&readyz).await, Ok(r) if r.status() == 503) },
+    )
+    .await?;
+
+    // The network heals: the held batch is written, once.
+    proxy.set(tributary_testkit::Fault::Pass);
+    tributary_testkit::wait_until(Duration::from_secs(60), "the held rows", || async {
+        h.rows().await.is_ok_and(|n| n == 20)
+    })
+    .await?;
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await?, 20);
+    h.stop().await
+}

@@ -4,6 +4,7 @@
 mod mosquitto;
 mod nats;
 mod postgres;
+mod proxy;
 mod wait;
 
 use std::net::{SocketAddr, TcpStream};
