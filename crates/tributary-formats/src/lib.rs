@@ -284,6 +284,7 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
                 topic: "",
                 content_type: "",
                 received_at_us: now,
+                precision: None,
                 payload,
             });
         }

@@ -8,7 +8,7 @@
 //! [[routes]]
 //! name = "telegraf"               # for logs and errors
 //! format = "line-protocol"
-//! transport = "http"              # http, mqtt or pull
+//! transport = "http"              # http, mqtt, pull or influx
 //! source = "telegraf-*"           # HTTP source (the `<source>` of /v1/ingest/<source>); `*` is a wildcard
 //! content_type = "text/plain"     # media type; case and parameters ignored
 //! device_tag = "host"             # line-protocol option
@@ -40,6 +40,10 @@ pub enum Transport {
     Http,
     Mqtt,
     Pull,
+    /// The producer's InfluxDB write endpoints. Only routes that name this
+    /// transport take these messages; without one they are line protocol
+    /// with the default options.
+    Influx,
 }
 
 /// A raw message as a decoder sees it: the bytes and where and when they came in.
@@ -55,6 +59,9 @@ pub struct Input<'a> {
     /// When the producer received it, µs since the Unix epoch: "now" for
     /// formats with relative or missing times.
     pub received_at_us: i64,
+    /// The timestamp precision the sender declared (InfluxDB's `precision`
+    /// parameter), over the route's own.
+    pub precision: Option<Precision>,
     pub payload: &'a [u8],
 }
 
@@ -92,7 +99,16 @@ impl Decoder {
             Self::Items => crate::decode(Format::Items, input.payload),
             Self::SenmlJson => crate::decode_senml_json(input.payload, input.received_at_us),
             Self::SenmlCbor => crate::decode_senml_cbor(input.payload, input.received_at_us),
-            Self::LineProtocol(options) => crate::decode_line_protocol(input.payload, options, input.received_at_us),
+            Self::LineProtocol(options) => match input.precision {
+                Some(precision) if precision != options.precision => {
+                    let options = LineOptions {
+                        precision,
+                        ..options.clone()
+                    };
+                    crate::decode_line_protocol(input.payload, &options, input.received_at_us)
+                }
+                _ => crate::decode_line_protocol(input.payload, options, input.received_at_us),
+            },
             Self::MappedJson(options) => crate::decode_mapped_json(input.payload, options, input.received_at_us),
         }
     }
@@ -124,7 +140,12 @@ impl Route {
 
     /// Whether this route takes a message that came in so.
     pub fn matches(&self, transport: Transport, source: &str, topic: &str, content_type: &str) -> bool {
-        self.transport.is_none_or(|t| t == transport)
+        // InfluxDB writes are line protocol whatever a catch-all route says.
+        let transport_ok = match self.transport {
+            None => transport != Transport::Influx,
+            Some(wanted) => wanted == transport,
+        };
+        transport_ok
             && self.source.as_deref().is_none_or(|glob| glob_matches(glob, source))
             && self.topic.as_deref().is_none_or(|filter| topic_matches(filter, topic))
             && self
@@ -178,11 +199,13 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The first route that takes a message that came in so.
+    /// The first route that takes a message that came in so (for InfluxDB
+    /// writes without a route of their own, the built-in line-protocol one).
     pub fn find(&self, transport: Transport, source: &str, topic: &str, content_type: &str) -> Option<&Route> {
         self.routes
             .iter()
             .find(|route| route.matches(transport, source, topic, content_type))
+            .or_else(|| (transport == Transport::Influx).then(influx_route))
     }
 
     /// Decodes a message with the first route that takes it.
@@ -201,6 +224,19 @@ impl RouteTable {
             })?;
         route.decoder.decode(input)
     }
+}
+
+/// InfluxDB writes without a route of their own: line protocol, `host` tag.
+fn influx_route() -> &'static Route {
+    static ROUTE: std::sync::OnceLock<Route> = std::sync::OnceLock::new();
+    ROUTE.get_or_init(|| Route {
+        name: "influx (built in)".to_owned(),
+        transport: Some(Transport::Influx),
+        source: None,
+        topic: None,
+        content_type: None,
+        decoder: Decoder::LineProtocol(LineOptions::default()),
+    })
 }
 
 /// A route as written in the file.

@@ -85,6 +85,12 @@ pub fn raw_http_subject(source: &str) -> String {
     format!("raw.http.{}", sanitize_token(source))
 }
 
+/// `raw.influx.<bucket>`: a write to the producer's InfluxDB endpoints
+/// (the v2 bucket, or the v1 database).
+pub fn raw_influx_subject(bucket: &str) -> String {
+    format!("raw.influx.{}", sanitize_token(bucket))
+}
+
 /// `raw.mqtt.<topic levels>`: each `/`-separated level of the MQTT topic
 /// becomes one sanitised token, so NATS wildcards can select by topic level.
 /// A topic whose subject would exceed [`MAX_SUBJECT_LEN`] keeps the levels

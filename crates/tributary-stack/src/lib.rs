@@ -123,7 +123,8 @@ pub struct Options {
     pub transformer_leave_unacked: u64,
     /// The streams' limits, the same for every service (each provisions them).
     pub streams: tributary_runtime::StreamArgs,
-    /// The transformer's route table file (`--routes`); none: items JSON.
+    /// The route table file (`--routes`) of the producer and the
+    /// transformer; none: items JSON for everything.
     pub routes: Option<std::path::PathBuf>,
 }
 
@@ -219,6 +220,7 @@ pub async fn start_producer(servers: &Servers, options: &Options) -> Result<Part
     let mut config = producer::Config::for_nats(&servers.nats.url());
     config.listen = options.producer_listen;
     config.streams = options.streams.clone();
+    config.routes.clone_from(&options.routes);
     if !options.mqtt_topics.is_empty() {
         config.mqtt_broker = Some(format!("{}:{}", servers.mosquitto.host(), servers.mosquitto.port()));
         config.mqtt_topics = options.mqtt_topics.clone();

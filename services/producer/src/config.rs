@@ -17,6 +17,10 @@ pub struct Config {
     /// Largest accepted HTTP request body, in bytes.
     #[arg(long, env = "TRIBUTARY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Route table (TOML), the transformer's: HTTP ingest refuses with 415 a
+    /// content type that no route takes. Unset: everything is taken.
+    #[arg(long, env = "TRIBUTARY_ROUTES")]
+    pub routes: Option<std::path::PathBuf>,
     /// MQTT broker to bridge from, as host:port. Unset: no MQTT bridge.
     #[arg(long, env = "TRIBUTARY_MQTT_BROKER")]
     pub mqtt_broker: Option<String>,
@@ -70,9 +74,28 @@ impl Config {
         config
     }
 
-    /// Every problem with the configuration, before any I/O.
+    /// The route table: the --routes file, or one that takes everything.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the file.
+    pub fn route_table(&self) -> Result<tributary_formats::RouteTable, Vec<String>> {
+        let Some(path) = &self.routes else {
+            return Ok(tributary_formats::RouteTable::single(tributary_formats::Format::Items));
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--routes {}: {e}", path.display())])?;
+        tributary_formats::RouteTable::from_toml(&text).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("--routes {}: {p}", path.display()))
+                .collect()
+        })
+    }
+
+    /// Every problem with the configuration, before any network I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        problems.extend(self.route_table().err().unwrap_or_default());
         problems.extend(self.nats.validate().err().unwrap_or_default());
         problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
@@ -88,7 +111,7 @@ impl Config {
                     problems.push("--mqtt-broker is set but --mqtt-topics is empty".to_owned());
                 }
                 for topic in &self.mqtt_topics {
-                    if let Err(why) = crate::mqtt::check_topic_filter(topic) {
+                    if let Err(why) = tributary_formats::check_topic_filter(topic) {
                         problems.push(format!("--mqtt-topics {topic:?}: {why}"));
                     }
                 }

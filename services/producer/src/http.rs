@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
+use tributary_formats::{RouteTable, Transport};
 use tributary_runtime::ApiError;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_http_subject, raw_msg_id, raw_msg_id_from_key};
 
@@ -17,15 +18,18 @@ use crate::publish::{PublishError, RawPublisher, now_us};
 #[derive(Clone)]
 struct AppState {
     publisher: Arc<RawPublisher>,
+    /// Which content types some route takes (415 for the others).
+    routes: Arc<RouteTable>,
     max_body_bytes: usize,
 }
 
 /// The ingest routes.
-pub fn router(publisher: Arc<RawPublisher>, max_body_bytes: usize) -> Router {
+pub fn router(publisher: Arc<RawPublisher>, routes: Arc<RouteTable>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/ingest/{source}", post(ingest))
         .with_state(AppState {
             publisher,
+            routes,
             max_body_bytes,
         })
 }
@@ -101,6 +105,17 @@ async fn accept(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
+    if state
+        .routes
+        .find(Transport::Http, source, &path, &content_type)
+        .is_none()
+    {
+        return Err(ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("no route takes {content_type:?} from source {source:?} (see the route table)"),
+        ));
+    }
     let envelope = RawEnvelope {
         source_kind: SourceKind::Http as i32,
         source: source.to_owned(),

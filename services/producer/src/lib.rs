@@ -9,6 +9,7 @@
 
 pub mod config;
 mod http;
+mod influx;
 pub mod mqtt;
 mod publish;
 
@@ -69,7 +70,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     }
 
     tracing::info!(mqtt = config.mqtt_broker.is_some(), "producer starting");
-    let router = http::router(publisher, config.max_body_bytes);
+    let routes = std::sync::Arc::new(config.route_table().map_err(Error::Config)?);
+    let router = http::router(publisher.clone(), routes.clone(), config.max_body_bytes).merge(influx::router(
+        publisher,
+        routes,
+        config.max_body_bytes,
+    ));
     Ok(service.serve(listener, addr, router))
 }
 

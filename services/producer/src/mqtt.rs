@@ -31,24 +31,6 @@ use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_mqtt_subject, 
 use crate::config::Config;
 use crate::publish::{PublishError, RawPublisher, now_us};
 
-/// Checks an MQTT topic filter: `#` only as the whole last level, `+` only
-/// as a whole level, not empty.
-pub fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
-    if filter.is_empty() {
-        return Err("empty topic filter");
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
-            return Err("'#' must be the whole last level");
-        }
-        if level.contains('+') && *level != "+" {
-            return Err("'+' must be a whole level");
-        }
-    }
-    Ok(())
-}
-
 /// Room for the rest of a PUBLISH packet besides its payload: the topic
 /// (at most 65,535 bytes in MQTT) and the fixed and variable headers.
 const PACKET_OVERHEAD: usize = 65_535 + 64;
@@ -320,21 +302,6 @@ async fn dead_letter_too_large(
         tokio::select! {
             () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checks_topic_filters() {
-        for ok in ["a", "a/b", "a/+/c", "#", "a/#", "+", "+/+"] {
-            assert_eq!(check_topic_filter(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "a/#/b", "a#", "a/b+", "#/a"] {
-            assert!(check_topic_filter(bad).is_err(), "{bad}");
         }
     }
 }

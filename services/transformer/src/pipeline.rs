@@ -300,6 +300,7 @@ impl Pipeline {
         let transport = match SourceKind::try_from(envelope.source_kind) {
             Ok(SourceKind::Mqtt) => Transport::Mqtt,
             Ok(SourceKind::Pull) => Transport::Pull,
+            Ok(SourceKind::Influx) => Transport::Influx,
             _ => Transport::Http,
         };
         let input = Input {
@@ -308,6 +309,10 @@ impl Pipeline {
             topic: &envelope.topic,
             content_type: &envelope.content_type,
             received_at_us: envelope.received_at_us,
+            precision: envelope
+                .metadata
+                .get("precision")
+                .and_then(|p| tributary_formats::Precision::parse(p)),
             payload: &envelope.payload,
         };
         let points = self

@@ -38,6 +38,7 @@ fn input<'a>(
         topic,
         content_type,
         received_at_us: 1_700_000_000_000_000,
+        precision: None,
         payload,
     }
 }
@@ -159,6 +160,16 @@ content_type = "json"
 }
 
 #[test]
+fn topic_filters_are_checked() {
+    for ok in ["a", "a/b", "a/+/c", "#", "a/#", "+", "+/+"] {
+        assert_eq!(check_topic_filter(ok), Ok(()), "{ok}");
+    }
+    for bad in ["", "a/#/b", "a#", "a/b+", "#/a"] {
+        assert!(check_topic_filter(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn globs_and_topic_filters() {
     for (glob, text, expected) in [
         ("*", "", true),
@@ -251,4 +262,27 @@ fn arbitrary_route_files_never_panic() {
             Err(problems) => assert!(!problems.is_empty(), "{text}"),
         }
     }
+}
+
+#[test]
+fn influx_writes_are_line_protocol_unless_a_route_names_them() {
+    // The catch-all items route does not take them.
+    let table = RouteTable::from_toml(EXAMPLE).unwrap();
+    let route = table
+        .find(Transport::Influx, "bucket", "/api/v2/write", "text/plain")
+        .unwrap();
+    assert_eq!(route.name, "influx (built in)");
+    let lines = b"cpu,host=h usage=1 1500000000000";
+    let mut message = input(Transport::Influx, "bucket", "/api/v2/write", "text/plain", lines);
+    // The sender's precision wins over the route's (ns by default).
+    message.precision = Some(Precision::Milliseconds);
+    let points = table.decode(&message).unwrap();
+    assert_eq!(points[0].time_us, 1_500_000_000_000_000);
+    // A route that names the transport takes them, with its options.
+    let own = RouteTable::from_toml(
+        "[[routes]]\nname = \"influx\"\nformat = \"line-protocol\"\ntransport = \"influx\"\ndevice_tag = \"agent\"\n",
+    )
+    .unwrap();
+    assert_eq!(own.find(Transport::Influx, "b", "", "").unwrap().name, "influx");
+    assert!(own.find(Transport::Http, "b", "", "").is_none());
 }

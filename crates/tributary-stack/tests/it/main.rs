@@ -5,6 +5,7 @@ mod deploy;
 mod faults;
 mod formats;
 mod framing;
+mod influx;
 mod mqtt_bridge;
 mod pipeline;
 mod processes;
