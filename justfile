@@ -26,6 +26,11 @@ bench-store *ARGS: check-servers
     cargo build --release --locked -p tributary-bench
     target/release/tributary-store-shapes {{ARGS}}
 
+# What decoding costs per row in each payload format (CPU only, no servers).
+bench-formats *ARGS:
+    cargo build --release --locked -p tributary-bench --bin tributary-format-costs
+    target/release/tributary-format-costs {{ARGS}}
+
 # Fuzz one payload decoder for a while (items, senml_json, senml_cbor,
 # line_protocol, mapped_json, routes). Needs `cargo install cargo-fuzz` and a
 # nightly toolchain; crashes land in fuzz/artifacts/<target>/.

@@ -18,24 +18,26 @@ const EXCERPT_CHARS: usize = 64;
 /// and it says nothing about the content.
 pub(crate) fn parse(payload: &[u8]) -> Result<Value, DecodeError> {
     let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
-    match serde_json::from_slice::<Strict>(payload) {
-        Ok(Strict(value)) => Ok(value),
-        Err(e) => {
-            let detail = e.to_string();
-            Err(if detail.starts_with(DUPLICATE_KEY) {
-                DecodeError::DuplicateKey { detail }
-            } else if detail.starts_with("number out of range") {
-                DecodeError::NumberOutOfRange { detail }
-            } else if detail.starts_with("recursion limit exceeded") {
-                DecodeError::TooDeep { detail }
-            } else {
-                DecodeError::NotJson { detail }
-            })
-        }
+    serde_json::from_slice::<Strict>(payload)
+        .map(|Strict(value)| value)
+        .map_err(classify)
+}
+
+/// The reason for a serde_json error, as [`parse`] gives it.
+pub(crate) fn classify(e: serde_json::Error) -> DecodeError {
+    let detail = e.to_string();
+    if detail.starts_with(DUPLICATE_KEY) {
+        DecodeError::DuplicateKey { detail }
+    } else if detail.starts_with("number out of range") {
+        DecodeError::NumberOutOfRange { detail }
+    } else if detail.starts_with("recursion limit exceeded") {
+        DecodeError::TooDeep { detail }
+    } else {
+        DecodeError::NotJson { detail }
     }
 }
 
-const DUPLICATE_KEY: &str = "duplicate key";
+pub(crate) const DUPLICATE_KEY: &str = "duplicate key";
 
 /// A JSON value whose objects never repeat a key.
 struct Strict(Value);

@@ -158,6 +158,9 @@ pub enum DecodeError {
     #[error("payload is not CBOR: {detail}")]
     NotCbor { detail: String },
 
+    #[error("payload is not a SenML pack (an array of records): found {found}")]
+    NotPack { found: &'static str },
+
     /// An object gives the same key twice: which value was meant is unknowable.
     #[error("payload is ambiguous: {detail}")]
     DuplicateKey { detail: String },
@@ -230,13 +233,14 @@ impl DecodeError {
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
     /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`,
     /// `must_understand`, `no_route`, `duplicate_key`, `number_out_of_range`,
-    /// `too_deep`, `not_cbor`.
+    /// `too_deep`, `not_cbor`, `not_pack`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::NotJson { .. } => "not_json",
             DecodeError::DuplicateKey { .. } => "duplicate_key",
             DecodeError::NotCbor { .. } => "not_cbor",
+            DecodeError::NotPack { .. } => "not_pack",
             DecodeError::NumberOutOfRange { .. } => "number_out_of_range",
             DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::NotObject { .. } => "not_object",
@@ -427,6 +431,7 @@ mod tests {
             DecodeError::NotJson { detail: String::new() },
             DecodeError::DuplicateKey { detail: String::new() },
             DecodeError::NotCbor { detail: String::new() },
+            DecodeError::NotPack { found: "object" },
             DecodeError::NumberOutOfRange { detail: String::new() },
             DecodeError::TooDeep { detail: String::new() },
             DecodeError::NotObject { found: "array" },

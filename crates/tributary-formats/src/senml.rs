@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value as Json};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::{DecodeError, Point, TIME_RANGE_US, Value, json};
 
@@ -61,34 +61,17 @@ pub(crate) struct Record {
     pub vd: Option<String>,
     pub s: Option<f64>,
     pub t: Option<f64>,
-    /// The first label ending in `_`, if any.
-    pub must_understand: Option<String>,
+    /// The first thing wrong with the record (a value of the wrong type, a
+    /// label given twice, a must-understand label): reported when the pack
+    /// is resolved, in record order.
+    pub problem: Option<DecodeError>,
 }
 
 /// Decodes a SenML JSON pack.
 pub(crate) fn decode_json(payload: &[u8], received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
-    let pack = match json::parse(payload)? {
-        Json::Array(records) => records,
-        other => {
-            return Err(DecodeError::NotObject {
-                found: json::type_name(&other),
-            });
-        }
-    };
-    let records = pack
-        .iter()
-        .enumerate()
-        .map(|(index, record)| match record {
-            Json::Object(fields) => record_from_json(fields).map_err(|error| in_record(index, error)),
-            other => Err(in_record(
-                index,
-                DecodeError::NotObject {
-                    found: json::type_name(other),
-                },
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    resolve(&records, received_at_us)
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+    let Pack(pack) = serde_json::from_slice::<Pack>(payload).map_err(json::classify)?;
+    resolve(pack.map_err(|found| DecodeError::NotPack { found })?, received_at_us)
 }
 
 /// Decodes a SenML CBOR pack (RFC 8428, section 6): an array of maps whose
@@ -97,119 +80,412 @@ pub(crate) fn decode_json(payload: &[u8], received_at_us: i64) -> Result<Vec<Poi
 /// 5, `t` 6, `ut` 7, `vd` 8). `vd` is a byte string there; it is stored as
 /// its base64url text, as the JSON form carries it.
 pub(crate) fn decode_cbor(payload: &[u8], received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
-    use ciborium::Value as Cbor;
-    let value: Cbor = ciborium::from_reader(payload).map_err(|e| DecodeError::NotCbor {
-        detail: json::excerpt(&e.to_string()),
+    let Pack(pack) = ciborium::from_reader::<Pack, _>(payload).map_err(|e| match e {
+        ciborium::de::Error::RecursionLimitExceeded => DecodeError::TooDeep {
+            detail: "CBOR nested past the decoder's limit".to_owned(),
+        },
+        other => DecodeError::NotCbor {
+            detail: json::excerpt(&other.to_string()),
+        },
     })?;
-    let Cbor::Array(pack) = value else {
-        return Err(DecodeError::NotObject {
-            found: cbor_type_name(&value),
-        });
-    };
-    let records = pack
-        .iter()
-        .enumerate()
-        .map(|(index, record)| match record {
-            Cbor::Map(fields) => record_from_cbor(fields).map_err(|error| in_record(index, error)),
-            other => Err(in_record(
-                index,
-                DecodeError::NotObject {
-                    found: cbor_type_name(other),
-                },
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    resolve(&records, received_at_us)
+    resolve(pack.map_err(|found| DecodeError::NotPack { found })?, received_at_us)
 }
 
-fn cbor_type_name(value: &ciborium::Value) -> &'static str {
-    use ciborium::Value as Cbor;
-    match value {
-        Cbor::Integer(_) | Cbor::Float(_) => "number",
-        Cbor::Bytes(_) => "byte string",
-        Cbor::Text(_) => "string",
-        Cbor::Bool(_) => "boolean",
-        Cbor::Null => "null",
-        Cbor::Tag(..) => "tagged value",
-        Cbor::Array(_) => "array",
-        Cbor::Map(_) => "map",
-        _ => "value",
+/// The scalar `visit_*` methods of a visitor that turns any scalar into
+/// `$make`, with `$found` the scalar's type name.
+macro_rules! scalars_are {
+    (|$found:ident| $make:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            let $found = "boolean";
+            Ok($make)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            let $found = "number";
+            Ok($make)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            let $found = "number";
+            Ok($make)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            let $found = "number";
+            Ok($make)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            let $found = "string";
+            Ok($make)
+        }
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+            let $found = "byte string";
+            Ok($make)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            let $found = "null";
+            Ok($make)
+        }
+    };
+}
+
+/// A pack: its records, or the type it was instead of an array.
+struct Pack(Result<Vec<Record>, &'static str>);
+
+impl<'de> Deserialize<'de> for Pack {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PackVisitor)
     }
 }
 
-fn record_from_cbor(fields: &[(ciborium::Value, ciborium::Value)]) -> Result<Record, DecodeError> {
-    use ciborium::Value as Cbor;
-    let mut record = Record::default();
-    for (label, value) in fields {
-        let name = match label {
-            Cbor::Integer(i) => match i128::from(*i) {
-                -1 => "bver",
-                -2 => "bn",
-                -3 => "bt",
-                -4 => "bu",
-                -5 => "bv",
-                -6 => "bs",
-                0 => "n",
-                1 => "u",
-                2 => "v",
-                3 => "vs",
-                4 => "vb",
-                5 => "s",
-                6 => "t",
-                8 => "vd",
-                // `ut` (7) and labels this decoder does not know.
-                _ => continue,
-            },
-            Cbor::Text(text) if text.ends_with('_') => {
-                record.must_understand.get_or_insert_with(|| text.clone());
+struct PackVisitor;
+
+impl<'de> Visitor<'de> for PackVisitor {
+    type Value = Pack;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML pack")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Pack, A::Error> {
+        let mut records = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(record) = seq.next_element::<Record>()? {
+            records.push(record);
+        }
+        Ok(Pack(Ok(records)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pack, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Pack(Err("object")))
+    }
+
+    scalars_are!(|found| Pack(Err(found)));
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RecordVisitor)
+    }
+}
+
+struct RecordVisitor;
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML record")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        let mut record = Record::default();
+        let mut seen = 0u32;
+        while let Some(label) = map.next_key::<Label>()? {
+            let field = match label {
+                Label::Field(field) => field,
+                Label::MustUnderstand(label) => {
+                    record.problem.get_or_insert(DecodeError::MustUnderstand { label });
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                Label::Ignored => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            let bit = 1 << field as u32;
+            if seen & bit != 0 {
+                record.problem.get_or_insert(DecodeError::DuplicateKey {
+                    detail: format!("{} {:?} in one SenML record", json::DUPLICATE_KEY, field.name()),
+                });
+                map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            _ => continue,
-        };
-        let wrong = |wanted: &str| DecodeError::BadValue {
-            metric: format!("SenML field {name}"),
-            problem: format!("must be {wanted}, not a CBOR {}", cbor_type_name(value)),
-        };
-        let text = || match value {
-            Cbor::Text(s) => Ok(s.clone()),
-            _ => Err(wrong("a text string")),
-        };
-        let number = || {
-            let n = match value {
-                Cbor::Integer(i) => i128::from(*i) as f64,
-                Cbor::Float(f) => *f,
-                _ => return Err(wrong("a number")),
-            };
-            if n.is_finite() {
-                Ok(n)
-            } else {
-                Err(wrong("a finite number"))
+            seen |= bit;
+            let value = map.next_value::<Scalar>()?;
+            if let Err(problem) = record.set(field, value) {
+                record.problem.get_or_insert(problem);
             }
-        };
-        match name {
-            "bn" => record.bn = Some(text()?),
-            "bt" => record.bt = Some(number()?),
-            "bu" => record.bu = Some(text()?),
-            "bv" => record.bv = Some(number()?),
-            "bs" => record.bs = Some(number()?),
-            "bver" => record.bver = Some(number()?),
-            "n" => record.n = Some(text()?),
-            "u" => record.u = Some(text()?),
-            "v" => record.v = Some(number()?),
-            "vs" => record.vs = Some(text()?),
-            "vb" => match value {
-                Cbor::Bool(b) => record.vb = Some(*b),
-                _ => return Err(wrong("a boolean")),
-            },
-            "vd" => match value {
-                Cbor::Bytes(bytes) => record.vd = Some(base64url(bytes)),
-                _ => return Err(wrong("a byte string")),
-            },
-            "s" => record.s = Some(number()?),
-            _ => record.t = Some(number()?),
+        }
+        Ok(record)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Record, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_a_record("array"))
+    }
+
+    scalars_are!(|found| not_a_record(found));
+}
+
+fn not_a_record(found: &'static str) -> Record {
+    Record {
+        problem: Some(DecodeError::NotObject { found }),
+        ..Record::default()
+    }
+}
+
+/// The SenML fields this decoder knows, by bit position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Bn,
+    Bt,
+    Bu,
+    Bv,
+    Bs,
+    Bver,
+    N,
+    U,
+    V,
+    Vs,
+    Vb,
+    Vd,
+    S,
+    T,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::Bn => "bn",
+            Field::Bt => "bt",
+            Field::Bu => "bu",
+            Field::Bv => "bv",
+            Field::Bs => "bs",
+            Field::Bver => "bver",
+            Field::N => "n",
+            Field::U => "u",
+            Field::V => "v",
+            Field::Vs => "vs",
+            Field::Vb => "vb",
+            Field::Vd => "vd",
+            Field::S => "s",
+            Field::T => "t",
         }
     }
-    Ok(record)
+}
+
+/// A record's label: a JSON name, or a CBOR integer (RFC 8428, table 6).
+enum Label {
+    Field(Field),
+    /// Ends in `_`: the sender says it must be understood.
+    MustUnderstand(String),
+    /// `ut`, and labels this decoder may ignore.
+    Ignored,
+}
+
+impl<'de> Deserialize<'de> for Label {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(LabelVisitor)
+    }
+}
+
+struct LabelVisitor;
+
+impl Visitor<'_> for LabelVisitor {
+    type Value = Label;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML label")
+    }
+
+    fn visit_str<E: de::Error>(self, label: &str) -> Result<Label, E> {
+        Ok(match label {
+            "bn" => Label::Field(Field::Bn),
+            "bt" => Label::Field(Field::Bt),
+            "bu" => Label::Field(Field::Bu),
+            "bv" => Label::Field(Field::Bv),
+            "bs" => Label::Field(Field::Bs),
+            "bver" => Label::Field(Field::Bver),
+            "n" => Label::Field(Field::N),
+            "u" => Label::Field(Field::U),
+            "v" => Label::Field(Field::V),
+            "vs" => Label::Field(Field::Vs),
+            "vb" => Label::Field(Field::Vb),
+            "vd" => Label::Field(Field::Vd),
+            "s" => Label::Field(Field::S),
+            "t" => Label::Field(Field::T),
+            other if other.ends_with('_') => Label::MustUnderstand(other.to_owned()),
+            _ => Label::Ignored,
+        })
+    }
+
+    fn visit_i64<E: de::Error>(self, label: i64) -> Result<Label, E> {
+        Ok(match label {
+            -1 => Label::Field(Field::Bver),
+            -2 => Label::Field(Field::Bn),
+            -3 => Label::Field(Field::Bt),
+            -4 => Label::Field(Field::Bu),
+            -5 => Label::Field(Field::Bv),
+            -6 => Label::Field(Field::Bs),
+            0 => Label::Field(Field::N),
+            1 => Label::Field(Field::U),
+            2 => Label::Field(Field::V),
+            3 => Label::Field(Field::Vs),
+            4 => Label::Field(Field::Vb),
+            5 => Label::Field(Field::S),
+            6 => Label::Field(Field::T),
+            8 => Label::Field(Field::Vd),
+            // `ut` (7) and labels this decoder does not know.
+            _ => Label::Ignored,
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, label: u64) -> Result<Label, E> {
+        match i64::try_from(label) {
+            Ok(label) => self.visit_i64(label),
+            Err(_) => Ok(Label::Ignored),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Label, E> {
+        Ok(Label::Ignored)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Label, E> {
+        Ok(Label::Ignored)
+    }
+
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Label, E> {
+        Ok(Label::Ignored)
+    }
+}
+
+/// A field's value, as either representation gives it.
+enum Scalar {
+    Number(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    Bool(bool),
+    /// Anything else, by its type's name.
+    Other(&'static str),
+}
+
+impl Scalar {
+    fn kind(&self) -> &'static str {
+        match self {
+            Scalar::Number(_) => "a number",
+            Scalar::Text(_) => "a string",
+            Scalar::Bytes(_) => "a byte string",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::Other(kind) => kind,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a SenML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v as f64))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Number(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+        Ok(Scalar::Text(v))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Scalar, E> {
+        Ok(Scalar::Bytes(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Scalar, E> {
+        Ok(Scalar::Bytes(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other("null"))
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other("null"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other("an object"))
+    }
+}
+
+impl Record {
+    /// Stores one field's value, or says why it cannot be that field's.
+    fn set(&mut self, field: Field, value: Scalar) -> Result<(), DecodeError> {
+        let wrong = |wanted: &str, value: &Scalar| DecodeError::BadValue {
+            metric: format!("SenML field {}", field.name()),
+            problem: format!("must be {wanted}, not {}", value.kind()),
+        };
+        let text = |value: Scalar| match value {
+            Scalar::Text(text) => Ok(text),
+            other => Err(wrong("a string", &other)),
+        };
+        let number = |value: Scalar| match value {
+            Scalar::Number(n) if n.is_finite() => Ok(n),
+            Scalar::Number(_) => Err(wrong("a finite number", &value)),
+            other => Err(wrong("a number", &other)),
+        };
+        match field {
+            Field::Bn => self.bn = Some(text(value)?),
+            Field::Bt => self.bt = Some(number(value)?),
+            Field::Bu => self.bu = Some(text(value)?),
+            Field::Bv => self.bv = Some(number(value)?),
+            Field::Bs => self.bs = Some(number(value)?),
+            Field::Bver => self.bver = Some(number(value)?),
+            Field::N => self.n = Some(text(value)?),
+            Field::U => self.u = Some(text(value)?),
+            Field::V => self.v = Some(number(value)?),
+            Field::Vs => self.vs = Some(text(value)?),
+            Field::Vb => match value {
+                Scalar::Bool(b) => self.vb = Some(b),
+                other => return Err(wrong("a boolean", &other)),
+            },
+            Field::Vd => match value {
+                Scalar::Text(text) => self.vd = Some(text),
+                Scalar::Bytes(bytes) => self.vd = Some(base64url(&bytes)),
+                other => return Err(wrong("a base64url string or a byte string", &other)),
+            },
+            Field::S => self.s = Some(number(value)?),
+            Field::T => self.t = Some(number(value)?),
+        }
+        Ok(())
+    }
 }
 
 /// Base64url without padding (RFC 4648, section 5), as SenML JSON carries `vd`.
@@ -232,58 +508,12 @@ fn in_record(index: usize, error: DecodeError) -> DecodeError {
     }
 }
 
-fn record_from_json(fields: &Map<String, Json>) -> Result<Record, DecodeError> {
-    let mut record = Record::default();
-    for (label, value) in fields {
-        let text = || match value {
-            Json::String(s) => Ok(s.clone()),
-            other => Err(wrong_type(label, "a string", other)),
-        };
-        let number = || match value {
-            Json::Number(n) => n
-                .as_f64()
-                .filter(|n| n.is_finite())
-                .ok_or_else(|| wrong_type(label, "a finite number", value)),
-            other => Err(wrong_type(label, "a number", other)),
-        };
-        match label.as_str() {
-            "bn" => record.bn = Some(text()?),
-            "bt" => record.bt = Some(number()?),
-            "bu" => record.bu = Some(text()?),
-            "bv" => record.bv = Some(number()?),
-            "bs" => record.bs = Some(number()?),
-            "bver" => record.bver = Some(number()?),
-            "n" => record.n = Some(text()?),
-            "u" => record.u = Some(text()?),
-            "v" => record.v = Some(number()?),
-            "vs" => record.vs = Some(text()?),
-            "vb" => match value {
-                Json::Bool(b) => record.vb = Some(*b),
-                other => return Err(wrong_type(label, "a boolean", other)),
-            },
-            "vd" => record.vd = Some(text()?),
-            "s" => record.s = Some(number()?),
-            "t" => record.t = Some(number()?),
-            other if other.ends_with('_') => {
-                record.must_understand.get_or_insert_with(|| other.to_owned());
-            }
-            _ => {}
-        }
-    }
-    Ok(record)
-}
-
-fn wrong_type(label: &str, wanted: &str, found: &Json) -> DecodeError {
-    DecodeError::BadValue {
-        metric: format!("SenML field {label}"),
-        problem: format!("must be {wanted}, not {}", json::excerpt_json(found)),
-    }
-}
-
 /// The base fields in effect while walking a pack.
 #[derive(Default)]
 struct Base {
     name: String,
+    /// The device the base name stands for (one trailing separator dropped).
+    device: String,
     time: f64,
     unit: Option<String>,
     value: Option<f64>,
@@ -291,7 +521,7 @@ struct Base {
 }
 
 /// Resolves records into points (RFC 8428, 4.6).
-pub(crate) fn resolve(records: &[Record], received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
+pub(crate) fn resolve(records: Vec<Record>, received_at_us: i64) -> Result<Vec<Point>, DecodeError> {
     if records.is_empty() {
         return Err(DecodeError::NoMetrics {
             field: "[]".to_owned(),
@@ -300,20 +530,20 @@ pub(crate) fn resolve(records: &[Record], received_at_us: i64) -> Result<Vec<Poi
     }
     let mut base = Base::default();
     let mut points = Vec::with_capacity(records.len());
-    for (index, record) in records.iter().enumerate() {
+    for (index, record) in records.into_iter().enumerate() {
         resolve_record(record, &mut base, received_at_us, &mut points).map_err(|error| in_record(index, error))?;
     }
     Ok(points)
 }
 
 fn resolve_record(
-    record: &Record,
+    record: Record,
     base: &mut Base,
     received_at_us: i64,
     out: &mut Vec<Point>,
 ) -> Result<(), DecodeError> {
-    if let Some(label) = &record.must_understand {
-        return Err(DecodeError::MustUnderstand { label: label.clone() });
+    if let Some(problem) = record.problem {
+        return Err(problem);
     }
     if let Some(version) = record.bver
         && version > VERSION
@@ -323,14 +553,19 @@ fn resolve_record(
             problem: format!("version {version} is newer than the {VERSION} this decoder implements"),
         });
     }
-    if let Some(name) = &record.bn {
-        base.name.clone_from(name);
+    if let Some(name) = record.bn {
+        base.device = name
+            .strip_suffix([':', '/', '.', '-', '_'])
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&name)
+            .to_owned();
+        base.name = name;
     }
     if let Some(time) = record.bt {
         base.time = time;
     }
-    if let Some(unit) = &record.bu {
-        base.unit = Some(unit.clone());
+    if record.bu.is_some() {
+        base.unit = record.bu;
     }
     if let Some(value) = record.bv {
         base.value = Some(value);
@@ -339,25 +574,28 @@ fn resolve_record(
         base.sum = Some(sum);
     }
 
-    let local = record.n.as_deref().unwrap_or("");
-    let name = format!("{}{local}", base.name);
-    check_name(&name)?;
-    let time_us = resolve_time(base.time + record.t.unwrap_or(0.0), received_at_us, &name)?;
-    let unit = record.u.clone().or_else(|| base.unit.clone());
+    let local = record.n.unwrap_or_default();
+    check_name(&base.name, &local)?;
+    let unit = record.u.or_else(|| base.unit.clone());
     // A record named by its base name alone is told apart by its unit (the
     // RFC's own examples send `%RH`, `lon` and `lat` readings so).
     let unnamed = || unit.clone().unwrap_or_else(|| "value".to_owned());
+    let local_is_empty = local.is_empty();
     let (device_id, metric) = if base.name.is_empty() {
-        (name.clone(), unnamed())
+        let metric = unnamed();
+        (local, metric)
+    } else if local_is_empty {
+        (base.device.clone(), unnamed())
     } else {
-        let device = base
-            .name
-            .strip_suffix([':', '/', '.', '-', '_'])
-            .filter(|d| !d.is_empty())
-            .unwrap_or(&base.name);
-        let metric = if local.is_empty() { unnamed() } else { local.to_owned() };
-        (device.to_owned(), metric)
+        (base.device.clone(), local)
     };
+    // The full name, built only for an error message.
+    let name = || match (base.name.is_empty(), local_is_empty) {
+        (true, _) => device_id.clone(),
+        (false, true) => base.name.clone(),
+        (false, false) => format!("{}{metric}", base.name),
+    };
+    let time_us = resolve_time(base.time + record.t.unwrap_or(0.0), received_at_us, &name)?;
 
     let given = [
         record.v.is_some(),
@@ -370,58 +608,65 @@ fn resolve_record(
     .count();
     if given > 1 {
         return Err(DecodeError::BadValue {
-            metric: name,
+            metric: name(),
             problem: "has more than one of v, vs, vb and vd".to_owned(),
         });
     }
     let sum = match (record.s, base.sum) {
         (None, None) => None,
-        (s, bs) => Some(s.unwrap_or(0.0) + bs.unwrap_or(0.0)),
+        (s, bs) => Some(finite(s.unwrap_or(0.0) + bs.unwrap_or(0.0), &name)?),
     };
     let value = if let Some(v) = record.v {
         Some(Value::Number(finite(v + base.value.unwrap_or(0.0), &name)?))
-    } else if let Some(text) = &record.vs {
-        Some(Value::Text(text.clone()))
+    } else if let Some(text) = record.vs {
+        Some(Value::Text(text))
     } else if let Some(flag) = record.vb {
         Some(Value::Bool(flag))
-    } else if let Some(data) = &record.vd {
-        Some(Value::Text(data.clone()))
+    } else if let Some(data) = record.vd {
+        Some(Value::Text(data))
     } else if sum.is_none() {
         base.value.map(Value::Number)
     } else {
         None
     };
-    if value.is_none() && sum.is_none() {
-        return Err(DecodeError::BadValue {
-            metric: name,
-            problem: "has no value (v, vs, vb, vd) and no sum (s)".to_owned(),
-        });
-    }
-    let point = |metric: String, value: Value| Point {
-        device_id: device_id.clone(),
+    let point = |device_id: String, metric: String, value: Value, unit: Option<String>| Point {
+        device_id,
         metric,
         time_us,
         value,
-        unit: unit.clone(),
+        unit,
         latitude: None,
         longitude: None,
         attributes: BTreeMap::new(),
     };
-    if let Some(value) = value {
-        out.push(point(metric.clone(), value));
+    match (value, sum) {
+        (None, None) => Err(DecodeError::BadValue {
+            metric: name(),
+            problem: "has no value (v, vs, vb, vd) and no sum (s)".to_owned(),
+        }),
+        (Some(value), None) => {
+            out.push(point(device_id, metric, value, unit));
+            Ok(())
+        }
+        (None, Some(sum)) => {
+            out.push(point(device_id, format!("{metric}#sum"), Value::Number(sum), unit));
+            Ok(())
+        }
+        (Some(value), Some(sum)) => {
+            let sum_metric = format!("{metric}#sum");
+            out.push(point(device_id.clone(), metric, value, unit.clone()));
+            out.push(point(device_id, sum_metric, Value::Number(sum), unit));
+            Ok(())
+        }
     }
-    if let Some(sum) = sum {
-        out.push(point(format!("{metric}#sum"), Value::Number(finite(sum, &name)?)));
-    }
-    Ok(())
 }
 
-fn finite(n: f64, name: &str) -> Result<f64, DecodeError> {
+fn finite(n: f64, name: &dyn Fn() -> String) -> Result<f64, DecodeError> {
     if n.is_finite() {
         Ok(n)
     } else {
         Err(DecodeError::BadValue {
-            metric: name.to_owned(),
+            metric: name(),
             problem: "the value overflows".to_owned(),
         })
     }
@@ -429,7 +674,7 @@ fn finite(n: f64, name: &str) -> Result<f64, DecodeError> {
 
 /// Seconds as SenML gives them (absolute, or relative to the receipt) to
 /// microseconds since the epoch.
-fn resolve_time(seconds: f64, received_at_us: i64, name: &str) -> Result<i64, DecodeError> {
+fn resolve_time(seconds: f64, received_at_us: i64, name: &dyn Fn() -> String) -> Result<i64, DecodeError> {
     let us = if seconds < RELATIVE_LIMIT_SECONDS {
         received_at_us as f64 + seconds * 1e6
     } else {
@@ -441,32 +686,32 @@ fn resolve_time(seconds: f64, received_at_us: i64, name: &str) -> Result<i64, De
     } else {
         Err(DecodeError::BadTimestamp {
             value: seconds.to_string(),
-            problem: format!("record {name:?}: outside 1970 to 2199"),
+            problem: format!("record {:?}: outside 1970 to 2199", name()),
         })
     }
 }
 
-/// RFC 8428, 4.5.1: a name starts with a letter or a digit and holds only
-/// letters, digits and `- : . / _`.
-fn check_name(name: &str) -> Result<(), DecodeError> {
-    let mut chars = name.chars();
+/// RFC 8428, 4.5.1: the name (`base` + `local`) starts with a letter or a
+/// digit and holds only letters, digits and `- : . / _`.
+fn check_name(base: &str, local: &str) -> Result<(), DecodeError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '/' | '_');
+    let mut chars = base.chars().chain(local.chars());
     let starts_well = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '/' | '_'));
-    if starts_well && rest_ok {
-        Ok(())
-    } else {
-        Err(DecodeError::MissingDevice {
-            field: "bn + n".to_owned(),
-            problem: if name.is_empty() {
-                "is empty".to_owned()
-            } else {
-                format!(
-                    "{:?} is not a SenML name (a letter or digit, then letters, digits, - : . / _)",
-                    json::excerpt(name)
-                )
-            },
-        })
+    if starts_well && chars.all(allowed) {
+        return Ok(());
     }
+    let name = format!("{base}{local}");
+    Err(DecodeError::MissingDevice {
+        field: "bn + n".to_owned(),
+        problem: if name.is_empty() {
+            "is empty".to_owned()
+        } else {
+            format!(
+                "{:?} is not a SenML name (a letter or digit, then letters, digits, - : . / _)",
+                json::excerpt(&name)
+            )
+        },
+    })
 }
 
 #[cfg(test)]

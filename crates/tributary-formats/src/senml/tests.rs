@@ -195,7 +195,8 @@ fn relative_and_absolute_times() {
 #[test]
 fn bad_packs_say_why() {
     let cases = [
-        ("{}", "not_object"),
+        ("{}", "not_pack"),
+        ("42", "not_pack"),
         ("[]", "no_metrics"),
         ("[1]", "not_object"),
         ("not json", "not_json"),
@@ -212,6 +213,8 @@ fn bad_packs_say_why() {
         (r#"[{"n":"d","v":1,"t":"now"}]"#, "bad_value"),
         (r#"[{"n":"d","v":1.7e308,"bv":1.7e308}]"#, "bad_value"),
         (r#"[{"n":"d","v":1,"ct_":"60"}]"#, "must_understand"),
+        (r#"[{"n":"d","v":1,"v":2}]"#, "duplicate_key"),
+        (r#"[{"n":"d","v":[1]}]"#, "bad_value"),
     ];
     for (text, reason) in cases {
         let error = decode(text).unwrap_err();
@@ -299,7 +302,7 @@ fn bad_cbor_says_why() {
     // {0: "d"}: a map, not a pack.
     assert_eq!(
         decode_cbor(&unhex("a1006164"), RECEIVED).unwrap_err().reason(),
-        "not_object"
+        "not_pack"
     );
     // [{0: "d", 2: "x"}]: v must be a number.
     assert_eq!(
