@@ -20,10 +20,12 @@
 //!   line without one takes the time the producer received the payload, as
 //!   InfluxDB takes its own clock's.
 //!
-//! Escaping, as InfluxDB's: in the measurement a backslash escapes a comma
-//! or a space; in tag keys, tag values and field keys it escapes a comma, an
-//! equals sign or a space; in string values it escapes a double quote or a
-//! backslash. Any other backslash is itself. String values may span lines.
+//! Escaping, as InfluxDB's: in the measurement a backslash escapes a comma,
+//! a space or a backslash; in tag keys, tag values and field keys it escapes
+//! a comma, an equals sign, a space or a backslash; in string values it
+//! escapes a double quote or a backslash. Any other backslash is itself
+//! (`my\measurement` and `my\\measurement` both name `my\measurement`).
+//! String values may span lines.
 //! Blank lines and lines starting with `#` are skipped. A payload decodes
 //! whole or not at all: the first bad line refuses it (`bad_line`), naming
 //! the line.
@@ -187,10 +189,11 @@ struct Parser<'a> {
     line: usize,
 }
 
-/// Characters a backslash escapes in the measurement.
-const MEASUREMENT_ESCAPES: &[char] = &[',', ' '];
+/// Characters a backslash escapes in the measurement (a backslash too: two
+/// contiguous backslashes are one, as InfluxDB reads them).
+const MEASUREMENT_ESCAPES: &[char] = &[',', ' ', '\\'];
 /// Characters a backslash escapes in tag keys, tag values and field keys.
-const KEY_ESCAPES: &[char] = &[',', '=', ' '];
+const KEY_ESCAPES: &[char] = &[',', '=', ' ', '\\'];
 
 impl Parser<'_> {
     fn peek(&self) -> Option<char> {

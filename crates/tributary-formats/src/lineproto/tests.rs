@@ -139,6 +139,16 @@ fn escapes_as_influxdb_defines_them() {
     // An equals sign needs no escape in a measurement.
     let points = decode_default("a=b,host=h v=1 0").unwrap();
     assert_eq!(points[0].metric, "a=b.v");
+    // Backslashes, as InfluxDB's documentation reads them.
+    for (written, read) in [
+        (r"my\measurement", r"my\measurement"),
+        (r"my\\measurement", r"my\measurement"),
+        (r"my\\\measurement", r"my\\measurement"),
+        (r"my\\\\measurement", r"my\\measurement"),
+    ] {
+        let points = decode_default(&format!("{written},host=h v=1 0")).unwrap();
+        assert_eq!(points[0].metric, format!("{read}.v"), "{written}");
+    }
 }
 
 #[test]
@@ -256,6 +266,95 @@ fn arbitrary_bytes_never_panic() {
             .collect();
         if let Err(error) = decode(&bytes, &LineOptions::default(), RECEIVED) {
             assert!(!error.reason().is_empty());
+        }
+    }
+}
+
+/// Writes `text` with `specials` (and the backslash) escaped.
+fn escape(text: &str, specials: &[char]) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c == '\\' || specials.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn what_is_written_with_escapes_reads_back_the_same() {
+    // Names and values drawn from the characters that need escaping, and
+    // a few that do not.
+    let alphabet: Vec<char> = "ab ,=\"\\\n\u{e9}\u{1F600}#1.".chars().collect();
+    let mut seed: u64 = 0x05EE_D0F1_14E5;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    let word = |next: &mut dyn FnMut() -> usize| -> String {
+        let len = 1 + next() % 6;
+        let mut w: String = (0..len).map(|_| alphabet[next() % alphabet.len()]).collect();
+        // A newline ends a line outside strings, and a leading '#' makes a comment.
+        w = w.replace('\n', "n");
+        if w.starts_with('#') {
+            w.replace_range(0..1, "x");
+        }
+        w
+    };
+    for _ in 0..2_000 {
+        let measurement = word(&mut next);
+        let device = word(&mut next);
+        let tag = (format!("t{}", word(&mut next)), word(&mut next));
+        let text: String = (0..next() % 8).map(|_| alphabet[next() % alphabet.len()]).collect();
+        let fields = [
+            (
+                "f".to_owned() + &word(&mut next),
+                Value::Number((next() % 10_000) as f64 / 8.0),
+                String::new(),
+            ),
+            (
+                "i".to_owned() + &word(&mut next),
+                Value::Number((next() % 1000) as f64 - 500.0),
+                "i".to_owned(),
+            ),
+            ("s".to_owned() + &word(&mut next), Value::Text(text), String::new()),
+            (
+                "b".to_owned() + &word(&mut next),
+                Value::Bool(next() % 2 == 0),
+                String::new(),
+            ),
+        ];
+        let mut line = format!(
+            "{},host={},{}={} ",
+            escape(&measurement, &[',', ' ']),
+            escape(&device, &[',', '=', ' ']),
+            escape(&tag.0, &[',', '=', ' ']),
+            escape(&tag.1, &[',', '=', ' '])
+        );
+        for (i, (key, value, suffix)) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push_str(&escape(key, &[',', '=', ' ']));
+            line.push('=');
+            match value {
+                Value::Number(n) => line.push_str(&format!("{n}{suffix}")),
+                Value::Text(t) => line.push_str(&format!("\"{}\"", t.replace('\\', "\\\\").replace('"', "\\\""))),
+                Value::Bool(b) => line.push_str(if *b { "true" } else { "F" }),
+            }
+        }
+        line.push_str(" 1506775817765000000\n");
+        let points = decode_default(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert_eq!(points.len(), fields.len(), "{line:?}");
+        for (point, (key, value, _)) in points.iter().zip(&fields) {
+            assert_eq!(point.device_id, device, "{line:?}");
+            assert_eq!(point.metric, format!("{measurement}.{key}"), "{line:?}");
+            assert_eq!(&point.value, value, "{line:?}");
+            assert_eq!(point.attributes, [tag.clone()].into(), "{line:?}");
+            assert_eq!(point.time_us, 1_506_775_817_765_000);
         }
     }
 }
