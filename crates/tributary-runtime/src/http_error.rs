@@ -5,6 +5,32 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// Lets one log line through per code and second, counting the rest.
+struct RateLimitedLog {
+    /// code → (when a line was last let through, 503s since).
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+static UNAVAILABLE_LOG: std::sync::LazyLock<RateLimitedLog> = std::sync::LazyLock::new(|| RateLimitedLog {
+    last: std::sync::Mutex::new(std::collections::HashMap::new()),
+});
+
+impl RateLimitedLog {
+    /// `Some(answers this line stands for)` when a line may be written now.
+    fn admit(&self, code: &'static str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = last.entry(code).or_insert((now - std::time::Duration::from_secs(2), 0));
+        entry.1 += 1;
+        if now.duration_since(entry.0) < std::time::Duration::from_secs(1) {
+            return None;
+        }
+        let answered = entry.1;
+        *entry = (now, 0);
+        Some(answered)
+    }
+}
+
 /// An HTTP error answer: `{"code": "...", "message": "..."}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -28,9 +54,14 @@ impl ApiError {
         }
     }
 
-    /// A 503: try again after `retry_after` seconds. `cause` is logged, not sent.
+    /// A 503: try again after `retry_after` seconds. `cause` is logged, not
+    /// sent: at most once a second per code, with how many 503s the line
+    /// stands for (an outage answers thousands a second).
     pub fn unavailable(code: &'static str, retry_after: u32, cause: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(code, cause = %cause, "answering 503");
+        metrics::counter!("tributary_http_unavailable_total", "code" => code).increment(1);
+        if let Some(answered) = UNAVAILABLE_LOG.admit(code) {
+            tracing::warn!(code, cause = %cause, answered, "answering 503 (answered: how many since the last such line)");
+        }
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code,
@@ -78,4 +109,24 @@ pub async fn not_found() -> ApiError {
         "not_found",
         "no such endpoint; see README.md for the API",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_of_503s_logs_once_a_second_per_code() {
+        let log = RateLimitedLog {
+            last: std::sync::Mutex::new(std::collections::HashMap::new()),
+        };
+        assert_eq!(log.admit("stream_full"), Some(1), "the first is logged");
+        for _ in 0..999 {
+            assert_eq!(log.admit("stream_full"), None);
+        }
+        assert_eq!(log.admit("stream_unavailable"), Some(1), "each code on its own");
+        // A second later, the next line says how many it stands for.
+        log.last.lock().unwrap().get_mut("stream_full").unwrap().0 -= std::time::Duration::from_secs(1);
+        assert_eq!(log.admit("stream_full"), Some(1000));
+    }
 }
