@@ -32,7 +32,7 @@ bench-formats *ARGS:
     target/release/tributary-format-costs {{ARGS}}
 
 # Fuzz one payload decoder for a while (items, senml_json, senml_cbor,
-# line_protocol, mapped_json, routes). Needs `cargo install cargo-fuzz` and a
+# line_protocol, mapped_json, routes, sparkplug). Needs `cargo install cargo-fuzz` and a
 # nightly toolchain; crashes land in fuzz/artifacts/<target>/.
 fuzz TARGET="items" SECONDS="60":
     cd fuzz && cargo +nightly fuzz run {{TARGET}} -- -max_total_time={{SECONDS}}

@@ -22,6 +22,7 @@ mod lineproto;
 mod mapped;
 mod routes;
 mod senml;
+pub mod sparkplug;
 mod timestamp;
 
 pub use lineproto::{LineOptions, Precision};
@@ -161,6 +162,17 @@ pub enum DecodeError {
     #[error("payload is not a SenML pack (an array of records): found {found}")]
     NotPack { found: &'static str },
 
+    #[error("payload is not a protobuf message: {detail}")]
+    NotProtobuf { detail: String },
+
+    #[error("topic {topic:?} is not a Sparkplug B topic: {problem}")]
+    BadTopic { topic: String, problem: String },
+
+    /// A Sparkplug DATA message uses an alias its node's BIRTH did not
+    /// declare (or the BIRTH has not been seen yet).
+    #[error("alias {alias} of node {node:?} is not in its BIRTH")]
+    UnknownAlias { node: String, alias: u64 },
+
     /// An object gives the same key twice: which value was meant is unknowable.
     #[error("payload is ambiguous: {detail}")]
     DuplicateKey { detail: String },
@@ -233,7 +245,8 @@ impl DecodeError {
     /// `missing_device`, `missing_timestamp`, `bad_timestamp`, `bad_location`,
     /// `bad_value`, `no_metrics`, `too_large`, `name_too_long`, `bad_line`,
     /// `must_understand`, `no_route`, `duplicate_key`, `number_out_of_range`,
-    /// `too_deep`, `not_cbor`, `not_pack`.
+    /// `too_deep`, `not_cbor`, `not_pack`, `not_protobuf`, `bad_topic`,
+    /// `unknown_alias`.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::TooLarge { .. } => "too_large",
@@ -241,6 +254,9 @@ impl DecodeError {
             DecodeError::DuplicateKey { .. } => "duplicate_key",
             DecodeError::NotCbor { .. } => "not_cbor",
             DecodeError::NotPack { .. } => "not_pack",
+            DecodeError::NotProtobuf { .. } => "not_protobuf",
+            DecodeError::BadTopic { .. } => "bad_topic",
+            DecodeError::UnknownAlias { .. } => "unknown_alias",
             DecodeError::NumberOutOfRange { .. } => "number_out_of_range",
             DecodeError::TooDeep { .. } => "too_deep",
             DecodeError::NotObject { .. } => "not_object",
@@ -432,6 +448,15 @@ mod tests {
             DecodeError::DuplicateKey { detail: String::new() },
             DecodeError::NotCbor { detail: String::new() },
             DecodeError::NotPack { found: "object" },
+            DecodeError::NotProtobuf { detail: String::new() },
+            DecodeError::BadTopic {
+                topic: String::new(),
+                problem: String::new(),
+            },
+            DecodeError::UnknownAlias {
+                node: String::new(),
+                alias: 0,
+            },
             DecodeError::NumberOutOfRange { detail: String::new() },
             DecodeError::TooDeep { detail: String::new() },
             DecodeError::NotObject { found: "array" },

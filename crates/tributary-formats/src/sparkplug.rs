@@ -1,0 +1,330 @@
+//! Sparkplug B (Eclipse Sparkplug 3.0): protobuf payloads on MQTT topics
+//! `spBv1.0/<group>/<type>/<edge node>[/<device>]`.
+//!
+//! This module is pure: it reads a topic and a payload into a
+//! [`SparkplugMessage`], and turns a message into points given what the
+//! latest BIRTH of its edge node said ([`Birth`]: alias → name and datatype).
+//! Keeping the births where every transformer replica sees them is the
+//! caller's business.
+//!
+//! - device id: `<group>/<edge node>`, or `<group>/<edge node>/<device>`;
+//! - metrics by name, or by alias resolved through the birth (an alias the
+//!   birth does not know is `unknown_alias`);
+//! - values by datatype: the integers (Int8 to UInt64, two's complement for
+//!   the signed ones), Float, Double, Boolean, String, Text, UUID, DateTime
+//!   (milliseconds since the epoch, as a number), Bytes and File (base64url
+//!   text); a metric with `is_null`, or of a type without a scalar value
+//!   (DataSet, Template, arrays), yields no point and is counted;
+//! - time: the metric's timestamp, else the payload's, else the receive time;
+//! - BIRTH and DEATH messages also yield the point `sparkplug/online`
+//!   (true or false) for the node or device, so a death is recorded, not
+//!   dropped; NCMD/DCMD/STATE yield nothing.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+
+use crate::{DecodeError, Point, TIME_RANGE_US, Value, json};
+
+/// The generated Sparkplug B schema (`proto/sparkplug/sparkplug_b.proto`).
+#[expect(missing_docs, reason = "generated code")]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/tributary.sparkplug.rs"));
+}
+
+/// The namespace every Sparkplug B topic starts with.
+pub const NAMESPACE: &str = "spBv1.0";
+
+/// What a message is, from its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    NBirth,
+    NData,
+    NDeath,
+    NCmd,
+    DBirth,
+    DData,
+    DDeath,
+    DCmd,
+}
+
+impl Kind {
+    fn parse(token: &str) -> Option<Self> {
+        Some(match token {
+            "NBIRTH" => Kind::NBirth,
+            "NDATA" => Kind::NData,
+            "NDEATH" => Kind::NDeath,
+            "NCMD" => Kind::NCmd,
+            "DBIRTH" => Kind::DBirth,
+            "DDATA" => Kind::DData,
+            "DDEATH" => Kind::DDeath,
+            "DCMD" => Kind::DCmd,
+            _ => return None,
+        })
+    }
+
+    fn for_device(self) -> bool {
+        matches!(self, Kind::DBirth | Kind::DData | Kind::DDeath | Kind::DCmd)
+    }
+
+    pub fn is_birth(self) -> bool {
+        matches!(self, Kind::NBirth | Kind::DBirth)
+    }
+}
+
+/// A Sparkplug topic, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    pub group: String,
+    pub kind: Kind,
+    pub edge_node: String,
+    pub device: Option<String>,
+}
+
+impl Topic {
+    /// `<group>/<edge node>`: whose aliases a message uses (devices share
+    /// their node's alias space).
+    pub fn node_id(&self) -> String {
+        format!("{}/{}", self.group, self.edge_node)
+    }
+
+    /// The device id of its points.
+    pub fn device_id(&self) -> String {
+        match &self.device {
+            Some(device) => format!("{}/{}/{device}", self.group, self.edge_node),
+            None => self.node_id(),
+        }
+    }
+}
+
+/// Reads `spBv1.0/<group>/<type>/<edge node>[/<device>]`. `Ok(None)` for a
+/// Sparkplug topic that carries no metrics (`STATE`).
+pub fn parse_topic(topic: &str) -> Result<Option<Topic>, DecodeError> {
+    let bad = |problem: &str| DecodeError::BadTopic {
+        topic: json::excerpt(topic),
+        problem: problem.to_owned(),
+    };
+    let levels: Vec<&str> = topic.split('/').collect();
+    match levels.as_slice() {
+        [NAMESPACE, "STATE", ..] => Ok(None),
+        [NAMESPACE, group, kind, edge_node, rest @ ..] => {
+            let kind = Kind::parse(kind).ok_or_else(|| bad("the message type is not one of Sparkplug's"))?;
+            let device = match (kind.for_device(), rest) {
+                (false, []) => None,
+                (true, [device]) => Some((*device).to_owned()),
+                (false, _) => return Err(bad("a node message names no device")),
+                (true, _) => return Err(bad("a device message names exactly one device")),
+            };
+            if group.is_empty() || edge_node.is_empty() || device.as_deref() == Some("") {
+                return Err(bad("an empty group, edge node or device"));
+            }
+            Ok(Some(Topic {
+                group: (*group).to_owned(),
+                kind,
+                edge_node: (*edge_node).to_owned(),
+                device,
+            }))
+        }
+        _ => Err(bad("not spBv1.0/<group>/<type>/<edge node>[/<device>]")),
+    }
+}
+
+/// One message, decoded but not yet resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparkplugMessage {
+    pub topic: Topic,
+    pub payload: proto::Payload,
+}
+
+/// Reads a Sparkplug B message. `Ok(None)` for a topic without metrics.
+pub fn decode_message(topic: &str, payload: &[u8]) -> Result<Option<SparkplugMessage>, DecodeError> {
+    let Some(topic) = parse_topic(topic)? else {
+        return Ok(None);
+    };
+    let payload = proto::Payload::decode(payload).map_err(|e| DecodeError::NotProtobuf {
+        detail: json::excerpt(&e.to_string()),
+    })?;
+    Ok(Some(SparkplugMessage { topic, payload }))
+}
+
+/// What a BIRTH said about the metrics of a node (and its devices): each
+/// alias's name and datatype, and each name's datatype. Kept by the caller
+/// per node ([`Topic::node_id`]) and replaced at every NBIRTH.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Birth {
+    pub aliases: BTreeMap<u64, (String, u32)>,
+    pub datatypes: BTreeMap<String, u32>,
+}
+
+impl Birth {
+    /// Adds what a BIRTH message declares (an NBIRTH starts afresh; a
+    /// DBIRTH adds its device's metrics to the node's).
+    pub fn learn(&mut self, message: &SparkplugMessage) {
+        if message.topic.kind == Kind::NBirth {
+            *self = Birth::default();
+        }
+        for metric in &message.payload.metrics {
+            let (Some(name), Some(datatype)) = (&metric.name, metric.datatype) else {
+                continue;
+            };
+            let key = metric_key(&message.topic, name);
+            if let Some(alias) = metric.alias {
+                self.aliases.insert(alias, (name.clone(), datatype));
+            }
+            self.datatypes.insert(key, datatype);
+        }
+    }
+}
+
+/// Names are per device within a node: the datatype map keys them so.
+fn metric_key(topic: &Topic, name: &str) -> String {
+    match &topic.device {
+        Some(device) => format!("{device}\u{0}{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// Points of a message, and how many metrics gave none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub points: Vec<Point>,
+    /// Null metrics and metrics without a scalar value.
+    pub skipped: usize,
+}
+
+/// The metric every BIRTH and DEATH adds: whether the node or device is online.
+pub const ONLINE_METRIC: &str = "sparkplug/online";
+
+/// Turns a message into points, resolving aliases through `birth`.
+///
+/// # Errors
+///
+/// `unknown_alias` for an alias `birth` does not know (the caller may retry
+/// once the BIRTH is in), `bad_value` for a value that does not match its
+/// datatype, `bad_timestamp` for a time out of range.
+pub fn resolve(message: &SparkplugMessage, birth: &Birth, received_at_us: i64) -> Result<Resolved, DecodeError> {
+    let topic = &message.topic;
+    let device_id = topic.device_id();
+    let payload_time = message.payload.timestamp;
+    let mut points = Vec::with_capacity(message.payload.metrics.len() + 1);
+    let mut skipped = 0;
+    let time = |ms: Option<u64>| -> Result<i64, DecodeError> {
+        match ms {
+            None => Ok(received_at_us),
+            Some(ms) => i64::try_from(ms)
+                .ok()
+                .and_then(|ms| ms.checked_mul(1000))
+                .filter(|us| TIME_RANGE_US.contains(us))
+                .ok_or_else(|| DecodeError::BadTimestamp {
+                    value: ms.to_string(),
+                    problem: "milliseconds outside 1970 to 2199".to_owned(),
+                }),
+        }
+    };
+    let point = |metric: String, value: Value, time_us: i64, attributes: BTreeMap<String, String>| Point {
+        device_id: device_id.clone(),
+        metric,
+        time_us,
+        value,
+        unit: None,
+        latitude: None,
+        longitude: None,
+        attributes,
+    };
+    match topic.kind {
+        Kind::NCmd | Kind::DCmd => return Ok(Resolved { points, skipped }),
+        Kind::NBirth | Kind::DBirth | Kind::NDeath | Kind::DDeath => {
+            let online = topic.kind.is_birth();
+            points.push(point(
+                ONLINE_METRIC.to_owned(),
+                Value::Bool(online),
+                time(payload_time)?,
+                BTreeMap::new(),
+            ));
+            if !online {
+                // A DEATH carries at most the node's bdSeq: nothing to store.
+                return Ok(Resolved { points, skipped });
+            }
+        }
+        Kind::NData | Kind::DData => {}
+    }
+    for metric in &message.payload.metrics {
+        let (name, datatype) = match (&metric.name, metric.alias) {
+            (Some(name), _) => {
+                let known = birth.datatypes.get(&metric_key(topic, name)).copied();
+                (name.clone(), metric.datatype.or(known))
+            }
+            (None, Some(alias)) => match birth.aliases.get(&alias) {
+                Some((name, datatype)) => (name.clone(), metric.datatype.or(Some(*datatype))),
+                None => {
+                    return Err(DecodeError::UnknownAlias {
+                        node: json::excerpt(&topic.node_id()),
+                        alias,
+                    });
+                }
+            },
+            (None, None) => {
+                return Err(DecodeError::BadValue {
+                    metric: "(unnamed)".to_owned(),
+                    problem: "a metric with neither a name nor an alias".to_owned(),
+                });
+            }
+        };
+        if metric.is_null == Some(true) {
+            skipped += 1;
+            continue;
+        }
+        let Some(value) = scalar(metric, datatype, &name)? else {
+            skipped += 1;
+            continue;
+        };
+        let mut attributes = BTreeMap::new();
+        if metric.is_historical == Some(true) {
+            attributes.insert("sparkplug_historical".to_owned(), "true".to_owned());
+        }
+        if metric.is_transient == Some(true) {
+            attributes.insert("sparkplug_transient".to_owned(), "true".to_owned());
+        }
+        let time_us = time(metric.timestamp.or(payload_time))?;
+        points.push(point(name, value, time_us, attributes));
+    }
+    Ok(Resolved { points, skipped })
+}
+
+/// A metric's value as its datatype reads it; `None` when it has no scalar
+/// value (DataSet, Template, arrays, or no value at all).
+fn scalar(metric: &proto::payload::Metric, datatype: Option<u32>, name: &str) -> Result<Option<Value>, DecodeError> {
+    use proto::payload::metric::Value as V;
+    let Some(value) = &metric.value else {
+        return Ok(None);
+    };
+    let mismatch = || DecodeError::BadValue {
+        metric: json::excerpt(name),
+        problem: format!("a value of the wrong kind for datatype {}", datatype.unwrap_or(0)),
+    };
+    let number = |n: f64| Ok(Some(Value::Number(n)));
+    match (datatype, value) {
+        (Some(1), V::IntValue(v)) => number(f64::from(*v as u8 as i8)),
+        (Some(2), V::IntValue(v)) => number(f64::from(*v as u16 as i16)),
+        (Some(3), V::IntValue(v)) => number(f64::from(*v as i32)),
+        (Some(5..=7) | None, V::IntValue(v)) => number(f64::from(*v)),
+        (Some(4), V::LongValue(v)) => number(*v as i64 as f64),
+        (Some(8 | 13) | None, V::LongValue(v)) => number(*v as f64),
+        (Some(9) | None, V::FloatValue(v)) if v.is_finite() => number(f64::from(*v)),
+        (Some(10) | None, V::DoubleValue(v)) if v.is_finite() => number(*v),
+        (Some(9 | 10) | None, V::FloatValue(_) | V::DoubleValue(_)) => Err(DecodeError::BadValue {
+            metric: json::excerpt(name),
+            problem: "not a finite number".to_owned(),
+        }),
+        (Some(11) | None, V::BooleanValue(v)) => Ok(Some(Value::Bool(*v))),
+        (Some(12 | 14 | 15) | None, V::StringValue(v)) => Ok(Some(Value::Text(v.clone()))),
+        (Some(17 | 18), V::BytesValue(v)) => Ok(Some(Value::Text(crate::senml::base64url(v)))),
+        // DataSet, Template, arrays, unknown datatypes: no scalar to store.
+        (Some(16 | 19..), _) | (None, V::BytesValue(_)) => Ok(None),
+        _ => Err(mismatch()),
+    }
+}
+
+#[cfg(test)]
+#[path = "sparkplug/tests.rs"]
+mod tests;

@@ -1,0 +1,224 @@
+use super::*;
+
+const RECEIVED: i64 = 1_700_000_000_000_000;
+/// 2017-09-30T12:50:17.765Z, the vectors' first time, in µs.
+const T0: i64 = 1_506_775_817_765_000;
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The vectors written by Eclipse Tahu's Python code (testdata/sparkplug_vectors.py).
+fn vectors() -> Vec<SparkplugMessage> {
+    include_str!("../../testdata/sparkplug_vectors.txt")
+        .lines()
+        .map(|line| {
+            let (topic, hex) = line.split_once(' ').unwrap();
+            decode_message(topic, &unhex(hex)).unwrap().unwrap()
+        })
+        .collect()
+}
+
+fn rows(resolved: &Resolved) -> Vec<(&str, &str, i64, Value)> {
+    resolved
+        .points
+        .iter()
+        .map(|p| (p.device_id.as_str(), p.metric.as_str(), p.time_us, p.value.clone()))
+        .collect()
+}
+
+#[test]
+fn a_birth_then_data_by_alias_only_from_an_independent_encoder() {
+    let messages = vectors();
+    assert_eq!(messages.len(), 5);
+    let mut birth = Birth::default();
+
+    // NBIRTH: every scalar datatype; the null metric yields no point.
+    birth.learn(&messages[0]);
+    let nbirth = resolve(&messages[0], &birth, RECEIVED).unwrap();
+    let node = "plant/edge-1";
+    let n = |v: f64| Value::Number(v);
+    assert_eq!(
+        rows(&nbirth),
+        [
+            (node, ONLINE_METRIC, T0, Value::Bool(true)),
+            (node, "bdSeq", T0, n(0.0)),
+            (node, "Temperature", T0, n(21.5)),
+            (node, "Pressure", T0, n(-5.0)),
+            (node, "Running", T0, Value::Bool(true)),
+            (node, "Label", T0, Value::Text("line A".into())),
+            (node, "Count8", T0, n(-3.0)),
+            (node, "Count16", T0, n(-300.0)),
+            (node, "Big", T0, n(1_099_511_627_776.0)),
+            (node, "Small", T0, n(200.0)),
+            (node, "Ratio", T0, n(0.25)),
+            (node, "When", T0, n(1_506_775_816_765.0)),
+            (node, "Blob", T0, Value::Text("aGkgCg".into())),
+            (node, "Notes", T0, Value::Text("all good".into())),
+            (
+                node,
+                "Id",
+                T0,
+                Value::Text("123e4567-e89b-12d3-a456-426614174000".into())
+            ),
+            (node, "Total", T0, n(-1_099_511_627_776.0)),
+        ]
+    );
+    assert_eq!(nbirth.skipped, 1, "the null metric");
+    assert_eq!(birth.aliases.get(&5), Some(&("Count8".to_owned(), 1)));
+
+    // NDATA by alias only: names and datatypes come from the birth.
+    let ndata = resolve(&messages[1], &birth, RECEIVED).unwrap();
+    let t1 = T0 + 1_000_000;
+    assert_eq!(
+        rows(&ndata),
+        [
+            (node, "Temperature", t1, n(22.0)),
+            (node, "Pressure", t1, n(-7.0)),
+            (node, "Count8", t1, n(127.0)),
+        ]
+    );
+
+    // A device's birth adds to its node's aliases; its data resolves through them.
+    birth.learn(&messages[2]);
+    let pump = "plant/edge-1/pump-3";
+    let dbirth = resolve(&messages[2], &birth, RECEIVED).unwrap();
+    assert_eq!(
+        rows(&dbirth)[0],
+        (pump, ONLINE_METRIC, T0 + 2_000_000, Value::Bool(true))
+    );
+    assert_eq!(
+        birth.aliases.get(&1).map(|a| a.0.as_str()),
+        Some("Temperature"),
+        "the node's kept"
+    );
+    let ddata = resolve(&messages[3], &birth, RECEIVED).unwrap();
+    assert_eq!(rows(&ddata), [(pump, "Speed", T0 + 2_500_000, n(1500.25))]);
+    assert_eq!(
+        ddata.points[0].attributes,
+        [("sparkplug_historical".to_owned(), "true".to_owned())].into()
+    );
+
+    // The death is recorded, not dropped.
+    let death = resolve(&messages[4], &birth, RECEIVED).unwrap();
+    assert_eq!(
+        rows(&death),
+        [(node, ONLINE_METRIC, T0 + 4_000_000, Value::Bool(false))]
+    );
+}
+
+#[test]
+fn data_before_its_birth_is_an_unknown_alias() {
+    let messages = vectors();
+    let error = resolve(&messages[1], &Birth::default(), RECEIVED).unwrap_err();
+    assert_eq!(error.reason(), "unknown_alias");
+    assert_eq!(
+        error.to_string(),
+        "alias 1 of node \"plant/edge-1\" is not in its BIRTH"
+    );
+    // A new NBIRTH forgets the old aliases.
+    let mut birth = Birth::default();
+    birth.learn(&messages[0]);
+    birth.learn(&messages[2]);
+    birth.learn(&messages[0]);
+    assert!(!birth.aliases.contains_key(&20));
+}
+
+#[test]
+fn a_data_metric_without_a_datatype_takes_its_births() {
+    let mut birth = Birth::default();
+    birth.learn(&vectors()[0]);
+    use proto::payload::{Metric, metric::Value as V};
+    let message = SparkplugMessage {
+        topic: parse_topic("spBv1.0/plant/NDATA/edge-1").unwrap().unwrap(),
+        payload: proto::Payload {
+            timestamp: Some(1_506_775_817_765),
+            metrics: vec![
+                // Int8 -1 as Tahu writes it (not sign-extended) and as others do (sign-extended).
+                Metric {
+                    alias: Some(5),
+                    value: Some(V::IntValue(0xFF)),
+                    ..Default::default()
+                },
+                Metric {
+                    name: Some("Count8".into()),
+                    value: Some(V::IntValue(0xFFFF_FFFF)),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        },
+    };
+    let resolved = resolve(&message, &birth, RECEIVED).unwrap();
+    assert_eq!(resolved.points[0].value, Value::Number(-1.0));
+    assert_eq!(resolved.points[1].value, Value::Number(-1.0));
+}
+
+#[test]
+fn topics() {
+    let topic = parse_topic("spBv1.0/g/DDATA/e/d").unwrap().unwrap();
+    assert_eq!(
+        (topic.node_id(), topic.device_id()),
+        ("g/e".to_owned(), "g/e/d".to_owned())
+    );
+    assert_eq!(parse_topic("spBv1.0/STATE/host-1").unwrap(), None);
+    for bad in [
+        "spBv1.0/g/NDATA/e/d",
+        "spBv1.0/g/DDATA/e",
+        "spBv1.0/g/XDATA/e",
+        "spBv1.0//NDATA/e",
+        "spAv1.0/g/NDATA/e",
+        "devices/x",
+    ] {
+        assert_eq!(parse_topic(bad).unwrap_err().reason(), "bad_topic", "{bad}");
+    }
+    assert_eq!(
+        decode_message("spBv1.0/g/NDATA/e", b"\xff\xff").unwrap_err().reason(),
+        "not_protobuf"
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_kind_is_refused() {
+    use proto::payload::{Metric, metric::Value as V};
+    let message = SparkplugMessage {
+        topic: parse_topic("spBv1.0/g/NDATA/e").unwrap().unwrap(),
+        payload: proto::Payload {
+            metrics: vec![Metric {
+                name: Some("x".into()),
+                datatype: Some(11),
+                value: Some(V::StringValue("yes".into())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        resolve(&message, &Birth::default(), RECEIVED).unwrap_err().reason(),
+        "bad_value"
+    );
+}
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let mut seed: u64 = 0x0BAD_5EED_0000_0001;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let birth = Birth::default();
+    for _ in 0..20_000 {
+        let len = (next() % 64) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if let Ok(Some(message)) = decode_message("spBv1.0/g/NDATA/e", &bytes)
+            && let Err(error) = resolve(&message, &birth, RECEIVED)
+        {
+            assert!(!error.reason().is_empty());
+        }
+    }
+}
