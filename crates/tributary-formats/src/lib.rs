@@ -55,6 +55,10 @@ pub enum Format {
     /// Any vendor's JSON, with the route saying where device, time and
     /// metrics are.
     MappedJson,
+    /// Sparkplug B (Eclipse Sparkplug 3.0) over MQTT. Aliases need the
+    /// births the transformer keeps; alone, this decodes births and
+    /// metrics sent by name.
+    SparkplugB,
 }
 
 impl Format {
@@ -65,6 +69,7 @@ impl Format {
         Format::SenmlCbor,
         Format::LineProtocol,
         Format::MappedJson,
+        Format::SparkplugB,
     ];
 
     /// The name used in configuration, e.g. `"items"`.
@@ -75,6 +80,7 @@ impl Format {
             Format::SenmlCbor => "senml-cbor",
             Format::LineProtocol => "line-protocol",
             Format::MappedJson => "mapped-json",
+            Format::SparkplugB => "sparkplug-b",
         }
     }
 }
@@ -294,7 +300,7 @@ pub fn decode(format: Format, payload: &[u8]) -> Result<Vec<Point>, DecodeError>
     let points = match format {
         Format::Items => items::decode(payload)?,
         // Formats that need to know when the payload was received get "now".
-        Format::SenmlJson | Format::SenmlCbor | Format::LineProtocol | Format::MappedJson => {
+        Format::SenmlJson | Format::SenmlCbor | Format::LineProtocol | Format::MappedJson | Format::SparkplugB => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as i64);
@@ -425,7 +431,7 @@ mod tests {
         check("ITEMS", Ok(Format::Items));
         check("senml-json", Ok(Format::SenmlJson));
         check("Line-Protocol", Ok(Format::LineProtocol));
-        let known = "(known: items, senml-json, senml-cbor, line-protocol, mapped-json)";
+        let known = "(known: items, senml-json, senml-cbor, line-protocol, mapped-json, sparkplug-b)";
         check("", Err(&format!("unknown payload format \"\" {known}")));
         check(" items", Err(&format!("unknown payload format \" items\" {known}")));
         check("senml", Err(&format!("unknown payload format \"senml\" {known}")));

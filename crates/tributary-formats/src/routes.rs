@@ -73,6 +73,7 @@ pub enum Decoder {
     SenmlCbor,
     LineProtocol(LineOptions),
     MappedJson(MappedOptions),
+    SparkplugB,
 }
 
 impl Decoder {
@@ -86,6 +87,7 @@ impl Decoder {
             // Without pointers nothing can be found: every payload is
             // refused with `missing_device`, saying so. Routes give them.
             Format::MappedJson => Self::MappedJson(MappedOptions::default()),
+            Format::SparkplugB => Self::SparkplugB,
         }
     }
 
@@ -110,6 +112,12 @@ impl Decoder {
                 _ => crate::decode_line_protocol(input.payload, options, input.received_at_us),
             },
             Self::MappedJson(options) => crate::decode_mapped_json(input.payload, options, input.received_at_us),
+            // Without the births the transformer keeps: a message's own
+            // declarations only (an alias from elsewhere is unknown_alias).
+            Self::SparkplugB => match crate::sparkplug::decode_message(input.topic, input.payload)? {
+                None => Ok(Vec::new()),
+                Some(message) => Ok(crate::sparkplug::resolve(&message, &[], input.received_at_us)?.points),
+            },
         }
     }
 }

@@ -147,41 +147,56 @@ pub fn decode_message(topic: &str, payload: &[u8]) -> Result<Option<SparkplugMes
     Ok(Some(SparkplugMessage { topic, payload }))
 }
 
-/// What a BIRTH said about the metrics of a node (and its devices): each
-/// alias's name and datatype, and each name's datatype. Kept by the caller
-/// per node ([`Topic::node_id`]) and replaced at every NBIRTH.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What one BIRTH declared: each alias's name and datatype, and each
+/// name's datatype. An NBIRTH's is the node's, a DBIRTH's its device's
+/// (aliases are unique across a node and its devices). Kept by the caller
+/// under [`birth_key`] and replaced by the next BIRTH of the same node or
+/// device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Birth {
     pub aliases: BTreeMap<u64, (String, u32)>,
     pub datatypes: BTreeMap<String, u32>,
+    /// The BIRTH payload's time, ms: an older BIRTH never replaces a newer one.
+    pub timestamp_ms: Option<u64>,
 }
 
 impl Birth {
-    /// Adds what a BIRTH message declares (an NBIRTH starts afresh; a
-    /// DBIRTH adds its device's metrics to the node's).
-    pub fn learn(&mut self, message: &SparkplugMessage) {
-        if message.topic.kind == Kind::NBirth {
-            *self = Birth::default();
-        }
+    /// What a BIRTH message declares.
+    pub fn from_message(message: &SparkplugMessage) -> Self {
+        let mut birth = Birth {
+            timestamp_ms: message.payload.timestamp,
+            ..Birth::default()
+        };
         for metric in &message.payload.metrics {
             let (Some(name), Some(datatype)) = (&metric.name, metric.datatype) else {
                 continue;
             };
-            let key = metric_key(&message.topic, name);
             if let Some(alias) = metric.alias {
-                self.aliases.insert(alias, (name.clone(), datatype));
+                birth.aliases.insert(alias, (name.clone(), datatype));
             }
-            self.datatypes.insert(key, datatype);
+            birth.datatypes.insert(name.clone(), datatype);
         }
+        birth
     }
 }
 
-/// Names are per device within a node: the datatype map keys them so.
-fn metric_key(topic: &Topic, name: &str) -> String {
+/// Where the BIRTH a message depends on is kept: the node's for N messages;
+/// for D messages the device's first, then its node's.
+pub fn birth_keys(topic: &Topic) -> Vec<String> {
     match &topic.device {
-        Some(device) => format!("{device}\u{0}{name}"),
-        None => name.to_owned(),
+        Some(_) => vec![birth_key(topic, true), birth_key(topic, false)],
+        None => vec![birth_key(topic, false)],
     }
+}
+
+/// The key of the node's (or, with `device`, the device's) BIRTH.
+pub fn birth_key(topic: &Topic, device: bool) -> String {
+    if device { topic.device_id() } else { topic.node_id() }
+}
+
+/// A BIRTH message's own declarations, to resolve it by.
+fn topic_birth(message: &SparkplugMessage) -> Option<Birth> {
+    message.topic.kind.is_birth().then(|| Birth::from_message(message))
 }
 
 /// Points of a message, and how many metrics gave none.
@@ -195,14 +210,18 @@ pub struct Resolved {
 /// The metric every BIRTH and DEATH adds: whether the node or device is online.
 pub const ONLINE_METRIC: &str = "sparkplug/online";
 
-/// Turns a message into points, resolving aliases through `birth`.
+/// Turns a message into points, resolving aliases and datatypes through
+/// `births` (in the order of [`birth_keys`]; a BIRTH message also through
+/// itself).
 ///
 /// # Errors
 ///
-/// `unknown_alias` for an alias `birth` does not know (the caller may retry
-/// once the BIRTH is in), `bad_value` for a value that does not match its
+/// `unknown_alias` for an alias no birth knows (the caller may retry once
+/// the BIRTH is in), `bad_value` for a value that does not match its
 /// datatype, `bad_timestamp` for a time out of range.
-pub fn resolve(message: &SparkplugMessage, birth: &Birth, received_at_us: i64) -> Result<Resolved, DecodeError> {
+pub fn resolve(message: &SparkplugMessage, births: &[&Birth], received_at_us: i64) -> Result<Resolved, DecodeError> {
+    let own = topic_birth(message);
+    let births: Vec<&Birth> = own.iter().chain(births.iter().copied()).collect();
     let topic = &message.topic;
     let device_id = topic.device_id();
     let payload_time = message.payload.timestamp;
@@ -251,10 +270,10 @@ pub fn resolve(message: &SparkplugMessage, birth: &Birth, received_at_us: i64) -
     for metric in &message.payload.metrics {
         let (name, datatype) = match (&metric.name, metric.alias) {
             (Some(name), _) => {
-                let known = birth.datatypes.get(&metric_key(topic, name)).copied();
+                let known = births.iter().find_map(|b| b.datatypes.get(name)).copied();
                 (name.clone(), metric.datatype.or(known))
             }
-            (None, Some(alias)) => match birth.aliases.get(&alias) {
+            (None, Some(alias)) => match births.iter().find_map(|b| b.aliases.get(&alias)) {
                 Some((name, datatype)) => (name.clone(), metric.datatype.or(Some(*datatype))),
                 None => {
                     return Err(DecodeError::UnknownAlias {

@@ -34,11 +34,10 @@ fn rows(resolved: &Resolved) -> Vec<(&str, &str, i64, Value)> {
 fn a_birth_then_data_by_alias_only_from_an_independent_encoder() {
     let messages = vectors();
     assert_eq!(messages.len(), 5);
-    let mut birth = Birth::default();
 
     // NBIRTH: every scalar datatype; the null metric yields no point.
-    birth.learn(&messages[0]);
-    let nbirth = resolve(&messages[0], &birth, RECEIVED).unwrap();
+    let node_birth = Birth::from_message(&messages[0]);
+    let nbirth = resolve(&messages[0], &[], RECEIVED).unwrap();
     let node = "plant/edge-1";
     let n = |v: f64| Value::Number(v);
     assert_eq!(
@@ -68,10 +67,12 @@ fn a_birth_then_data_by_alias_only_from_an_independent_encoder() {
         ]
     );
     assert_eq!(nbirth.skipped, 1, "the null metric");
-    assert_eq!(birth.aliases.get(&5), Some(&("Count8".to_owned(), 1)));
+    assert_eq!(node_birth.aliases.get(&5), Some(&("Count8".to_owned(), 1)));
+    assert_eq!(node_birth.timestamp_ms, Some(1_506_775_817_765));
+    assert_eq!(birth_keys(&messages[0].topic), ["plant/edge-1"]);
 
     // NDATA by alias only: names and datatypes come from the birth.
-    let ndata = resolve(&messages[1], &birth, RECEIVED).unwrap();
+    let ndata = resolve(&messages[1], &[&node_birth], RECEIVED).unwrap();
     let t1 = T0 + 1_000_000;
     assert_eq!(
         rows(&ndata),
@@ -82,20 +83,17 @@ fn a_birth_then_data_by_alias_only_from_an_independent_encoder() {
         ]
     );
 
-    // A device's birth adds to its node's aliases; its data resolves through them.
-    birth.learn(&messages[2]);
+    // A device's birth is kept under its own key; its data resolves
+    // through it, then through its node's.
+    let device_birth = Birth::from_message(&messages[2]);
+    assert_eq!(birth_keys(&messages[3].topic), ["plant/edge-1/pump-3", "plant/edge-1"]);
     let pump = "plant/edge-1/pump-3";
-    let dbirth = resolve(&messages[2], &birth, RECEIVED).unwrap();
+    let dbirth = resolve(&messages[2], &[&node_birth], RECEIVED).unwrap();
     assert_eq!(
         rows(&dbirth)[0],
         (pump, ONLINE_METRIC, T0 + 2_000_000, Value::Bool(true))
     );
-    assert_eq!(
-        birth.aliases.get(&1).map(|a| a.0.as_str()),
-        Some("Temperature"),
-        "the node's kept"
-    );
-    let ddata = resolve(&messages[3], &birth, RECEIVED).unwrap();
+    let ddata = resolve(&messages[3], &[&device_birth, &node_birth], RECEIVED).unwrap();
     assert_eq!(rows(&ddata), [(pump, "Speed", T0 + 2_500_000, n(1500.25))]);
     assert_eq!(
         ddata.points[0].attributes,
@@ -103,7 +101,7 @@ fn a_birth_then_data_by_alias_only_from_an_independent_encoder() {
     );
 
     // The death is recorded, not dropped.
-    let death = resolve(&messages[4], &birth, RECEIVED).unwrap();
+    let death = resolve(&messages[4], &[&node_birth], RECEIVED).unwrap();
     assert_eq!(
         rows(&death),
         [(node, ONLINE_METRIC, T0 + 4_000_000, Value::Bool(false))]
@@ -113,24 +111,26 @@ fn a_birth_then_data_by_alias_only_from_an_independent_encoder() {
 #[test]
 fn data_before_its_birth_is_an_unknown_alias() {
     let messages = vectors();
-    let error = resolve(&messages[1], &Birth::default(), RECEIVED).unwrap_err();
+    let error = resolve(&messages[1], &[], RECEIVED).unwrap_err();
     assert_eq!(error.reason(), "unknown_alias");
     assert_eq!(
         error.to_string(),
         "alias 1 of node \"plant/edge-1\" is not in its BIRTH"
     );
-    // A new NBIRTH forgets the old aliases.
-    let mut birth = Birth::default();
-    birth.learn(&messages[0]);
-    birth.learn(&messages[2]);
-    birth.learn(&messages[0]);
-    assert!(!birth.aliases.contains_key(&20));
+    // A device's alias is not its node's.
+    let node_birth = Birth::from_message(&messages[0]);
+    assert_eq!(
+        resolve(&messages[3], &[&node_birth], RECEIVED).unwrap_err().reason(),
+        "unknown_alias"
+    );
+    // Births travel as JSON between replicas and back unchanged.
+    let json = serde_json::to_string(&node_birth).unwrap();
+    assert_eq!(serde_json::from_str::<Birth>(&json).unwrap(), node_birth);
 }
 
 #[test]
 fn a_data_metric_without_a_datatype_takes_its_births() {
-    let mut birth = Birth::default();
-    birth.learn(&vectors()[0]);
+    let birth = Birth::from_message(&vectors()[0]);
     use proto::payload::{Metric, metric::Value as V};
     let message = SparkplugMessage {
         topic: parse_topic("spBv1.0/plant/NDATA/edge-1").unwrap().unwrap(),
@@ -152,7 +152,7 @@ fn a_data_metric_without_a_datatype_takes_its_births() {
             ..Default::default()
         },
     };
-    let resolved = resolve(&message, &birth, RECEIVED).unwrap();
+    let resolved = resolve(&message, &[&birth], RECEIVED).unwrap();
     assert_eq!(resolved.points[0].value, Value::Number(-1.0));
     assert_eq!(resolved.points[1].value, Value::Number(-1.0));
 }
@@ -196,10 +196,7 @@ fn a_value_of_the_wrong_kind_is_refused() {
             ..Default::default()
         },
     };
-    assert_eq!(
-        resolve(&message, &Birth::default(), RECEIVED).unwrap_err().reason(),
-        "bad_value"
-    );
+    assert_eq!(resolve(&message, &[], RECEIVED).unwrap_err().reason(), "bad_value");
 }
 
 #[test]
@@ -211,12 +208,11 @@ fn arbitrary_bytes_never_panic() {
         seed ^= seed << 17;
         seed
     };
-    let birth = Birth::default();
     for _ in 0..20_000 {
         let len = (next() % 64) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         if let Ok(Some(message)) = decode_message("spBv1.0/g/NDATA/e", &bytes)
-            && let Err(error) = resolve(&message, &birth, RECEIVED)
+            && let Err(error) = resolve(&message, &[&Birth::from_message(&message)], RECEIVED)
         {
             assert!(!error.reason().is_empty());
         }
