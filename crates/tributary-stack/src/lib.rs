@@ -204,14 +204,23 @@ impl Part {
         }
     }
 
-    /// Polls `/readyz` until it answers 200.
+    /// Polls `/readyz` until it answers 200; on a timeout the error says
+    /// which checks were still failing.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let url = format!("{}/readyz", self.url());
         let client = reqwest::Client::new();
-        tributary_testkit::wait_until(timeout, &format!("{} ready", self.name), || async {
+        let waited = tributary_testkit::wait_until(timeout, &format!("{} ready", self.name), || async {
             matches!(client.get(&url).send().await, Ok(r) if r.status().is_success())
         })
-        .await
+        .await;
+        if waited.is_err() {
+            let last = match client.get(&url).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(error) => error.to_string(),
+            };
+            return waited.with_context(|| format!("last /readyz: {last}"));
+        }
+        Ok(())
     }
 }
 

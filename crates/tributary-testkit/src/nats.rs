@@ -19,6 +19,8 @@ const STOP: &[StopStep] = &[
     (libc::SIGKILL, Duration::from_secs(10)),
 ];
 const KILL: &[StopStep] = &[(libc::SIGKILL, Duration::from_secs(10))];
+/// What temporary servers let JetStream reserve (see [`NatsServer::start`]).
+const TEST_STORE: &str = "max_file_store: 1TB";
 
 /// A JetStream-enabled `nats-server` child process.
 ///
@@ -36,8 +38,14 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// JetStream server on a free loopback port, store in a fresh temp dir.
+    ///
+    /// Its JetStream file store may reserve up to 1 TB: without a limit,
+    /// nats-server allows 75% of the disk's free space, and Tributary's
+    /// streams reserve 9 GiB (their byte limits), so tests would fail with
+    /// "insufficient storage resources" on a machine short of disk. Tests
+    /// write far less than that.
     pub fn start() -> Result<Self> {
-        Self::launch(ServerDir::temp("tributary-nats-")?, None, None)
+        Self::start_with_config("")
     }
 
     /// Like [`NatsServer::start`], with the server also reading `config`
@@ -48,6 +56,15 @@ impl NatsServer {
     pub fn start_with_config(config: &str) -> Result<Self> {
         let dir = ServerDir::temp("tributary-nats-")?;
         let path = dir.path().join("nats.conf");
+        // The test store limit, inside the caller's jetstream block if it
+        // has one (a second block would replace the first), unless it sets its own.
+        let config = if config.contains("max_file_store") {
+            config.to_owned()
+        } else if config.contains("jetstream {") {
+            config.replacen("jetstream {", &format!("jetstream {{\n  {TEST_STORE}\n"), 1)
+        } else {
+            format!("jetstream {{ {TEST_STORE} }}\n{config}")
+        };
         fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
         Self::launch(dir, None, Some(path))
     }

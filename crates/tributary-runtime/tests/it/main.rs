@@ -144,3 +144,23 @@ async fn dead_letters_carry_their_reason_and_are_terminated() {
     );
     assert_eq!(consumer.info().await.unwrap().num_redelivered, 0);
 }
+
+#[tokio::test]
+async fn a_durable_consumer_is_seen_by_has_durable_consumer() {
+    let nats = NatsServer::start().unwrap();
+    let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")
+        .await
+        .unwrap();
+    ensure_streams(&js, &StreamArgs::default()).await.unwrap();
+    let has = tributary_runtime::streams::has_durable_consumer(&js, "TELEMETRY_METRICS").await;
+    assert!(!has.unwrap(), "none yet");
+    let settings = ConsumerSettings {
+        durable: "sink".into(),
+        filter_subject: String::new(),
+        ack_wait: Duration::from_secs(5),
+        max_ack_pending: 100,
+    };
+    ensure_pull_consumer(&js, "TELEMETRY_METRICS", &settings).await.unwrap();
+    let has = tributary_runtime::streams::has_durable_consumer(&js, "TELEMETRY_METRICS").await;
+    assert!(has.unwrap(), "the sink's durable consumer");
+}
