@@ -9,6 +9,7 @@
 //! Never: no database, no HTTP API beyond the admin routes, no
 //! acknowledgement of a raw message whose events are not all stored.
 
+mod births;
 pub mod config;
 pub mod framing;
 mod pipeline;
@@ -79,9 +80,28 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let Some(consumer) = provisioned.await? else {
             return Ok(());
         };
+        let routes = std::sync::Arc::new(config.route_table().map_err(Error::Config)?);
+        let sparkplug = routes
+            .routes()
+            .iter()
+            .any(|route| route.decoder == tributary_formats::Decoder::SparkplugB);
+        let births = if sparkplug {
+            let opened =
+                tributary_runtime::retry::until_ok("opening the Sparkplug births bucket", &shutdown, || async {
+                    births::Births::open(&js)
+                        .await
+                        .map_err(tributary_runtime::retry::Retryable)
+                })
+                .await;
+            let Ok(Some(births)) = opened else { return Ok(()) };
+            Some(std::sync::Arc::new(births))
+        } else {
+            None
+        };
         consuming.store(true, Ordering::Relaxed);
         let settings = pipeline::Settings {
-            routes: std::sync::Arc::new(config.route_table().map_err(Error::Config)?),
+            routes,
+            births,
             pull_batch: config.batch_size,
             max_batch_bytes: config.max_batch_bytes,
             window: config.publish_window,

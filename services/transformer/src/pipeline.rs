@@ -43,6 +43,8 @@ pub struct StreamEnded(String);
 pub struct Settings {
     /// Which decoder takes which raw message.
     pub routes: Arc<RouteTable>,
+    /// Sparkplug B births shared by the replicas (when a route decodes Sparkplug B).
+    pub births: Option<Arc<crate::births::Births>>,
     /// Raw messages asked for per pull request.
     pub pull_batch: usize,
     /// A device's events from one raw message are split into chunks of at most this many bytes.
@@ -63,6 +65,15 @@ pub struct Pipeline {
     /// Whether the metrics stream has a durable consumer; no new raw message
     /// is taken while it has none (its batches would be dropped).
     downstream: Arc<AtomicBool>,
+}
+
+/// A raw message's decoding.
+enum Decoded {
+    Points(Vec<tributary_formats::Point>),
+    /// Can never be decoded: dead-letter it.
+    Refused(tributary_formats::DecodeError),
+    /// Not yet (a Sparkplug BIRTH still on its way): redeliver it later.
+    Later(String),
 }
 
 /// One metric publish, ready to send.
@@ -250,9 +261,24 @@ impl Pipeline {
         }
     }
 
-    /// Decodes one raw message and queues its metric batches, or dead-letters it.
+    /// Decodes one raw message and queues its metric batches, or dead-letters
+    /// it, or (a Sparkplug message whose BIRTH is not in yet) NAKs it.
     async fn take(&self, state: &mut InFlight, message: jetstream::Message) {
-        let planned = match self.plan(&message) {
+        let decoded = match RawEnvelope::decode(message.payload.clone()) {
+            Err(error) => Err(("bad_envelope", format!("the message is not a RawEnvelope: {error}"))),
+            Ok(envelope) => match self.decode(&message, &envelope).await {
+                Decoded::Points(points) => Ok((envelope, points)),
+                Decoded::Refused(error) => Err((error.reason(), error.to_string())),
+                Decoded::Later(why) => {
+                    tracing::debug!(%why, "retrying a Sparkplug message later");
+                    let _ = message.ack_with(AckKind::Nak(Some(crate::births::RETRY_DELAY))).await;
+                    state.tally.retried += 1;
+                    return;
+                }
+            },
+        };
+        let planned = decoded.and_then(|(envelope, points)| self.plan(&message, &envelope, points));
+        let planned = match planned {
             Ok(planned) => planned,
             Err((reason, why)) => {
                 self.dead_letter(state, &message, reason, &why).await;
@@ -291,12 +317,8 @@ impl Pipeline {
         );
     }
 
-    /// The metric publishes for one raw message: (subject, msg id, payload,
-    /// events), or the reason and explanation for dead-lettering it.
-    #[expect(clippy::type_complexity, reason = "a private tuple read right below")]
-    fn plan(&self, message: &jetstream::Message) -> Result<Vec<(String, String, Bytes, u64)>, (&'static str, String)> {
-        let envelope = RawEnvelope::decode(message.payload.clone())
-            .map_err(|error| ("bad_envelope", format!("the message is not a RawEnvelope: {error}")))?;
+    /// Decodes a raw message by its route; Sparkplug B through the births.
+    async fn decode(&self, message: &jetstream::Message, envelope: &RawEnvelope) -> Decoded {
         let transport = match SourceKind::try_from(envelope.source_kind) {
             Ok(SourceKind::Mqtt) => Transport::Mqtt,
             Ok(SourceKind::Pull) => Transport::Pull,
@@ -315,11 +337,42 @@ impl Pipeline {
                 .and_then(|p| tributary_formats::Precision::parse(p)),
             payload: &envelope.payload,
         };
-        let points = self
+        let route = self
             .settings
             .routes
-            .decode(&input)
-            .map_err(|error| (error.reason(), error.to_string()))?;
+            .find(input.transport, input.source, input.topic, input.content_type);
+        if let (Some(route), Some(births)) = (route, &self.settings.births)
+            && route.decoder == tributary_formats::Decoder::SparkplugB
+        {
+            let parsed = tributary_formats::sparkplug::decode_message(input.topic, input.payload);
+            return match parsed {
+                Err(error) => Decoded::Refused(error),
+                Ok(None) => Decoded::Points(Vec::new()),
+                Ok(Some(sparkplug)) => {
+                    let delivered = message.info().map_or(1, |info| info.delivered);
+                    match births.resolve(&sparkplug, input.received_at_us, delivered).await {
+                        crate::births::Outcome::Points(points) => Decoded::Points(points),
+                        crate::births::Outcome::Retry(why) => Decoded::Later(why),
+                        crate::births::Outcome::Refuse(error) => Decoded::Refused(error),
+                    }
+                }
+            };
+        }
+        match self.settings.routes.decode(&input) {
+            Ok(points) => Decoded::Points(points),
+            Err(error) => Decoded::Refused(error),
+        }
+    }
+
+    /// The metric publishes for one raw message's points: (subject, msg id,
+    /// payload, events), or the reason and explanation for dead-lettering it.
+    #[expect(clippy::type_complexity, reason = "a private tuple read right below")]
+    fn plan(
+        &self,
+        message: &jetstream::Message,
+        envelope: &RawEnvelope,
+        points: Vec<tributary_formats::Point>,
+    ) -> Result<Vec<(String, String, Bytes, u64)>, (&'static str, String)> {
         let raw_msg_id = message
             .headers
             .as_ref()
@@ -328,7 +381,7 @@ impl Pipeline {
             .unwrap_or_default();
         let max_payload = self.client.server_info().max_payload.saturating_sub(HEADER_ALLOWANCE);
         let mut planned = Vec::new();
-        for (device, batches) in framing::batches(points, &envelope, &raw_msg_id, self.settings.max_batch_bytes) {
+        for (device, batches) in framing::batches(points, envelope, &raw_msg_id, self.settings.max_batch_bytes) {
             let subject = metric_subject(&device);
             for batch in batches {
                 let payload = batch.encode_to_vec();

@@ -9,6 +9,7 @@ mod influx;
 mod mqtt_bridge;
 mod pipeline;
 mod processes;
+mod sparkplug;
 
 use std::time::Duration;
 
