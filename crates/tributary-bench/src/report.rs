@@ -29,7 +29,8 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "load: {} devices, {} metrics per payload, {} rate {} payloads/s{}",
+        "load: {} payloads, {} devices, {} metrics per payload, {} rate {} payloads/s{}",
+        a.format,
         a.devices,
         a.metrics,
         if a.find_max { "starting" } else { "offered" },

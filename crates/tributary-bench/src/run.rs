@@ -47,6 +47,10 @@ pub struct Args {
     /// Simulated devices.
     #[arg(long, default_value_t = 200)]
     pub devices: u32,
+    /// Payload format the simulator writes: items JSON, SenML JSON, line protocol (over HTTP to the InfluxDB
+    /// write endpoint) or Sparkplug B (MQTT only). The services get a route table that decodes it.
+    #[arg(long, value_enum, default_value = "items")]
+    pub format: simulator::PayloadFormat,
     /// HTTP only: payloads per request (a JSON array). 1 posts each on its own.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -76,11 +80,34 @@ impl Args {
         })
     }
 
-    fn transports(&self) -> Vec<simulator::Transport> {
-        match self.transport {
+    fn transports(&self) -> Result<Vec<simulator::Transport>> {
+        let sparkplug = self.format == simulator::PayloadFormat::Sparkplug;
+        Ok(match self.transport {
+            TransportChoice::Http if sparkplug => anyhow::bail!("--format sparkplug travels over MQTT only"),
             TransportChoice::Http => vec![simulator::Transport::Http],
             TransportChoice::Mqtt => vec![simulator::Transport::Mqtt],
+            TransportChoice::Both if sparkplug => vec![simulator::Transport::Mqtt],
             TransportChoice::Both => vec![simulator::Transport::Http, simulator::Transport::Mqtt],
+        })
+    }
+
+    /// The route table the producer and transformer get for `--format`
+    /// (none for items: the default decodes it).
+    pub fn routes(&self) -> Option<&'static str> {
+        match self.format {
+            simulator::PayloadFormat::Items => None,
+            simulator::PayloadFormat::Senml => Some(
+                "[[routes]]\nname = \"senml\"\nformat = \"senml-json\"\ncontent_type = \"application/senml+json\"\n\n\
+                 [[routes]]\nname = \"senml over mqtt\"\nformat = \"senml-json\"\ntopic = \"devices/#\"\n",
+            ),
+            // Over HTTP the InfluxDB endpoint's built-in route decodes it.
+            simulator::PayloadFormat::Lineproto => Some(
+                "[[routes]]\nname = \"line protocol over mqtt\"\nformat = \"line-protocol\"\ntopic = \"devices/#\"\n\
+                 precision = \"ms\"\n",
+            ),
+            simulator::PayloadFormat::Sparkplug => {
+                Some("[[routes]]\nname = \"sparkplug\"\nformat = \"sparkplug-b\"\ntopic = \"spBv1.0/#\"\n")
+            }
         }
     }
 }
@@ -147,7 +174,7 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(bin_dir: &std::path::Path, nats_sync: NatsSync) -> Result<Self> {
+    async fn start(bin_dir: &std::path::Path, nats_sync: NatsSync, routes: Option<&str>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("tributary-bench-").tempdir()?;
         let nats = match nats_sync.server_config() {
             None => NatsServer::start()?,
@@ -168,23 +195,33 @@ impl Bench {
         std::fs::create_dir_all(&logs)?;
         let nats_url = nats.url();
         let broker = format!("{}:{}", mosquitto.host(), mosquitto.port());
+        let mut routes_env = Vec::new();
+        if let Some(routes) = routes {
+            let path = dir.path().join("routes.toml");
+            std::fs::write(&path, routes)?;
+            routes_env.push(("TRIBUTARY_ROUTES", path.display().to_string()));
+        }
         let services = vec![
             ServiceProcess::spawn_from(
                 bin_dir,
                 "producer",
                 &logs,
                 &[
-                    ("TRIBUTARY_NATS_URL", nats_url.clone()),
-                    ("TRIBUTARY_MQTT_BROKER", broker),
-                    ("TRIBUTARY_MQTT_TOPICS", "devices/#".into()),
-                    ("TRIBUTARY_MQTT_CLIENT_ID", "bench-producer".into()),
-                ],
+                    &[
+                        ("TRIBUTARY_NATS_URL", nats_url.clone()),
+                        ("TRIBUTARY_MQTT_BROKER", broker),
+                        ("TRIBUTARY_MQTT_TOPICS", "devices/#,spBv1.0/#".into()),
+                        ("TRIBUTARY_MQTT_CLIENT_ID", "bench-producer".into()),
+                    ][..],
+                    &routes_env,
+                ]
+                .concat(),
             )?,
             ServiceProcess::spawn_from(
                 bin_dir,
                 "transformer",
                 &logs,
-                &[("TRIBUTARY_NATS_URL", nats_url.clone())],
+                &[&[("TRIBUTARY_NATS_URL", nats_url.clone())][..], &routes_env].concat(),
             )?,
             ServiceProcess::spawn_from(
                 bin_dir,
@@ -269,6 +306,7 @@ impl Bench {
             }
             simulator::Transport::Mqtt => simulator::Config::mqtt(self.mosquitto.host(), self.mosquitto.port()),
         };
+        config.format = args.format;
         config.devices = args.devices;
         config.metrics = args.metrics;
         config.rate = rate;
@@ -340,12 +378,13 @@ impl Bench {
 pub async fn run(args: Args) -> Result<Report> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
     let samples = Samples::new(args.metrics)?;
-    let bench = Bench::start(&bin_dir, args.nats_sync).await?;
+    let transports = args.transports()?;
+    let bench = Bench::start(&bin_dir, args.nats_sync, args.routes()).await?;
     tracing::info!(nats_sync = %args.nats_sync, "servers and services up");
     let mut phases = Vec::new();
     let mut max_sustained = Vec::new();
     let mut seed = 100;
-    for transport in args.transports() {
+    for transport in transports {
         if args.find_max {
             let step = args.phase_duration() / 3;
             let mut rate = args.rate;
@@ -436,5 +475,50 @@ mod tests {
         );
         let error = parse(&["--nats-sync", "soon"]).unwrap_err().to_string();
         assert!(error.contains("expected `default`, `always` or a duration"), "{error}");
+    }
+
+    #[test]
+    fn each_format_gets_a_route_table_that_decodes_it() {
+        use simulator::PayloadFormat;
+        use tributary_formats::{Decoder, RouteTable, Transport};
+        let parse =
+            |flags: &[&str]| Args::try_parse_from(std::iter::once("tributary-bench").chain(flags.iter().copied()));
+        let table = |args: &Args| RouteTable::from_toml(args.routes().expect("routes")).expect("valid");
+        assert_eq!(parse(&[]).unwrap().routes(), None);
+
+        let senml = parse(&["--format", "senml"]).unwrap();
+        assert_eq!(senml.format, PayloadFormat::Senml);
+        let routes = table(&senml);
+        let find =
+            |transport, topic, content_type| routes.find(transport, "bench", topic, content_type).map(|r| &r.decoder);
+        assert_eq!(
+            find(Transport::Http, "", "application/senml+json"),
+            Some(&Decoder::SenmlJson)
+        );
+        assert_eq!(find(Transport::Mqtt, "devices/d1", ""), Some(&Decoder::SenmlJson));
+
+        let routes = table(&parse(&["--format", "lineproto"]).unwrap());
+        assert!(matches!(
+            routes
+                .find(Transport::Mqtt, "bench", "devices/d1", "")
+                .map(|r| &r.decoder),
+            Some(Decoder::LineProtocol(_))
+        ));
+
+        let sparkplug = parse(&["--format", "sparkplug"]).unwrap();
+        let routes = table(&sparkplug);
+        assert_eq!(
+            routes
+                .find(Transport::Mqtt, "bench", "spBv1.0/devices/NDATA/d1", "")
+                .map(|r| &r.decoder),
+            Some(&Decoder::SparkplugB)
+        );
+        assert_eq!(sparkplug.transports().unwrap(), vec![simulator::Transport::Mqtt]);
+        assert!(
+            parse(&["--format", "sparkplug", "--transport", "http"])
+                .unwrap()
+                .transports()
+                .is_err()
+        );
     }
 }

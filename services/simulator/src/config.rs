@@ -39,11 +39,46 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// The shape of the payloads.
+/// The shape of the payloads. Every format carries the same readings for a
+/// given seed; only the bytes differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PayloadFormat {
     /// The "items" JSON of the reference deployment (README.md, "Payloads").
     Items,
+    /// SenML JSON (RFC 8428): one pack per payload, the device as base name
+    /// (`application/senml+json`; over MQTT a route must name the format).
+    Senml,
+    /// InfluxDB line protocol, one line per payload (`telemetry,host=<device>
+    /// …`, millisecond times): over HTTP to the producer's
+    /// `/api/v2/write?bucket=<source>&precision=ms`, as Telegraf writes.
+    Lineproto,
+    /// Sparkplug B over MQTT: each device is an edge node of group
+    /// `--topic-prefix`; its first payload is an NBIRTH declaring every
+    /// metric with an alias, the rest NDATA by alias only.
+    Sparkplug,
+}
+
+impl PayloadFormat {
+    /// The HTTP `Content-Type` of its payloads.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Items => "application/json",
+            Self::Senml => "application/senml+json",
+            Self::Lineproto => "text/plain; charset=utf-8",
+            Self::Sparkplug => "application/octet-stream",
+        }
+    }
+}
+
+impl std::fmt::Display for PayloadFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Items => "items",
+            Self::Senml => "senml",
+            Self::Lineproto => "lineproto",
+            Self::Sparkplug => "sparkplug",
+        })
+    }
 }
 
 /// Tributary simulator: a fleet of virtual devices sending telemetry
@@ -85,7 +120,8 @@ pub struct Config {
     /// MQTT broker, as host:port.
     #[arg(long, env = "TRIBUTARY_SIM_MQTT_BROKER", default_value = "127.0.0.1:1883")]
     pub mqtt_broker: String,
-    /// MQTT topic prefix: each device publishes to `{topic-prefix}/{device id}`.
+    /// MQTT topic prefix: each device publishes to `{topic-prefix}/{device id}`
+    /// (Sparkplug B: the group id, `spBv1.0/{topic-prefix}/NDATA/{device id}`).
     #[arg(long, env = "TRIBUTARY_SIM_TOPIC_PREFIX", default_value = "devices")]
     pub topic_prefix: String,
     /// Payload format.
@@ -100,7 +136,8 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_SIM_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
     /// HTTP only: payloads per request, sent as one JSON array (the items
-    /// format's batch). 1 sends each payload on its own.
+    /// format's batch), one SenML pack, or one line-protocol body. 1 sends
+    /// each payload on its own.
     #[arg(long, env = "TRIBUTARY_SIM_BATCH", default_value_t = 1)]
     pub batch: usize,
     /// Event time of the first payload, RFC 3339 (e.g. 2024-05-01T00:00:00Z),
@@ -169,6 +206,9 @@ impl Config {
         }
         match self.transport {
             Transport::Http => {
+                if self.format == PayloadFormat::Sparkplug {
+                    problems.push("--format sparkplug travels over MQTT: add --transport mqtt".to_owned());
+                }
                 if let Err(why) = ingest_url(&self.producer_url, &self.source) {
                     problems.push(why);
                 }
@@ -195,6 +235,12 @@ impl Config {
                         self.topic_prefix
                     ));
                 }
+                if self.format == PayloadFormat::Sparkplug && self.topic_prefix.contains('/') {
+                    problems.push(format!(
+                        "--topic-prefix {:?}: with --format sparkplug it is the group id, one topic level without '/'",
+                        self.topic_prefix
+                    ));
+                }
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
@@ -210,12 +256,14 @@ impl Config {
     /// The fleet a run with this configuration sends from: with a set
     /// --start-time, a test can regenerate exactly what was sent.
     pub fn fleet(&self) -> Result<crate::Fleet, String> {
-        Ok(crate::Fleet::new(
+        Ok(crate::Fleet::with_format(
             self.devices,
             self.metrics,
             self.seed,
             self.start_time_us()?,
             self.interval_us(),
+            self.format,
+            &self.topic_prefix,
         ))
     }
 
@@ -229,6 +277,20 @@ impl Config {
                 .map_or(0, |d| d.as_micros() as i64)),
         }
     }
+}
+
+/// Where payloads of `format` are posted: [`ingest_url`], or for line
+/// protocol the producer's InfluxDB v2 write endpoint with `source` as the
+/// bucket and millisecond precision.
+pub fn post_url(producer_url: &str, source: &str, format: PayloadFormat) -> Result<String, String> {
+    let url = ingest_url(producer_url, source)?;
+    Ok(match format {
+        PayloadFormat::Lineproto => format!(
+            "{}/api/v2/write?bucket={source}&precision=ms",
+            producer_url.trim_end_matches('/')
+        ),
+        _ => url,
+    })
 }
 
 /// The URL payloads are posted to, `{producer_url}/v1/ingest/{source}`;
@@ -351,6 +413,26 @@ mod tests {
         ]);
         let problems = config.validate().unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn line_protocol_goes_to_the_influx_endpoint() {
+        assert_eq!(
+            post_url("http://h:1/", "b", PayloadFormat::Lineproto).as_deref(),
+            Ok("http://h:1/api/v2/write?bucket=b&precision=ms")
+        );
+        assert_eq!(
+            post_url("http://h:1", "b", PayloadFormat::Senml).as_deref(),
+            Ok("http://h:1/v1/ingest/b")
+        );
+        let mut config = Config::http("http://h:1");
+        config.format = PayloadFormat::Sparkplug;
+        assert_eq!(config.validate().unwrap_err().len(), 1);
+        let mut config = Config::mqtt("h", 1);
+        config.format = PayloadFormat::Sparkplug;
+        assert_eq!(config.validate(), Ok(()));
+        config.topic_prefix = "a/b".into();
+        assert_eq!(config.validate().unwrap_err().len(), 1);
     }
 
     #[test]

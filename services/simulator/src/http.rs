@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, ingest_url};
+use crate::config::{Config, PayloadFormat, post_url};
 use crate::http1::{Conn, ConnError, Target};
 use crate::{Payload, Tally};
 
@@ -41,6 +41,8 @@ struct Shared {
     target: Target,
     /// For messages only.
     url: String,
+    /// How several payloads make one request.
+    format: PayloadFormat,
     tally: Arc<Tally>,
     /// Indices of the workers waiting for a job, most recently used last.
     idle: Mutex<Vec<usize>>,
@@ -59,14 +61,19 @@ impl HttpSender {
     /// A sender posting to the configured producer (validated before: the
     /// URL is well-formed). Connects lazily, on the first request.
     pub fn new(config: &Config, tally: Arc<Tally>) -> Result<Self, String> {
-        let url = ingest_url(&config.producer_url, &config.source)?;
+        let url = post_url(&config.producer_url, &config.source, config.format)?;
         let parsed: reqwest::Url = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let target = Target::new(&parsed, concat!("tributary-simulator/", env!("CARGO_PKG_VERSION")))?;
+        let target = Target::new(
+            &parsed,
+            concat!("tributary-simulator/", env!("CARGO_PKG_VERSION")),
+            config.format.content_type(),
+        )?;
         let batch = config.batch.max(1);
         Ok(Self {
             shared: Arc::new(Shared {
                 target,
                 url,
+                format: config.format,
                 tally,
                 idle: Mutex::new(Vec::new()),
             }),
@@ -129,7 +136,7 @@ async fn work(index: usize, mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) 
     let mut conn: Option<Conn> = None;
     let mut request = Vec::new();
     while let Some(job) = jobs.recv().await {
-        encode(&shared.target, &job, &mut request);
+        encode(&shared.target, shared.format, &job, &mut request);
         let result = post(&shared, &mut conn, &request).await;
         // Counted, then idle, then released: the drain relies on the
         // first, `flush` on the second.
@@ -145,26 +152,34 @@ async fn work(index: usize, mut jobs: mpsc::Receiver<Job>, shared: Arc<Shared>) 
 }
 
 /// Writes the request for `job` into `out`: the head, then the one payload,
-/// or several as a JSON array.
-fn encode(target: &Target, job: &Job, out: &mut Vec<u8>) {
-    match job.as_slice() {
-        [(one, _)] => {
-            target.start_request(out, one.body.len());
-            out.extend_from_slice(&one.body);
-        }
-        many => {
-            let len = many.iter().map(|(p, _)| p.body.len() + 1).sum::<usize>() + 1;
-            target.start_request(out, len);
-            out.push(b'[');
-            for (i, (payload, _)) in many.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(&payload.body);
-            }
-            out.push(b']');
-        }
+/// or several as one body of the format: a JSON array of items payloads,
+/// one SenML pack of all their records, line-protocol lines one after another.
+fn encode(target: &Target, format: PayloadFormat, job: &Job, out: &mut Vec<u8>) {
+    if let [(one, _)] = job.as_slice() {
+        target.start_request(out, one.body.len());
+        out.extend_from_slice(&one.body);
+        return;
     }
+    // (opening, separator, closing, bytes cut from each end of a payload)
+    let (open, separator, close, cut): (&[u8], &[u8], &[u8], usize) = match format {
+        PayloadFormat::Items => (b"[", b",", b"]", 0),
+        // Each payload is a pack `[…]`: its records go into one.
+        PayloadFormat::Senml => (b"[", b",", b"]", 1),
+        // Each payload is a line ending in `\n`.
+        PayloadFormat::Lineproto | PayloadFormat::Sparkplug => (b"", b"", b"", 0),
+    };
+    let parts = job.iter().map(|(p, _)| &p.body[cut..p.body.len() - cut]);
+    let len =
+        open.len() + close.len() + parts.clone().map(<[u8]>::len).sum::<usize>() + separator.len() * (job.len() - 1);
+    target.start_request(out, len);
+    out.extend_from_slice(open);
+    for (i, part) in parts.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(separator);
+        }
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(close);
 }
 
 /// Posts one request, retrying as the module says. `Err` says why it failed.

@@ -38,7 +38,7 @@ pub struct Target {
 impl Target {
     /// The target of POSTs to `url`, which must be an `http://` URL (as
     /// [`crate::config::ingest_url`] checks).
-    pub fn new(url: &reqwest::Url, user_agent: &str) -> Result<Self, String> {
+    pub fn new(url: &reqwest::Url, user_agent: &str, content_type: &str) -> Result<Self, String> {
         // An IPv6 address comes in brackets, as the `Host` header wants it
         // and a socket address does not.
         let Some(authority_host) = url.host_str().filter(|h| !h.is_empty()) else {
@@ -54,9 +54,10 @@ impl Target {
             Some(port) => format!("{authority_host}:{port}"),
             None => authority_host.to_owned(),
         };
+        let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {user_agent}\r\n\
-             Content-Type: application/json\r\nContent-Length: ",
+            "POST {}{query} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {user_agent}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: ",
             url.path()
         )
         .into_bytes();
@@ -417,7 +418,7 @@ mod tests {
     #[test]
     fn encodes_the_request_head() {
         let check = |url: &str, len: usize, expected: &str| {
-            let target = Target::new(&url.parse().expect("URL"), "sim/1").expect("target");
+            let target = Target::new(&url.parse().expect("URL"), "sim/1", "application/json").expect("target");
             let mut out = b"left over".to_vec();
             target.start_request(&mut out, len);
             assert_eq!(String::from_utf8_lossy(&out), expected, "{url}");
@@ -440,9 +441,15 @@ mod tests {
             "POST /v1/ingest/s HTTP/1.1\r\nHost: producer\r\nUser-Agent: sim/1\r\n\
              Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n",
         );
-        let target = Target::new(&"http://[::1]:9/x".parse().expect("URL"), "s").expect("target");
+        check(
+            "http://h:1/api/v2/write?bucket=b&precision=ms",
+            3,
+            "POST /api/v2/write?bucket=b&precision=ms HTTP/1.1\r\nHost: h:1\r\nUser-Agent: sim/1\r\n\
+             Content-Type: application/json\r\nContent-Length: 3\r\n\r\n",
+        );
+        let target = Target::new(&"http://[::1]:9/x".parse().expect("URL"), "s", "text/plain").expect("target");
         assert_eq!((target.host.as_str(), target.port), ("::1", 9));
-        let target = Target::new(&"http://h/x".parse().expect("URL"), "s").expect("target");
+        let target = Target::new(&"http://h/x".parse().expect("URL"), "s", "text/plain").expect("target");
         assert_eq!((target.host.as_str(), target.port), ("h", 80));
     }
 

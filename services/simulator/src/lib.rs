@@ -1,6 +1,7 @@
-//! The device simulator: a fleet of virtual devices that sends "items" JSON
-//! payloads to the producer over HTTP (`POST /v1/ingest/{source}`) or MQTT
-//! (`{topic-prefix}/{device id}`), at a set rate, and reports how many the
+//! The device simulator: a fleet of virtual devices that sends payloads
+//! (items JSON, SenML, line protocol or Sparkplug B) to the producer over
+//! HTTP (`POST /v1/ingest/{source}`, line protocol to the InfluxDB write
+//! endpoint) or MQTT (`{topic-prefix}/{device id}`), at a set rate, and reports how many the
 //! pipeline acknowledged. The payloads are reproducible: the same seed and
 //! start time give the same bytes ([`Fleet`]), so a test or a benchmark can
 //! regenerate what the pipeline should have stored.
@@ -15,6 +16,7 @@ mod http;
 mod http1;
 mod mqtt;
 pub mod rng;
+mod sparkplug;
 pub mod timestamp;
 
 use std::sync::Arc;
@@ -222,6 +224,7 @@ async fn simulate(config: Config, shutdown: CancellationToken) -> Result<Report,
     };
     tracing::info!(
         transport = %config.transport,
+        format = %config.format,
         devices = config.devices,
         metrics = config.metrics,
         rate = config.rate,

@@ -133,7 +133,10 @@ impl MqttSender {
     /// Hands one payload to the client; the permit comes back when the
     /// payload is settled.
     pub async fn send(&mut self, payload: Payload, permit: OwnedSemaphorePermit) {
-        let topic = format!("{}/{}", self.topic_prefix, payload.device_id);
+        let topic = match payload.topic {
+            Some(topic) => topic,
+            None => format!("{}/{}", self.topic_prefix, payload.device_id),
+        };
         self.shared.tally.sent();
         // Queued before publishing: the event loop may write it at once.
         self.shared.queued().push_back(payload.metrics);

@@ -162,3 +162,47 @@ async fn a_bad_payload_of_each_format_is_dead_lettered_with_its_reason() -> Resu
     assert_eq!(h.rows().await?, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_simulators_senml_line_protocol_and_sparkplug_are_stored_whole() -> Result<()> {
+    // What `just bench --format …` sends, batched over HTTP where it can be:
+    // every reading the producer acknowledged becomes exactly one row.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        format!("[[routes]]\nname = \"sparkplug\"\nformat = \"sparkplug-b\"\ntopic = \"spBv1.0/#\"\n{ROUTES}"),
+    )?;
+    let options = tributary_stack::Options {
+        routes: Some(path),
+        mqtt_topics: vec!["spBv1.0/#".to_owned()],
+        ..Default::default()
+    };
+    let h = Harness::start_with(&options).await?;
+    let mut stored = 0;
+    for (format, batch) in [
+        (simulator::PayloadFormat::Senml, 4),
+        (simulator::PayloadFormat::Lineproto, 4),
+        (simulator::PayloadFormat::Sparkplug, 1),
+    ] {
+        let mut config = if format == simulator::PayloadFormat::Sparkplug {
+            let broker = &h.servers.mosquitto;
+            simulator::Config::mqtt(broker.host(), broker.port())
+        } else {
+            simulator::Config::http(&h.services.producer.url())
+        };
+        config.format = format;
+        config.batch = batch;
+        config.devices = 4;
+        config.metrics = 12;
+        config.rate = 1000.0;
+        config.count = Some(80);
+        let report = simulator::run(config, tributary_runtime::CancellationToken::new()).await?;
+        assert_eq!((report.acknowledged, report.failed), (80, 0), "{format}: {report:?}");
+        stored += report.metrics_sent;
+        h.wait_drained().await?;
+        assert_eq!(h.rows().await? as u64, stored, "{format}");
+    }
+    assert!(h.dead_letters().await?.is_empty());
+    h.stop().await
+}
