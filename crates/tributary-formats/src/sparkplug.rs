@@ -344,6 +344,100 @@ fn scalar(metric: &proto::payload::Metric, datatype: Option<u32>, name: &str) ->
     }
 }
 
+/// A gap in an edge node's sequence numbers: messages lost or reordered
+/// between the node and the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqGap {
+    /// `<group>/<edge node>`.
+    pub node: String,
+    pub expected: u64,
+    pub seen: u64,
+}
+
+/// Follows each edge node's sequence numbers (0 to 255, wrapping; the
+/// NBIRTH sets them) in the order its messages arrive, and reports gaps.
+/// It must see a node's messages in order and all of them: the one MQTT
+/// subscription that receives them, not a transformer replica.
+#[derive(Debug, Default)]
+pub struct SeqTracker {
+    last: std::collections::HashMap<String, u64>,
+}
+
+/// Nodes followed at most; past it the tracker starts again (a gap can then
+/// go unseen, never be reported falsely).
+const MAX_TRACKED_NODES: usize = 100_000;
+
+impl SeqTracker {
+    /// Observes one message. `Some` for a gap; `None` for the next number,
+    /// a repeat (a redelivery), a node not yet followed, or anything that is
+    /// not a Sparkplug message from an edge node carrying a `seq`.
+    pub fn observe(&mut self, topic: &str, payload: &[u8]) -> Option<SeqGap> {
+        if !topic.starts_with(NAMESPACE) {
+            return None;
+        }
+        let topic = parse_topic(topic).ok().flatten()?;
+        let node = topic.node_id();
+        match topic.kind {
+            // Commands come from hosts; a death ends the sequence (the next
+            // birth starts a new one).
+            Kind::NCmd | Kind::DCmd => return None,
+            Kind::NDeath => {
+                self.last.remove(&node);
+                return None;
+            }
+            _ => {}
+        }
+        let seen = peek_seq(payload)?;
+        if self.last.len() >= MAX_TRACKED_NODES && !self.last.contains_key(&node) {
+            self.last.clear();
+        }
+        match self.last.insert(node.clone(), seen) {
+            Some(last) if topic.kind != Kind::NBirth && seen != last && seen != (last + 1) % 256 => Some(SeqGap {
+                node,
+                expected: (last + 1) % 256,
+                seen,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A payload's `seq` (field 3), read without decoding the rest; `None` when
+/// it has none or is not a well-formed protobuf message.
+pub fn peek_seq(payload: &[u8]) -> Option<u64> {
+    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    let mut seq = None;
+    while at < payload.len() {
+        let key = varint(payload, &mut at)?;
+        match (key >> 3, key & 7) {
+            (3, 0) => seq = Some(varint(payload, &mut at)?),
+            (_, 0) => {
+                varint(payload, &mut at)?;
+            }
+            (_, 1) => at = at.checked_add(8)?,
+            (_, 2) => {
+                let len = usize::try_from(varint(payload, &mut at)?).ok()?;
+                at = at.checked_add(len)?;
+            }
+            (_, 5) => at = at.checked_add(4)?,
+            _ => return None,
+        }
+    }
+    if at == payload.len() { seq } else { None }
+}
+
 #[cfg(test)]
 #[path = "sparkplug/tests.rs"]
 mod tests;

@@ -186,10 +186,12 @@ async fn ack_in_order(
     let mut pending = FuturesOrdered::new();
     let mut open = true;
     let mut warned = false;
+    let mut sequences = SeqGaps::default();
     loop {
         tokio::select! {
             message = incoming.recv(), if open => match message {
                 Some(publish) => {
+                    sequences.observe(&publish);
                     pending.push_back(forward(publisher.clone(), source.clone(), publish, shutdown.clone()));
                     metrics::gauge!("tributary_mqtt_held_messages").set(pending.len() as f64);
                     if pending.len() > HELD_WARNING && !std::mem::replace(&mut warned, true) {
@@ -212,6 +214,42 @@ async fn ack_in_order(
             },
             else => break,
         }
+    }
+}
+
+/// Sparkplug B sequence numbers, followed here because the bridge is where a
+/// node's messages arrive in order and all together (a transformer replica
+/// sees only some): each gap is counted in
+/// `tributary_sparkplug_seq_gaps_total` and logged, at most once a second.
+#[derive(Default)]
+struct SeqGaps {
+    tracker: tributary_formats::sparkplug::SeqTracker,
+    last_logged: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl SeqGaps {
+    fn observe(&mut self, publish: &Publish) {
+        let Some(gap) = self.tracker.observe(&publish.topic, &publish.payload) else {
+            return;
+        };
+        metrics::counter!("tributary_sparkplug_seq_gaps_total").increment(1);
+        let now = std::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            node = %gap.node,
+            expected = gap.expected,
+            seen = gap.seen,
+            gaps_not_logged = std::mem::take(&mut self.unlogged),
+            "Sparkplug B sequence gap: messages from this edge node were lost or reordered before the bridge"
+        );
+        self.last_logged = Some(now);
     }
 }
 

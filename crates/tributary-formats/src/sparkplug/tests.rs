@@ -218,3 +218,65 @@ fn arbitrary_bytes_never_panic() {
         }
     }
 }
+
+#[test]
+fn sequence_gaps_are_reported_per_node() {
+    let payload = |seq: u64| {
+        proto::Payload {
+            timestamp: Some(1),
+            seq: Some(seq),
+            metrics: vec![proto::payload::Metric {
+                alias: Some(1),
+                value: Some(proto::payload::metric::Value::DoubleValue(1.5)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    for seq in [0, 1, 200, 255, 300, u64::MAX] {
+        assert_eq!(peek_seq(&payload(seq)), Some(seq));
+    }
+    assert_eq!(peek_seq(&proto::Payload::default().encode_to_vec()), None);
+    assert_eq!(peek_seq(b"\x18"), None, "a truncated varint");
+    assert_eq!(peek_seq(&payload(7)[..5]), None, "a truncated message");
+
+    let mut tracker = SeqTracker::default();
+    let (a, b) = ("spBv1.0/g/NDATA/a", "spBv1.0/g/DDATA/b/dev");
+    // Not yet followed: no gap, whatever the number.
+    assert_eq!(tracker.observe(a, &payload(5)), None);
+    assert_eq!(tracker.observe(a, &payload(6)), None);
+    assert_eq!(tracker.observe(a, &payload(6)), None, "a redelivery");
+    assert_eq!(tracker.observe(b, &payload(9)), None, "another node");
+    assert_eq!(
+        tracker.observe(a, &payload(9)),
+        Some(SeqGap {
+            node: "g/a".into(),
+            expected: 7,
+            seen: 9
+        })
+    );
+    assert_eq!(tracker.observe(a, &payload(10)), None);
+    // Wraps after 255.
+    for seq in 11..=255 {
+        assert_eq!(tracker.observe(a, &payload(seq)), None);
+    }
+    assert_eq!(tracker.observe(a, &payload(0)), None);
+    // A birth restarts the sequence; a death forgets it.
+    assert_eq!(tracker.observe("spBv1.0/g/NBIRTH/a", &payload(0)), None);
+    assert_eq!(tracker.observe(a, &payload(1)), None);
+    assert_eq!(tracker.observe("spBv1.0/g/NDEATH/a", &[]), None);
+    assert_eq!(tracker.observe(a, &payload(77)), None);
+    // Not Sparkplug, or no sequence number: nothing to say.
+    assert_eq!(tracker.observe("devices/a", &payload(200)), None);
+    assert_eq!(tracker.observe("spBv1.0/g/NCMD/a", &payload(3)), None);
+    assert_eq!(tracker.observe(b, b"not protobuf"), None);
+    assert_eq!(
+        tracker.observe(b, &payload(11)),
+        Some(SeqGap {
+            node: "g/b".into(),
+            expected: 10,
+            seen: 11
+        })
+    );
+}

@@ -51,9 +51,13 @@ async fn harness() -> Result<(Harness, tributary_stack::Options, tempfile::TempD
 /// Publishes at QoS 1 and waits for the broker's PUBACK.
 async fn publish(h: &Harness, (topic, payload): &(String, Vec<u8>)) -> Result<()> {
     let mosquitto = &h.servers.mosquitto;
-    let options = MqttOptions::new(format!("edge-{}", rand_suffix()), mosquitto.host(), mosquitto.port());
+    publish_to(mosquitto.host(), mosquitto.port(), topic, payload).await
+}
+
+async fn publish_to(host: &str, port: u16, topic: &str, payload: &[u8]) -> Result<()> {
+    let options = MqttOptions::new(format!("edge-{}", rand_suffix()), host, port);
     let (client, mut eventloop) = AsyncClient::new(options, 10);
-    client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await?;
+    client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await?;
     tokio::time::timeout(DEADLINE, async {
         loop {
             if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
@@ -167,5 +171,80 @@ async fn data_before_its_birth_waits_and_an_alias_never_born_is_dead_lettered() 
     .await?;
     let dead = h.dead_letters().await?;
     assert_eq!(dead[0].0, "dlq.transformer.unknown_alias");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gap_in_a_nodes_sequence_numbers_is_counted_by_the_bridge() -> Result<()> {
+    use tributary_formats::sparkplug::proto;
+    // A producer process of its own: its /metrics counts this test's messages only.
+    let servers = tributary_stack::Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let mut producer = tributary_testkit::ServiceProcess::spawn(
+        "producer",
+        logs.path(),
+        &[
+            ("TRIBUTARY_NATS_URL", servers.nats.url()),
+            (
+                "TRIBUTARY_MQTT_BROKER",
+                format!("{}:{}", servers.mosquitto.host(), servers.mosquitto.port()),
+            ),
+            ("TRIBUTARY_MQTT_TOPICS", "spBv1.0/#".to_owned()),
+        ],
+    )?;
+    producer.wait_ready(DEADLINE).await?;
+    let message = |kind: &str, seq: u64| {
+        let payload = proto::Payload {
+            timestamp: Some(1_700_000_000_000 + seq),
+            seq: Some(seq),
+            metrics: vec![proto::payload::Metric {
+                name: Some("Temperature".into()),
+                datatype: Some(10),
+                value: Some(proto::payload::metric::Value::DoubleValue(20.0)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        (
+            format!("spBv1.0/plant/{kind}/edge-9"),
+            prost::Message::encode_to_vec(&payload),
+        )
+    };
+    let gaps = || async {
+        let text = reqwest::get(format!("{}/metrics", producer.url()))
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok(
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("tributary_sparkplug_seq_gaps_total ")?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .unwrap_or(0.0) as u64,
+        )
+    };
+    // Edge node 9 is born, sends 1 and 2, then 5 (3 and 4 never arrive), then 6.
+    let broker = &servers.mosquitto;
+    for (kind, seq) in [("NBIRTH", 0), ("NDATA", 1), ("NDATA", 2), ("NDATA", 5), ("NDATA", 6)] {
+        let (topic, payload) = message(kind, seq);
+        publish_to(broker.host(), broker.port(), &topic, &payload).await?;
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    tributary_testkit::wait_until(DEADLINE, "five raw messages", || async {
+        let Ok(mut stream) = js.get_stream("TELEMETRY_RAW").await else {
+            return false;
+        };
+        stream.info().await.is_ok_and(|info| info.state.messages == 5)
+    })
+    .await?;
+    assert_eq!(gaps().await?, 1, "one gap, between 2 and 5");
+    let log = std::fs::read_to_string(producer.log_path())?;
+    assert!(
+        log.contains("Sparkplug B sequence gap") && log.contains("plant/edge-9"),
+        "the gap is logged with its node:\n{log}"
+    );
+    assert!(producer.terminate(DEADLINE).await?.success());
     Ok(())
 }
