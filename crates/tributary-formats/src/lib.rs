@@ -27,7 +27,7 @@ mod timestamp;
 
 pub use lineproto::{LineOptions, Precision};
 pub use mapped::MappedOptions;
-pub use routes::{Decoder, Input, Route, RouteTable, Transport, check_topic_filter};
+pub use routes::{Decoder, Input, Route, RouteTable, Transport, check_topic_filter, glob_matches};
 
 pub use timestamp::{TIME_RANGE_US, format_timestamp, parse_timestamp};
 

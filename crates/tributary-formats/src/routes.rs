@@ -371,8 +371,9 @@ fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or("").trim()
 }
 
-/// `*` matches any run of characters (none included); the rest is literal.
-fn glob_matches(glob: &str, text: &str) -> bool {
+/// Whether `text` matches `glob`, where `*` stands for any run of
+/// characters (none included) and everything else for itself.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
     let parts: Vec<&str> = glob.split('*').collect();
     let [first, middle @ .., last] = parts.as_slice() else {
         // No `*` at all.

@@ -41,6 +41,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u32>,
+    /// Sent as `WWW-Authenticate` (a 401).
+    pub authenticate: Option<&'static str>,
 }
 
 impl ApiError {
@@ -51,6 +53,24 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            authenticate: None,
+        }
+    }
+
+    /// A 401: no credentials, or wrong ones. `challenge` is the
+    /// `WWW-Authenticate` value (e.g. `Bearer realm="tributary"`).
+    pub fn unauthorized(challenge: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            authenticate: Some(challenge),
+            ..Self::client(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        }
+    }
+
+    /// A 429: over a rate limit; try again after `retry_after` seconds.
+    pub fn rate_limited(retry_after: u32, message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::client(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
 
@@ -67,6 +87,7 @@ impl ApiError {
             code,
             message: "the service cannot accept this right now; retry later".to_owned(),
             retry_after: Some(retry_after),
+            authenticate: None,
         }
     }
 
@@ -85,6 +106,7 @@ impl ApiError {
             code: "internal",
             message: "internal error".to_owned(),
             retry_after: None,
+            authenticate: None,
         }
     }
 }
@@ -98,6 +120,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let Some(challenge) = self.authenticate {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         response
     }
 }
@@ -108,6 +135,15 @@ pub async fn not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         "no such endpoint; see README.md for the API",
+    )
+}
+
+/// A JSON 405 for a known path asked with a method it does not take.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::client(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}; see README.md for the API", uri.path()),
     )
 }
 

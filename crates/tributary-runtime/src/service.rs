@@ -131,16 +131,13 @@ impl Supervisor {
     pub fn serve(self, listener: TcpListener, addr: SocketAddr, router: Router) -> ServiceHandle {
         let router = router
             .merge(crate::admin::admin_router(self.readiness.clone(), self.healthy.clone()))
-            .fallback(crate::http_error::not_found);
+            .fallback(crate::http_error::not_found)
+            .method_not_allowed_fallback(crate::http_error::method_not_allowed);
         // The HTTP server has its own stop: after a task failed it goes on
         // answering (`/healthz` 503) until the other tasks have finished.
         let http_stop = CancellationToken::new();
         let stop = http_stop.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
+        let http = tokio::spawn(async move { crate::server::serve(listener, router, stop).await });
         let shutdown = self.shutdown.clone();
         let http_abort = http.abort_handle();
         let task = tokio::spawn(self.supervise(http, http_stop));

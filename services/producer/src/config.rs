@@ -21,6 +21,15 @@ pub struct Config {
     /// content type that no route takes. Unset: everything is taken.
     #[arg(long, env = "TRIBUTARY_ROUTES")]
     pub routes: Option<std::path::PathBuf>,
+    /// Bearer tokens for HTTP ingest (TOML: name, sha256 of the token,
+    /// sources it may write, optional rate limit; see README.md). Unset:
+    /// anyone may write (`just dev`).
+    #[arg(long, env = "TRIBUTARY_AUTH_TOKENS")]
+    pub auth_tokens: Option<std::path::PathBuf>,
+    /// How long a client may take to send a request's body; past it the
+    /// request is answered 408 (its head has 10 s).
+    #[arg(long, env = "TRIBUTARY_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// MQTT broker to bridge from, as host:port. Unset: no MQTT bridge.
     #[arg(long, env = "TRIBUTARY_MQTT_BROKER")]
     pub mqtt_broker: Option<String>,
@@ -92,10 +101,32 @@ impl Config {
         })
     }
 
+    /// The ingest tokens, if --auth-tokens names a file.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the file.
+    pub fn tokens(&self) -> Result<Option<crate::auth::Tokens>, Vec<String>> {
+        let Some(path) = &self.auth_tokens else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--auth-tokens {}: {e}", path.display())])?;
+        crate::auth::Tokens::from_toml(&text).map(Some).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("--auth-tokens {}: {p}", path.display()))
+                .collect()
+        })
+    }
+
     /// Every problem with the configuration, before any network I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         problems.extend(self.route_table().err().unwrap_or_default());
+        problems.extend(self.tokens().err().unwrap_or_default());
+        if self.body_read_timeout.is_zero() {
+            problems.push("--body-read-timeout must be more than zero".to_owned());
+        }
         problems.extend(self.nats.validate().err().unwrap_or_default());
         problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());

@@ -9,41 +9,34 @@
 //! InfluxDB does, and nothing of the batch is kept), then published as one
 //! raw message to `raw.influx.<bucket>`, and answered `204 No Content` once
 //! the stream has it. Errors are JSON `{code, message}` with InfluxDB's status
-//! codes: `400` invalid, `413` too large, `503` + `Retry-After` when the
-//! stream cannot take it.
+//! codes: `400` invalid, `401`/`403`/`429` from the tokens (the bucket is the
+//! source a token must be allowed), `408` a body too slow, `413` too large,
+//! `503` + `Retry-After` when the stream cannot take it (not confirmed: a
+//! retry is safe, the same bytes are stored once).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
-use tributary_formats::{Decoder, LineOptions, Precision, RouteTable, Transport};
+use tributary_formats::{Decoder, LineOptions, Precision, Transport};
 use tributary_runtime::ApiError;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_influx_subject, raw_msg_id};
 
-use crate::publish::{PublishError, RawPublisher, now_us};
+use crate::http::Ingest;
+use crate::publish::{PublishError, now_us};
 
-#[derive(Clone)]
-struct InfluxState {
-    publisher: Arc<RawPublisher>,
-    routes: Arc<RouteTable>,
-    max_body_bytes: usize,
-}
+type InfluxState = Ingest;
 
 /// The write routes.
-pub fn router(publisher: Arc<RawPublisher>, routes: Arc<RouteTable>, max_body_bytes: usize) -> Router {
+pub fn router(ingest: Ingest) -> Router {
     Router::new()
         .route("/api/v2/write", post(write_v2))
         .route("/write", post(write_v1))
-        .with_state(InfluxState {
-            publisher,
-            routes,
-            max_body_bytes,
-        })
+        .with_state(ingest)
 }
 
 async fn write_v2(
@@ -127,9 +120,9 @@ async fn accept(
     let precision_name = precision.map_or("ns", String::as_str);
     let precision = Precision::parse(precision_name)
         .ok_or_else(|| invalid(format!("precision {precision_name:?} is not one of ns, us, ms, s")))?;
-    let raw = axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|_| too_large(state.max_body_bytes))?;
+    // The bucket (v1: the database) is the source a token must be allowed.
+    state.authorize(headers, bucket)?;
+    let raw = state.read_body(headers, body).await?;
     let lines = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?")) {
         None | Some("identity") => raw,
         Some("gzip") => gunzip(&raw, state.max_body_bytes)?.into(),

@@ -7,8 +7,10 @@
 //! Never: no decoding of payloads (that is the transformer's job), no
 //! database, no acknowledgement before the stream has the message.
 
+pub mod auth;
 pub mod config;
 mod http;
+mod idempotency;
 mod influx;
 pub mod mqtt;
 mod publish;
@@ -57,6 +59,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
             Ok::<_, tributary_runtime::streams::ProvisionError>(())
         });
     }
+    let keys = Arc::new(std::sync::OnceLock::new());
+    let keys_ready = readiness.flag("idempotency-keys");
+    {
+        let (js, streams, shutdown, keys) = (js.clone(), config.streams.clone(), shutdown.clone(), keys.clone());
+        service.spawn_until_done("idempotency-key-bucket", async move {
+            let opened =
+                tributary_runtime::retry::until_ok("opening the idempotency-key bucket", &shutdown, || async {
+                    idempotency::open(&js, streams.duplicate_window, streams.replicas)
+                        .await
+                        .map_err(tributary_runtime::retry::Retryable)
+                })
+                .await?;
+            if let Some(store) = opened {
+                let _ = keys.set(store);
+                keys_ready.store(true, Ordering::Relaxed);
+            }
+            Ok::<_, tributary_runtime::retry::Retryable<String>>(())
+        });
+    }
 
     let publisher = Arc::new(RawPublisher::new(client, js, config.nats.request_timeout));
     if config.mqtt_broker.is_some() {
@@ -70,12 +91,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     }
 
     tracing::info!(mqtt = config.mqtt_broker.is_some(), "producer starting");
-    let routes = std::sync::Arc::new(config.route_table().map_err(Error::Config)?);
-    let router = http::router(publisher.clone(), routes.clone(), config.max_body_bytes).merge(influx::router(
+    let ingest = http::Ingest {
         publisher,
-        routes,
-        config.max_body_bytes,
-    ));
+        routes: Arc::new(config.route_table().map_err(Error::Config)?),
+        tokens: config.tokens().map_err(Error::Config)?.map(Arc::new),
+        keys,
+        max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.body_read_timeout,
+    };
+    let router = http::router(ingest.clone()).merge(influx::router(ingest));
     Ok(service.serve(listener, addr, router))
 }
 

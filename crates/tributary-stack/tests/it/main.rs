@@ -2,6 +2,7 @@
 //! the four services in-process, traffic over real HTTP and MQTT.
 
 mod deploy;
+mod door;
 mod faults;
 mod formats;
 mod framing;
