@@ -36,6 +36,13 @@ pub struct Config {
     /// MQTT topic filters to subscribe to at QoS 1, comma-separated (e.g. `devices/#`).
     #[arg(long, env = "TRIBUTARY_MQTT_TOPICS", value_delimiter = ',')]
     pub mqtt_topics: Vec<String>,
+    /// MQTT shared-subscription group: subscribe to `$share/<group>/<filter>`
+    /// so that the replicas of one group split the messages between them,
+    /// each with its own --mqtt-client-id. The broker must support shared
+    /// subscriptions (mosquitto 2, EMQX, HiveMQ, VerneMQ do). Unset: every
+    /// bridge receives every message.
+    #[arg(long, env = "TRIBUTARY_MQTT_SHARE_GROUP")]
+    pub mqtt_share_group: Option<String>,
     /// MQTT client id. The session is persistent (clean session off), so the
     /// broker keeps messages while the bridge is away: give each replica its own id.
     #[arg(long, env = "TRIBUTARY_MQTT_CLIENT_ID", default_value = "tributary-producer")]
@@ -146,6 +153,13 @@ impl Config {
                         problems.push(format!("--mqtt-topics {topic:?}: {why}"));
                     }
                 }
+                if let Some(group) = &self.mqtt_share_group
+                    && (group.is_empty() || group.contains(['/', '+', '#', '\0']))
+                {
+                    problems.push(format!(
+                        "--mqtt-share-group {group:?}: one topic level, without '/', '+' or '#'"
+                    ));
+                }
                 if self.mqtt_client_id.is_empty() {
                     problems.push("--mqtt-client-id must not be empty".to_owned());
                 }
@@ -182,9 +196,11 @@ mod tests {
             "nohost",
             "--mqtt-topics",
             "a/#/b",
+            "--mqtt-share-group",
+            "a/b",
         ]);
         let problems = config.validate().unwrap_err();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(Config::for_nats("nats://127.0.0.1:1").validate().is_ok());
     }
 }

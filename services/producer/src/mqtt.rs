@@ -78,8 +78,23 @@ pub async fn run_bridge(
         from_loop,
         shutdown.clone(),
     ));
-    let topics: Vec<String> = config.mqtt_topics.iter().filter(|t| !t.is_empty()).cloned().collect();
+    let topics: Vec<String> = config
+        .mqtt_topics
+        .iter()
+        .filter(|t| !t.is_empty())
+        .map(|filter| subscription(config.mqtt_share_group.as_deref(), filter))
+        .collect();
     poll(eventloop, client, topics, to_acker, acker, connected, shutdown).await;
+}
+
+/// What the bridge subscribes to for `filter`: the filter itself, or in a
+/// shared-subscription group `$share/<group>/<filter>`, so the group's
+/// replicas split its messages. Messages still arrive on their own topics.
+fn subscription(share_group: Option<&str>, filter: &str) -> String {
+    match share_group {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter.to_owned(),
+    }
 }
 
 /// Drives the MQTT connection: (re)subscribes on every connect, hands each

@@ -196,3 +196,122 @@ async fn a_one_mebibyte_payload_is_dead_lettered_and_the_bridge_goes_on() -> Res
     assert_eq!(ready.status(), 200);
     producer.stop().await
 }
+
+/// A producer process bridging `devices/#` with `client_id` (in a shared
+/// subscription group when `share` is set), logging into its own directory.
+fn spawn_bridge(
+    servers: &Servers,
+    logs: &std::path::Path,
+    client_id: &str,
+    share: Option<&str>,
+) -> Result<tributary_testkit::ServiceProcess> {
+    let (host, port) = broker(servers);
+    let mut env = vec![
+        ("TRIBUTARY_NATS_URL", servers.nats.url()),
+        ("TRIBUTARY_MQTT_BROKER", format!("{host}:{port}")),
+        ("TRIBUTARY_MQTT_TOPICS", "devices/#".to_owned()),
+        ("TRIBUTARY_MQTT_CLIENT_ID", client_id.to_owned()),
+    ];
+    if let Some(group) = share {
+        env.push(("TRIBUTARY_MQTT_SHARE_GROUP", group.to_owned()));
+    }
+    let dir = logs.join(client_id);
+    std::fs::create_dir_all(&dir)?;
+    tributary_testkit::ServiceProcess::spawn("producer", &dir, &env)
+}
+
+/// MQTT messages a producer has published and acknowledged so far.
+async fn bridged(process: &tributary_testkit::ServiceProcess) -> Result<u64> {
+    let text = reqwest::get(format!("{}/metrics", process.url())).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("tributary_ingest_requests_total{"))
+        .filter(|l| l.contains("transport=\"mqtt\"") && l.contains("outcome=\"accepted\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
+#[tokio::test]
+async fn nats_stopped_and_restarted_mid_flood_loses_and_doubles_nothing() -> Result<()> {
+    let mut servers = Servers::start_temporary().await?;
+    let producer = tributary_stack::start_producer(&servers, &bridge_options()).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    // The publisher counts a PUBACK for each of its 10,000 messages.
+    let sending = tokio::spawn(flood(broker(&servers), "flood-stop", 10_000, 0));
+    wait_raw(&js, 500, DEADLINE).await?;
+    servers.nats.stop().await?;
+    tokio::time::sleep(Duration::from_secs(5)).await; // the outage's length
+    servers.nats.restart().await?;
+    sending.await??;
+
+    // Distinct payloads: a doubled one past the duplicate window would
+    // show as a 10,001st message, a lost one as fewer.
+    let stored = wait_raw(&js, 10_000, Duration::from_secs(90)).await?;
+    assert_eq!(stored, 10_000, "every message once");
+    producer.stop().await
+}
+
+#[tokio::test]
+async fn a_sigkilled_bridge_restarted_loses_and_doubles_nothing() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let mut bridge = spawn_bridge(&servers, logs.path(), "bridge-killed", None)?;
+    bridge.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    let sending = tokio::spawn(flood(broker(&servers), "flood-kill", 10_000, 0));
+    wait_raw(&js, 2_000, DEADLINE).await?;
+    // Published but not yet PUBACKed messages die with it: the broker
+    // redelivers them to the session, the stream drops the second copy.
+    bridge.kill().await?;
+    let at_kill = raw_messages(&js).await?;
+    assert!(at_kill < 10_000, "killed mid-stream ({at_kill} bridged)");
+    bridge.restart()?;
+    bridge.wait_ready(DEADLINE).await?;
+    sending.await??;
+
+    let stored = wait_raw(&js, 10_000, Duration::from_secs(90)).await?;
+    assert_eq!(stored, 10_000, "every acknowledged message once");
+    assert!(bridge.terminate(DEADLINE).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn replicas_in_a_shared_subscription_split_the_load_and_survive_one_being_killed() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let mut a = spawn_bridge(&servers, logs.path(), "replica-a", Some("tributary"))?;
+    let mut b = spawn_bridge(&servers, logs.path(), "replica-b", Some("tributary"))?;
+    a.wait_ready(DEADLINE).await?;
+    b.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    let sending = tokio::spawn(flood(broker(&servers), "flood-share", 6_000, 0));
+    // Each replica takes a share (without the group each would get all).
+    let (a_ref, b_ref) = (&a, &b);
+    tributary_testkit::wait_until(DEADLINE, "both replicas bridging", || async move {
+        bridged(a_ref).await.is_ok_and(|n| n > 0) && bridged(b_ref).await.is_ok_and(|n| n > 0)
+    })
+    .await?;
+    a.kill().await?;
+    let at_kill = raw_messages(&js).await?;
+    sending.await??;
+    // B carries on alone…
+    let js_ref = &js;
+    tributary_testkit::wait_until(DEADLINE, "replica B going on alone", || async move {
+        raw_messages(js_ref).await.is_ok_and(|n| n > at_kill + 500)
+    })
+    .await?;
+    // …and what the broker still held for A's session arrives when A is back.
+    a.restart()?;
+    a.wait_ready(DEADLINE).await?;
+    let stored = wait_raw(&js, 6_000, Duration::from_secs(90)).await?;
+    assert_eq!(stored, 6_000, "every message once");
+    let from_b = bridged(&b).await?;
+    assert!(from_b < 6_000, "B took a share, not everything: {from_b}");
+    assert!(a.terminate(DEADLINE).await?.success());
+    assert!(b.terminate(DEADLINE).await?.success());
+    Ok(())
+}
