@@ -43,6 +43,12 @@ pub struct Config {
     /// bridge receives every message.
     #[arg(long, env = "TRIBUTARY_MQTT_SHARE_GROUP")]
     pub mqtt_share_group: Option<String>,
+    /// Retained messages (sent by the broker on every subscribe, so again
+    /// after each reconnect): `store` publishes them like any other, flagged
+    /// `mqtt_retained=true` in the envelope's metadata; `skip` acknowledges
+    /// them without publishing.
+    #[arg(long, env = "TRIBUTARY_MQTT_RETAINED", value_enum, default_value = "store")]
+    pub mqtt_retained: Retained,
     /// MQTT client id. The session is persistent (clean session off), so the
     /// broker keeps messages while the bridge is away: give each replica its own id.
     #[arg(long, env = "TRIBUTARY_MQTT_CLIENT_ID", default_value = "tributary-producer")]
@@ -65,6 +71,15 @@ pub struct Config {
     pub streams: StreamArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// What the MQTT bridge does with retained messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Retained {
+    /// Publish them, flagged in the envelope's metadata.
+    Store,
+    /// Acknowledge them without publishing.
+    Skip,
 }
 
 impl tributary_runtime::ServiceConfig for Config {

@@ -83,7 +83,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     if config.mqtt_broker.is_some() {
         // The bridge drains its in-flight publishes and PUBACKs itself on shutdown.
         let connected = readiness.flag("mqtt");
-        let bridge = mqtt::run_bridge(config.clone(), publisher.clone(), connected, shutdown.clone());
+        let stable = readiness.flag("mqtt-session");
+        let bridge = mqtt::run_bridge(config.clone(), publisher.clone(), connected, stable, shutdown.clone());
         service.spawn("mqtt-bridge", async move {
             bridge.await;
             Ok::<_, std::convert::Infallible>(())

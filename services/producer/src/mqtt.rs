@@ -28,7 +28,7 @@ use tributary_runtime::CancellationToken;
 use tributary_runtime::config::split_host_port;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
 
-use crate::config::Config;
+use crate::config::{Config, Retained};
 use crate::publish::{PublishError, RawPublisher, now_us};
 
 /// Room for the rest of a PUBLISH packet besides its payload: the topic
@@ -48,6 +48,7 @@ pub async fn run_bridge(
     config: Config,
     publisher: Arc<RawPublisher>,
     connected: Arc<AtomicBool>,
+    stable: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let Some((host, port)) = config.mqtt_broker.as_deref().and_then(split_host_port) else {
@@ -75,6 +76,7 @@ pub async fn run_bridge(
         client.clone(),
         publisher,
         config.mqtt_source.clone(),
+        config.mqtt_retained,
         from_loop,
         shutdown.clone(),
     ));
@@ -84,7 +86,88 @@ pub async fn run_bridge(
         .filter(|t| !t.is_empty())
         .map(|filter| subscription(config.mqtt_share_group.as_deref(), filter))
         .collect();
-    poll(eventloop, client, topics, to_acker, acker, connected, shutdown).await;
+    let session = Session::new(config.mqtt_client_id.clone(), connected, stable);
+    poll(eventloop, client, topics, to_acker, acker, session, shutdown).await;
+}
+
+/// Session losses within this long count towards churn…
+const CHURN_WINDOW: Duration = Duration::from_secs(60);
+/// …this many of them is churn (another client with the bridge's id, or a
+/// broker throwing it out)…
+const CHURN_LOSSES: usize = 5;
+/// …which ends once the connection has held this long.
+const CHURN_CALM: Duration = Duration::from_secs(30);
+
+/// The bridge's readiness checks: `mqtt` (connected and subscribed) and
+/// `mqtt-session`, which watches for a session that keeps being lost: the
+/// sign of another client
+/// connecting with the bridge's client id (each takes the session over
+/// from the other, and whatever that client acknowledges never reaches the
+/// pipeline). While it lasts the `mqtt-session` readiness check fails,
+/// `tributary_mqtt_session_churn` is 1, and an ERROR says so once a minute.
+struct Session {
+    client_id: String,
+    connected: Arc<AtomicBool>,
+    stable: Arc<AtomicBool>,
+    losses: std::collections::VecDeque<std::time::Instant>,
+    churning: bool,
+    last_logged: Option<std::time::Instant>,
+}
+
+impl Session {
+    fn new(client_id: String, connected: Arc<AtomicBool>, stable: Arc<AtomicBool>) -> Self {
+        stable.store(true, Ordering::Relaxed);
+        Self {
+            client_id,
+            connected,
+            stable,
+            losses: std::collections::VecDeque::new(),
+            churning: false,
+            last_logged: None,
+        }
+    }
+
+    /// A connection that had been established was lost.
+    fn lost(&mut self) {
+        let now = std::time::Instant::now();
+        metrics::counter!("tributary_mqtt_session_losses_total").increment(1);
+        self.losses.push_back(now);
+        while self
+            .losses
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CHURN_WINDOW)
+        {
+            self.losses.pop_front();
+        }
+        if self.losses.len() >= CHURN_LOSSES {
+            self.set(true);
+            if self.last_logged.is_none_or(|t| now.duration_since(t) >= CHURN_WINDOW) {
+                self.last_logged = Some(now);
+                tracing::error!(
+                    client_id = %self.client_id,
+                    losses = self.losses.len(),
+                    window_s = CHURN_WINDOW.as_secs(),
+                    "the MQTT session keeps being lost: another client is probably connecting with this \
+                     client id and taking the session over (messages it receives never reach the pipeline); \
+                     give every bridge its own id and let only the bridge's credentials use it (README.md)"
+                );
+            }
+        }
+    }
+
+    /// Anything from a live connection: churn ends once it has held a while.
+    fn alive(&mut self) {
+        if self.churning && self.losses.back().is_none_or(|t| t.elapsed() >= CHURN_CALM) {
+            self.set(false);
+            tracing::info!(client_id = %self.client_id, "the MQTT session has held again");
+        }
+    }
+
+    fn set(&mut self, churning: bool) {
+        self.churning = churning;
+        self.stable.store(!churning, Ordering::Relaxed);
+        metrics::gauge!("tributary_mqtt_session_churn").set(if churning { 1.0 } else { 0.0 });
+    }
 }
 
 /// What the bridge subscribes to for `filter`: the filter itself, or in a
@@ -106,12 +189,14 @@ async fn poll(
     topics: Vec<String>,
     to_acker: mpsc::UnboundedSender<Publish>,
     mut acker: tokio::task::JoinHandle<()>,
-    connected: Arc<AtomicBool>,
+    mut session: Session,
     shutdown: CancellationToken,
 ) {
+    let connected = session.connected.clone();
     let mut to_acker = Some(to_acker);
     let mut backoff = tributary_runtime::retry::Backoff::standard();
     let mut awaiting_subacks = usize::MAX;
+    let mut was_connected = false;
     loop {
         let event = tokio::select! {
             _ = &mut acker => break,
@@ -123,9 +208,13 @@ async fn poll(
             }
             event = eventloop.poll() => event,
         };
+        if event.is_ok() {
+            session.alive();
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
+                was_connected = true;
                 // Ready once the subscriptions are acknowledged (below).
                 awaiting_subacks = topics.len();
                 connected.store(topics.is_empty(), Ordering::Relaxed);
@@ -165,6 +254,9 @@ async fn poll(
             Ok(_) => {}
             Err(error) => {
                 connected.store(false, Ordering::Relaxed);
+                if std::mem::take(&mut was_connected) {
+                    session.lost();
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "MQTT connection error");
                 tokio::select! {
@@ -195,6 +287,7 @@ async fn ack_in_order(
     client: AsyncClient,
     publisher: Arc<RawPublisher>,
     source: String,
+    retained: Retained,
     mut incoming: mpsc::UnboundedReceiver<Publish>,
     shutdown: CancellationToken,
 ) {
@@ -207,7 +300,7 @@ async fn ack_in_order(
             message = incoming.recv(), if open => match message {
                 Some(publish) => {
                     sequences.observe(&publish);
-                    pending.push_back(forward(publisher.clone(), source.clone(), publish, shutdown.clone()));
+                    pending.push_back(forward(publisher.clone(), source.clone(), publish, retained, shutdown.clone()));
                     metrics::gauge!("tributary_mqtt_held_messages").set(pending.len() as f64);
                     if pending.len() > HELD_WARNING && !std::mem::replace(&mut warned, true) {
                         tracing::warn!(
@@ -275,8 +368,17 @@ async fn forward(
     publisher: Arc<RawPublisher>,
     source: String,
     publish: Publish,
+    retained: Retained,
     shutdown: CancellationToken,
 ) -> Option<Publish> {
+    let mut metadata = std::collections::BTreeMap::new();
+    if publish.retain {
+        if retained == Retained::Skip {
+            metrics::counter!("tributary_mqtt_retained_skipped_total").increment(1);
+            return Some(publish);
+        }
+        metadata.insert("mqtt_retained".to_owned(), "true".to_owned());
+    }
     let topic = publish.topic.clone();
     let msg_id = raw_msg_id("mqtt", &source, &topic, &publish.payload);
     let mut envelope = RawEnvelope {
@@ -286,7 +388,7 @@ async fn forward(
         content_type: String::new(),
         received_at_us: now_us(),
         payload: publish.payload.clone(),
-        metadata: Default::default(),
+        metadata,
     };
     let bytes: bytes::Bytes = envelope.encode_to_vec().into();
     let subject = raw_mqtt_subject(&topic);

@@ -315,3 +315,155 @@ async fn replicas_in_a_shared_subscription_split_the_load_and_survive_one_being_
     assert!(b.terminate(DEADLINE).await?.success());
     Ok(())
 }
+
+/// Publishes one QoS 1 message (retained or not) and waits for its PUBACK.
+async fn publish_one(servers: &Servers, topic: &str, payload: &str, retain: bool) -> Result<()> {
+    let (host, port) = broker(servers);
+    let options = MqttOptions::new(format!("one-{topic}-{retain}").replace('/', "-"), host, port);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload.to_owned())
+        .await?;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await??;
+    client.disconnect().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    Ok(())
+}
+
+/// A counter or gauge from a process's `/metrics` (0 when absent).
+async fn metric(process: &tributary_testkit::ServiceProcess, name: &str) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", process.url())).await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0))
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_taking_the_bridges_session_is_reported_and_nothing_is_lost() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let mut bridge = spawn_bridge(&servers, logs.path(), "bridge-twin", None)?;
+    bridge.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    // A second bridge with the same client id: the two take the session
+    // from each other while 5,000 messages arrive. Both acknowledge only
+    // what JetStream has, so the broker redelivers whatever was in flight
+    // on a connection that was taken over.
+    let mut twin = spawn_bridge(&servers, logs.path().join("twin").as_path(), "bridge-twin", None)?;
+    flood(broker(&servers), "flood-twin", 5_000, 0).await?;
+    let (bridge_ref, twin_ref) = (&bridge, &twin);
+    tributary_testkit::wait_until(DEADLINE, "the churn reported", || async move {
+        let churn = metric(bridge_ref, "tributary_mqtt_session_churn").await.unwrap_or(0.0)
+            + metric(twin_ref, "tributary_mqtt_session_churn").await.unwrap_or(0.0);
+        churn > 0.0
+    })
+    .await?;
+    // Readiness says so, naming the check.
+    let churning = if metric(&bridge, "tributary_mqtt_session_churn").await? > 0.0 {
+        &bridge
+    } else {
+        &twin
+    };
+    let ready = reqwest::get(format!("{}/readyz", churning.url())).await?;
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await?.contains("mqtt-session"));
+    assert!(metric(churning, "tributary_mqtt_session_losses_total").await? >= 5.0);
+    let log = std::fs::read_to_string(churning.log_path())?;
+    assert!(
+        log.contains("another client is probably connecting with this client id"),
+        "{log}"
+    );
+
+    // The twin goes; the bridge takes everything that was left.
+    assert!(twin.terminate(DEADLINE).await?.success());
+    let stored = wait_raw(&js, 5_000, Duration::from_secs(90)).await?;
+    assert_eq!(stored, 5_000, "every acknowledged message once");
+    // The session holds again: ready after the calm period.
+    tributary_testkit::wait_until(Duration::from_secs(60), "the bridge ready again", || async {
+        bridge.get_status("/readyz").await == Some(200)
+    })
+    .await?;
+    assert!(bridge.terminate(DEADLINE).await?.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn retained_messages_are_flagged_or_skipped_as_configured() -> Result<()> {
+    use tributary_schema::Message as _;
+    let servers = Servers::start_temporary().await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    // The broker keeps this one and hands it to every new subscription.
+    publish_one(
+        &servers,
+        "devices/state",
+        r#"{"_id":"s","timestamp":1,"items":{"on":1}}"#,
+        true,
+    )
+    .await?;
+
+    // By default it is stored, flagged as retained.
+    let producer = tributary_stack::start_producer(&servers, &bridge_options()).await?;
+    producer.wait_ready(DEADLINE).await?;
+    wait_raw(&js, 1, DEADLINE).await?;
+    let stored = js
+        .get_stream("TELEMETRY_RAW")
+        .await?
+        .get_last_raw_message_by_subject("raw.mqtt.devices.state")
+        .await?;
+    let envelope = tributary_schema::RawEnvelope::decode(stored.payload)?;
+    assert_eq!(envelope.metadata.get("mqtt_retained").map(String::as_str), Some("true"));
+    producer.stop().await?;
+
+    // With `skip`, a bridge acknowledges it without publishing, on every
+    // subscribe (here two starts), and live messages still go through.
+    let logs = tempfile::tempdir()?;
+    let (host, port) = broker(&servers);
+    let mut skipping = tributary_testkit::ServiceProcess::spawn(
+        "producer",
+        logs.path(),
+        &[
+            ("TRIBUTARY_NATS_URL", servers.nats.url()),
+            ("TRIBUTARY_MQTT_BROKER", format!("{host}:{port}")),
+            ("TRIBUTARY_MQTT_TOPICS", "devices/#".to_owned()),
+            ("TRIBUTARY_MQTT_CLIENT_ID", "bridge-skipping".to_owned()),
+            ("TRIBUTARY_MQTT_RETAINED", "skip".to_owned()),
+        ],
+    )?;
+    for start in 0..2 {
+        if start > 0 {
+            assert!(skipping.terminate(DEADLINE).await?.success());
+            skipping.restart()?;
+        }
+        skipping.wait_ready(DEADLINE).await?;
+        let skipping_ref = &skipping;
+        tributary_testkit::wait_until(DEADLINE, "the retained message skipped", || async move {
+            metric(skipping_ref, "tributary_mqtt_retained_skipped_total")
+                .await
+                .is_ok_and(|n| n >= 1.0)
+        })
+        .await?;
+    }
+    publish_one(
+        &servers,
+        "devices/live",
+        r#"{"_id":"l","timestamp":2,"items":{"on":1}}"#,
+        false,
+    )
+    .await?;
+    assert_eq!(
+        wait_raw(&js, 2, DEADLINE).await?,
+        2,
+        "the flagged retained one, then the live one"
+    );
+    assert!(skipping.terminate(DEADLINE).await?.success());
+    Ok(())
+}
