@@ -29,13 +29,18 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "load: {} payloads, {} devices, {} metrics per payload, {} rate {} payloads/s{}",
+        "load: {} payloads, {} devices, {} metrics per payload, {} rate {} payloads/s{}{}",
         a.format,
         a.devices,
         a.metrics,
         if a.find_max { "starting" } else { "offered" },
         a.rate,
-        if a.quick { " (quick)" } else { "" }
+        if a.quick { " (quick)" } else { "" },
+        if a.producers > 1 {
+            format!("; {} producers sharing the MQTT load", a.producers)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         out,

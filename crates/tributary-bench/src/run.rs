@@ -51,6 +51,10 @@ pub struct Args {
     /// write endpoint) or Sparkplug B (MQTT only). The services get a route table that decodes it.
     #[arg(long, value_enum, default_value = "items")]
     pub format: simulator::PayloadFormat,
+    /// Producer processes. Above 1 they bridge MQTT as one shared-subscription group (`$share/bench/…`), each with
+    /// its own client id; HTTP load still goes to the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub producers: u8,
     /// HTTP only: payloads per request (a JSON array). 1 posts each on its own.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -174,7 +178,8 @@ struct Bench {
 }
 
 impl Bench {
-    async fn start(bin_dir: &std::path::Path, nats_sync: NatsSync, routes: Option<&str>) -> Result<Self> {
+    async fn start(bin_dir: &std::path::Path, args: &Args) -> Result<Self> {
+        let (nats_sync, routes) = (args.nats_sync, args.routes());
         let dir = tempfile::Builder::new().prefix("tributary-bench-").tempdir()?;
         let nats = match nats_sync.server_config() {
             None => NatsServer::start()?,
@@ -201,22 +206,23 @@ impl Bench {
             std::fs::write(&path, routes)?;
             routes_env.push(("TRIBUTARY_ROUTES", path.display().to_string()));
         }
-        let services = vec![
-            ServiceProcess::spawn_from(
-                bin_dir,
-                "producer",
-                &logs,
-                &[
-                    &[
-                        ("TRIBUTARY_NATS_URL", nats_url.clone()),
-                        ("TRIBUTARY_MQTT_BROKER", broker),
-                        ("TRIBUTARY_MQTT_TOPICS", "devices/#,spBv1.0/#".into()),
-                        ("TRIBUTARY_MQTT_CLIENT_ID", "bench-producer".into()),
-                    ][..],
-                    &routes_env,
-                ]
-                .concat(),
-            )?,
+        let mut services = Vec::new();
+        for n in 1..=args.producers {
+            let mut env = vec![
+                ("TRIBUTARY_NATS_URL", nats_url.clone()),
+                ("TRIBUTARY_MQTT_BROKER", broker.clone()),
+                ("TRIBUTARY_MQTT_TOPICS", "devices/#,spBv1.0/#".into()),
+                ("TRIBUTARY_MQTT_CLIENT_ID", format!("bench-producer-{n}")),
+            ];
+            if args.producers > 1 {
+                env.push(("TRIBUTARY_MQTT_SHARE_GROUP", "bench".into()));
+            }
+            env.extend(routes_env.iter().cloned());
+            let logs = logs.join(format!("producer-{n}"));
+            std::fs::create_dir_all(&logs)?;
+            services.push(ServiceProcess::spawn_from(bin_dir, "producer", &logs, &env)?);
+        }
+        services.extend([
             ServiceProcess::spawn_from(
                 bin_dir,
                 "transformer",
@@ -238,8 +244,7 @@ impl Bench {
                 &logs,
                 &[("TRIBUTARY_DATABASE_URL", database_url.clone())],
             )?,
-        ];
-        let mut services = services;
+        ]);
         for service in &mut services {
             service.wait_ready(Duration::from_secs(60)).await?;
         }
@@ -259,11 +264,16 @@ impl Bench {
 
     /// Every process that does the pipeline's work, and the load generator.
     fn usage(&self) -> Vec<(String, Usage)> {
-        let mut all: Vec<(String, Usage)> = self
-            .services
-            .iter()
-            .map(|s| (s.name().to_owned(), procs::usage(s.pid().unwrap_or(0))))
-            .collect();
+        let mut all: Vec<(String, Usage)> = Vec::new();
+        for service in &self.services {
+            // Replicas of one service get a number: producer, producer-2, …
+            let same = all.iter().filter(|(name, _)| name.starts_with(service.name())).count();
+            let name = match same {
+                0 => service.name().to_owned(),
+                n => format!("{}-{}", service.name(), n + 1),
+            };
+            all.push((name, procs::usage(service.pid().unwrap_or(0))));
+        }
         let pid = |p: Option<u32>| p.unwrap_or(0);
         all.push(("nats-server".into(), procs::usage(pid(self.nats.pid()))));
         all.push(("postgres".into(), procs::usage_with_children(pid(self.postgres.pid()))));
@@ -379,7 +389,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
     let samples = Samples::new(args.metrics)?;
     let transports = args.transports()?;
-    let bench = Bench::start(&bin_dir, args.nats_sync, args.routes()).await?;
+    let bench = Bench::start(&bin_dir, &args).await?;
     tracing::info!(nats_sync = %args.nats_sync, "servers and services up");
     let mut phases = Vec::new();
     let mut max_sustained = Vec::new();
