@@ -19,7 +19,8 @@ pub use ids::{metric_batch_msg_id, raw_msg_id, raw_msg_id_from_key};
 pub use prost::Message;
 pub use subjects::{
     DLQ_STREAM, DLQ_SUBJECTS, MAX_SUBJECT_LEN, MAX_TOKEN_LEN, METRICS_STREAM, METRICS_SUBJECTS, RAW_STREAM,
-    RAW_SUBJECTS, dlq_subject, metric_subject, raw_http_subject, raw_influx_subject, raw_mqtt_subject, sanitize_token,
+    RAW_SUBJECTS, dlq_subject, metric_subject, raw_http_subject, raw_influx_subject, raw_mqtt_subject,
+    raw_pull_subject, sanitize_token,
 };
 pub use v1::{MetricBatch, MetricEvent, RawEnvelope, SourceKind, metric_event::Value};
 

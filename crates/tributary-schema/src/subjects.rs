@@ -91,6 +91,11 @@ pub fn raw_influx_subject(bucket: &str) -> String {
     format!("raw.influx.{}", sanitize_token(bucket))
 }
 
+/// `raw.pull.<feed>`: a record of an upstream feed the producer pulls.
+pub fn raw_pull_subject(feed: &str) -> String {
+    format!("raw.pull.{}", sanitize_token(feed))
+}
+
 /// `raw.mqtt.<topic levels>`: each `/`-separated level of the MQTT topic
 /// becomes one sanitised token, so NATS wildcards can select by topic level.
 /// A topic whose subject would exceed [`MAX_SUBJECT_LEN`] keeps the levels

@@ -30,6 +30,10 @@ pub struct Config {
     /// request is answered 408 (its head has 10 s).
     #[arg(long, env = "TRIBUTARY_BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
+    /// Upstream feeds to pull (TOML: name, url, framing ndjson|sse|poll,
+    /// ids, cursors; see README.md). Each record goes to `raw.pull.<feed>`.
+    #[arg(long, env = "TRIBUTARY_FEEDS")]
+    pub feeds: Option<std::path::PathBuf>,
     /// MQTT broker to bridge from, as host:port. Unset: no MQTT bridge.
     #[arg(long, env = "TRIBUTARY_MQTT_BROKER")]
     pub mqtt_broker: Option<String>,
@@ -141,11 +145,30 @@ impl Config {
         })
     }
 
+    /// The feeds to pull, if --feeds names a file.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the file.
+    pub fn feeds(&self) -> Result<Vec<crate::pull::Feed>, Vec<String>> {
+        let Some(path) = &self.feeds else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--feeds {}: {e}", path.display())])?;
+        crate::pull::parse_feeds(&text, |variable| std::env::var(variable).ok()).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("--feeds {}: {p}", path.display()))
+                .collect()
+        })
+    }
+
     /// Every problem with the configuration, before any network I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         problems.extend(self.route_table().err().unwrap_or_default());
         problems.extend(self.tokens().err().unwrap_or_default());
+        problems.extend(self.feeds().err().unwrap_or_default());
         if self.body_read_timeout.is_zero() {
             problems.push("--body-read-timeout must be more than zero".to_owned());
         }

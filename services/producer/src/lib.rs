@@ -14,6 +14,7 @@ mod idempotency;
 mod influx;
 pub mod mqtt;
 mod publish;
+pub mod pull;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +22,7 @@ use std::sync::atomic::Ordering;
 use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 
 pub use config::Config;
-use publish::RawPublisher;
+use publish::{RawPublisher, now_us};
 
 /// Why the producer could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,50 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         service.spawn("mqtt-bridge", async move {
             bridge.await;
             Ok::<_, std::convert::Infallible>(())
+        });
+    }
+
+    let feeds = config.feeds().map_err(Error::Config)?;
+    if !feeds.is_empty() {
+        let puller = pull::Puller {
+            publisher: publisher.clone(),
+            js: publisher.jetstream().clone(),
+            max_record_bytes: config.max_body_bytes,
+            holder: format!(
+                "{}-{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "producer".to_owned()),
+                std::process::id(),
+                now_us()
+            ),
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .user_agent(concat!("tributary-producer/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| Error::Config(vec![format!("the HTTP client for --feeds: {e}")]))?,
+        };
+        let (replicas, shutdown) = (config.streams.replicas, shutdown.clone());
+        // Each feed pulls in a task of its own; this one owns them and ends
+        // once they have saved their positions after shutdown.
+        service.spawn("feeds", async move {
+            let buckets = tributary_runtime::retry::until_ok("opening the feed buckets", &shutdown, || async {
+                pull::open_buckets(&puller.js, replicas)
+                    .await
+                    .map_err(tributary_runtime::retry::Retryable)
+            })
+            .await?;
+            let Some((cursors, leases)) = buckets else {
+                return Ok(());
+            };
+            let mut tasks = tokio::task::JoinSet::new();
+            for feed in feeds {
+                tasks.spawn(
+                    puller
+                        .clone()
+                        .run(feed, cursors.clone(), leases.clone(), shutdown.clone()),
+                );
+            }
+            while tasks.join_next().await.is_some() {}
+            Ok::<_, tributary_runtime::retry::Retryable<String>>(())
         });
     }
 

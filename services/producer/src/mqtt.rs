@@ -26,10 +26,10 @@ use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tributary_runtime::CancellationToken;
 use tributary_runtime::config::split_host_port;
-use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
+use tributary_schema::{RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
 
 use crate::config::{Config, Retained};
-use crate::publish::{PublishError, RawPublisher, now_us};
+use crate::publish::{RawPublisher, now_us};
 
 /// Room for the rest of a PUBLISH packet besides its payload: the topic
 /// (at most 65,535 bytes in MQTT) and the fixed and variable headers.
@@ -39,8 +39,6 @@ const IN_FLIGHT: usize = 1000;
 /// Past this many messages held, the bridge warns: the broker's in-flight
 /// limit should keep it far below (deploy/mosquitto.conf).
 const HELD_WARNING: usize = 20_000;
-/// How much of a too-large payload its dead letter keeps.
-const DEAD_LETTER_EXCERPT: usize = 64 << 10;
 
 /// Runs the bridge until `shutdown`; then stops taking messages, finishes the
 /// in-flight publishes and their PUBACKs, and disconnects.
@@ -381,7 +379,7 @@ async fn forward(
     }
     let topic = publish.topic.clone();
     let msg_id = raw_msg_id("mqtt", &source, &topic, &publish.payload);
-    let mut envelope = RawEnvelope {
+    let envelope = RawEnvelope {
         source_kind: SourceKind::Mqtt as i32,
         source,
         topic: topic.clone(),
@@ -390,73 +388,9 @@ async fn forward(
         payload: publish.payload.clone(),
         metadata,
     };
-    let bytes: bytes::Bytes = envelope.encode_to_vec().into();
     let subject = raw_mqtt_subject(&topic);
-    // Only a dead letter needs the envelope again; its payload is cut then.
-    envelope.payload = envelope
-        .payload
-        .slice(..envelope.payload.len().min(DEAD_LETTER_EXCERPT));
-    let mut backoff = tributary_runtime::retry::Backoff::standard();
-    loop {
-        match publisher.publish(subject.clone(), &msg_id, bytes.clone()).await {
-            Ok(_) => return Some(publish),
-            Err(error @ PublishError::TooLarge(_)) => {
-                if dead_letter_too_large(&publisher, &subject, &msg_id, envelope.clone(), &error, &shutdown).await {
-                    metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "dead_lettered")
-                        .increment(1);
-                    return Some(publish);
-                }
-                return None;
-            }
-            Err(error) => {
-                metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "retried")
-                    .increment(1);
-                tracing::warn!(%error, %subject, "publish of an MQTT message failed; retrying");
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-}
-
-/// Dead-letters a message the stream can never take, its payload cut to an
-/// excerpt, retrying while NATS is away. False if shutdown came first (the
-/// broker then redelivers the message, and it is dead-lettered again, once:
-/// the dead letter's id derives from the message's).
-async fn dead_letter_too_large(
-    publisher: &RawPublisher,
-    subject: &str,
-    msg_id: &str,
-    excerpt: RawEnvelope,
-    error: &PublishError,
-    shutdown: &CancellationToken,
-) -> bool {
-    let why = format!(
-        "{error} (the payload kept here is its first {} bytes at most)",
-        DEAD_LETTER_EXCERPT
-    );
-    let payload: bytes::Bytes = excerpt.encode_to_vec().into();
-    let mut backoff = tributary_runtime::retry::Backoff::standard();
-    loop {
-        let stored = tributary_runtime::dlq::dead_letter_ingest(
-            publisher.jetstream(),
-            "producer",
-            "too_large",
-            &why,
-            subject,
-            msg_id,
-            payload.clone(),
-        )
-        .await;
-        match stored {
-            Ok(()) => return true,
-            Err(failure) => tracing::warn!(%failure, "dead-lettering a too-large MQTT message failed; retrying"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
+    publisher
+        .deliver("mqtt", subject, &msg_id, envelope, &shutdown)
+        .await
+        .then_some(publish)
 }

@@ -99,3 +99,92 @@ pub fn now_us() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
+
+/// How much of a too-large payload its dead letter keeps.
+pub const DEAD_LETTER_EXCERPT: usize = 64 << 10;
+
+impl RawPublisher {
+    /// Publishes `envelope` until the stream has it, retrying transient
+    /// failures with the same id; one the stream can never take (too large)
+    /// is dead-lettered as `dlq.producer.too_large` with the first 64 KiB of
+    /// its payload. True once it is stored or dead-lettered (the caller may
+    /// acknowledge it upstream); false if shutdown came first (it must not).
+    pub async fn deliver(
+        &self,
+        transport: &'static str,
+        subject: String,
+        msg_id: &str,
+        mut envelope: tributary_schema::RawEnvelope,
+        shutdown: &tributary_runtime::CancellationToken,
+    ) -> bool {
+        use tributary_schema::Message as _;
+        let bytes: Bytes = envelope.encode_to_vec().into();
+        // Only a dead letter needs the envelope again; its payload is cut then.
+        envelope.payload = envelope
+            .payload
+            .slice(..envelope.payload.len().min(DEAD_LETTER_EXCERPT));
+        let mut backoff = tributary_runtime::retry::Backoff::standard();
+        loop {
+            match self.publish(subject.clone(), msg_id, bytes.clone()).await {
+                Ok(_) => return true,
+                Err(error @ PublishError::TooLarge(_)) => {
+                    let stored = self
+                        .dead_letter_too_large(&subject, msg_id, &envelope, &error, shutdown)
+                        .await;
+                    if stored {
+                        metrics::counter!("tributary_ingest_requests_total", "transport" => transport, "outcome" => "dead_lettered")
+                            .increment(1);
+                    }
+                    return stored;
+                }
+                Err(error) => {
+                    metrics::counter!("tributary_ingest_requests_total", "transport" => transport, "outcome" => "retried")
+                        .increment(1);
+                    tracing::warn!(%error, %subject, transport, "publish failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// Dead-letters a message the stream can never take, its payload cut to
+    /// an excerpt, retrying while NATS is away. False if shutdown came first
+    /// (it is then delivered again later, and dead-lettered again, once: the
+    /// dead letter's id derives from the message's).
+    pub async fn dead_letter_too_large(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        excerpt: &tributary_schema::RawEnvelope,
+        error: &(dyn std::fmt::Display + Sync),
+        shutdown: &tributary_runtime::CancellationToken,
+    ) -> bool {
+        use tributary_schema::Message as _;
+        let why = format!("{error} (the payload kept here is its first {DEAD_LETTER_EXCERPT} bytes at most)");
+        let payload: Bytes = excerpt.encode_to_vec().into();
+        let mut backoff = tributary_runtime::retry::Backoff::standard();
+        loop {
+            let stored = tributary_runtime::dlq::dead_letter_ingest(
+                &self.js,
+                "producer",
+                "too_large",
+                &why,
+                subject,
+                msg_id,
+                payload.clone(),
+            )
+            .await;
+            match stored {
+                Ok(()) => return true,
+                Err(failure) => tracing::warn!(%failure, "dead-lettering a too-large message failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+}

@@ -4,6 +4,7 @@
 mod deploy;
 mod door;
 mod faults;
+mod feeds;
 mod formats;
 mod framing;
 mod influx;
