@@ -35,6 +35,8 @@ pub struct Mosquitto {
     port: u16,
     /// Settings prepended to the generated configuration (e.g. `deploy/mosquitto.conf`).
     extra: String,
+    /// Settings of the listener itself (TLS), written after its `listener` line.
+    listener: String,
     process: Option<ServerProcess>,
 }
 
@@ -59,13 +61,35 @@ impl Mosquitto {
     }
 
     fn launch(dir: ServerDir, port: Option<u16>, extra: String) -> Result<Self> {
-        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, &extra, !dir.is_temp()))?;
+        Self::launch_with_listener(dir, port, extra, String::new())
+    }
+
+    fn launch_with_listener(dir: ServerDir, port: Option<u16>, extra: String, listener: String) -> Result<Self> {
+        let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, &extra, &listener, !dir.is_temp()))?;
         Ok(Self {
             dir,
             port,
             extra,
+            listener,
             process: Some(process),
         })
+    }
+
+    /// A broker that speaks only TLS (MQTT over TLS, `mqtts://`) on its
+    /// port: `cert_pem`/`key_pem` are its certificate and key, and every
+    /// client must present a certificate signed by `ca_pem` (its subject's
+    /// common name becomes its user name).
+    pub fn start_tls(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self> {
+        let dir = ServerDir::temp("tributary-mosquitto-tls-")?;
+        for (name, pem) in [("ca.pem", ca_pem), ("server.pem", cert_pem), ("server.key", key_pem)] {
+            fs::write(dir.path().join(name), pem).with_context(|| format!("writing {name}"))?;
+        }
+        let path = dir.path().display().to_string();
+        let listener = format!(
+            "cafile {path}/ca.pem\ncertfile {path}/server.pem\nkeyfile {path}/server.key\n\
+             require_certificate true\nuse_identity_as_username true\n"
+        );
+        Self::launch_with_listener(dir, None, String::new(), listener)
     }
 
     /// The server's process id while it runs (for reading its CPU and memory in `/proc`).
@@ -94,13 +118,14 @@ impl Mosquitto {
     /// blocking the async runtime.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;
-        let (dir, port, extra, kept) = (
+        let (dir, port, extra, listener, kept) = (
             self.dir.path().to_path_buf(),
             self.port,
             self.extra.clone(),
+            self.listener.clone(),
             !self.dir.is_temp(),
         );
-        let process = off_runtime(move || spawn(&dir, port, &extra, kept).map_err(|f| f.error)).await?;
+        let process = off_runtime(move || spawn(&dir, port, &extra, &listener, kept).map_err(|f| f.error)).await?;
         self.process = Some(process);
         Ok(())
     }
@@ -116,7 +141,16 @@ impl Mosquitto {
     /// [`Mosquitto::restart`] for code outside an async runtime.
     pub fn restart_blocking(&mut self) -> Result<()> {
         self.stop_blocking()?;
-        self.process = Some(spawn(self.dir.path(), self.port, &self.extra, !self.dir.is_temp()).map_err(|f| f.error)?);
+        self.process = Some(
+            spawn(
+                self.dir.path(),
+                self.port,
+                &self.extra,
+                &self.listener,
+                !self.dir.is_temp(),
+            )
+            .map_err(|f| f.error)?,
+        );
         Ok(())
     }
 }
@@ -129,10 +163,10 @@ impl Drop for Mosquitto {
     }
 }
 
-fn spawn(dir: &Path, port: u16, extra: &str, kept: bool) -> Result<ServerProcess, StartFailure> {
+fn spawn(dir: &Path, port: u16, extra: &str, listener: &str, kept: bool) -> Result<ServerProcess, StartFailure> {
     let conf = dir.join("mosquitto.conf");
     let log = dir.join("mosquitto.log");
-    fs::write(&conf, format!("{extra}\n{}", config(dir, port)))
+    fs::write(&conf, format!("{extra}\n{}", config(dir, port, listener)))
         .with_context(|| format!("writing {}", conf.display()))?;
     // Started as root, mosquitto drops to user `mosquitto` and then opens its
     // log and persistence file itself: hand it the directory.
@@ -152,11 +186,12 @@ fn spawn(dir: &Path, port: u16, extra: &str, kept: bool) -> Result<ServerProcess
     })
 }
 
-fn config(dir: &Path, port: u16) -> String {
+fn config(dir: &Path, port: u16, listener: &str) -> String {
     let dir = dir.display();
     format!(
         "# Written by tributary-testkit; rewritten at every start.\n\
          listener {port} 127.0.0.1\n\
+         {listener}\
          allow_anonymous true\n\
          persistence true\n\
          persistence_location {dir}/\n\

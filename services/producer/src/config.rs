@@ -34,9 +34,21 @@ pub struct Config {
     /// ids, cursors; see README.md). Each record goes to `raw.pull.<feed>`.
     #[arg(long, env = "TRIBUTARY_FEEDS")]
     pub feeds: Option<std::path::PathBuf>,
-    /// MQTT broker to bridge from, as host:port. Unset: no MQTT bridge.
+    /// MQTT broker to bridge from: `host:port` or `mqtt://host:port`, or
+    /// `mqtts://host:port` for TLS. Unset: no MQTT bridge.
     #[arg(long, env = "TRIBUTARY_MQTT_BROKER")]
     pub mqtt_broker: Option<String>,
+    /// TLS (`mqtts://`): the CA certificates (PEM) the broker's certificate
+    /// must chain to. Unset: the system's trusted roots.
+    #[arg(long, env = "TRIBUTARY_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
+    /// TLS (`mqtts://`): a client certificate chain (PEM), for brokers that
+    /// ask for one; with --mqtt-client-key.
+    #[arg(long, env = "TRIBUTARY_MQTT_CLIENT_CERT")]
+    pub mqtt_client_cert: Option<std::path::PathBuf>,
+    /// TLS (`mqtts://`): the client certificate's private key (PEM).
+    #[arg(long, env = "TRIBUTARY_MQTT_CLIENT_KEY")]
+    pub mqtt_client_key: Option<std::path::PathBuf>,
     /// MQTT topic filters to subscribe to at QoS 1, comma-separated (e.g. `devices/#`).
     #[arg(long, env = "TRIBUTARY_MQTT_TOPICS", value_delimiter = ',')]
     pub mqtt_topics: Vec<String>,
@@ -75,6 +87,21 @@ pub struct Config {
     pub streams: StreamArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// An MQTT broker address: (TLS or not, host, port) from `host:port`,
+/// `mqtt://host:port` or `mqtts://host:port`.
+pub fn broker_address(broker: &str) -> Option<(bool, String, u16)> {
+    let (tls, rest) = if let Some(rest) = broker.strip_prefix("mqtts://") {
+        (true, rest)
+    } else {
+        (false, broker.strip_prefix("mqtt://").unwrap_or(broker))
+    };
+    if rest.contains("://") {
+        return None;
+    }
+    let (host, port) = tributary_runtime::config::split_host_port(rest.trim_end_matches('/'))?;
+    Some((tls, host, port))
 }
 
 /// What the MQTT bridge does with retained messages.
@@ -180,8 +207,19 @@ impl Config {
         }
         match &self.mqtt_broker {
             Some(broker) => {
-                if tributary_runtime::config::split_host_port(broker).is_none() {
-                    problems.push(format!("--mqtt-broker {broker:?}: expected host:port"));
+                match broker_address(broker) {
+                    None => problems.push(format!(
+                        "--mqtt-broker {broker:?}: expected host:port, mqtt://host:port or mqtts://host:port"
+                    )),
+                    Some((false, _, _)) if self.mqtt_ca_file.is_some() || self.mqtt_client_cert.is_some() => {
+                        problems.push(
+                            "--mqtt-ca-file and --mqtt-client-cert are for TLS: use an mqtts:// broker".to_owned(),
+                        );
+                    }
+                    Some(_) => {}
+                }
+                if self.mqtt_client_cert.is_some() != self.mqtt_client_key.is_some() {
+                    problems.push("--mqtt-client-cert and --mqtt-client-key go together".to_owned());
                 }
                 if self.mqtt_topics.iter().all(|t| t.trim().is_empty()) {
                     problems.push("--mqtt-broker is set but --mqtt-topics is empty".to_owned());
@@ -240,5 +278,26 @@ mod tests {
         let problems = config.validate().unwrap_err();
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(Config::for_nats("nats://127.0.0.1:1").validate().is_ok());
+        let config = Config::parse_from([
+            "p",
+            "--mqtt-broker",
+            "mqtt://h:1883",
+            "--mqtt-topics",
+            "a/#",
+            "--mqtt-ca-file",
+            "ca.pem",
+            "--mqtt-client-key",
+            "k.pem",
+        ]);
+        assert_eq!(config.validate().unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn broker_addresses() {
+        assert_eq!(broker_address("h:1883"), Some((false, "h".into(), 1883)));
+        assert_eq!(broker_address("mqtt://h:1883"), Some((false, "h".into(), 1883)));
+        assert_eq!(broker_address("mqtts://[::1]:8883/"), Some((true, "::1".into(), 8883)));
+        assert_eq!(broker_address("mqtts://h"), None);
+        assert_eq!(broker_address("ws://h:1"), None);
     }
 }

@@ -85,7 +85,15 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         // The bridge drains its in-flight publishes and PUBACKs itself on shutdown.
         let connected = readiness.flag("mqtt");
         let stable = readiness.flag("mqtt-session");
-        let bridge = mqtt::run_bridge(config.clone(), publisher.clone(), connected, stable, shutdown.clone());
+        let tls = mqtt::tls_config(&config).map_err(Error::Config)?;
+        let bridge = mqtt::run_bridge(
+            config.clone(),
+            tls,
+            publisher.clone(),
+            connected,
+            stable,
+            shutdown.clone(),
+        );
         service.spawn("mqtt-bridge", async move {
             bridge.await;
             Ok::<_, std::convert::Infallible>(())
@@ -104,11 +112,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
                 std::process::id(),
                 now_us()
             ),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .user_agent(concat!("tributary-producer/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| Error::Config(vec![format!("the HTTP client for --feeds: {e}")]))?,
+            http: pull::http_client().map_err(|e| Error::Config(vec![format!("--feeds: {e}")]))?,
         };
         let (replicas, shutdown) = (config.streams.replicas, shutdown.clone());
         // Each feed pulls in a task of its own; this one owns them and ends

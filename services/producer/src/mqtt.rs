@@ -25,10 +25,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, 
 use secrecy::ExposeSecret;
 use tokio::sync::mpsc;
 use tributary_runtime::CancellationToken;
-use tributary_runtime::config::split_host_port;
 use tributary_schema::{RawEnvelope, SourceKind, raw_mqtt_subject, raw_msg_id};
 
-use crate::config::{Config, Retained};
+use crate::config::{Config, Retained, broker_address};
 use crate::publish::{RawPublisher, now_us};
 
 /// Room for the rest of a PUBLISH packet besides its payload: the topic
@@ -44,15 +43,21 @@ const HELD_WARNING: usize = 20_000;
 /// in-flight publishes and their PUBACKs, and disconnects.
 pub async fn run_bridge(
     config: Config,
+    tls: Option<Arc<rustls::ClientConfig>>,
     publisher: Arc<RawPublisher>,
     connected: Arc<AtomicBool>,
     stable: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let Some((host, port)) = config.mqtt_broker.as_deref().and_then(split_host_port) else {
+    let Some((_, host, port)) = config.mqtt_broker.as_deref().and_then(broker_address) else {
         return;
     };
     let mut options = MqttOptions::new(config.mqtt_client_id.clone(), host, port);
+    if let Some(tls) = tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls,
+        )));
+    }
     // Any message the broker accepts must be a packet the bridge accepts, or
     // the client drops the connection on it and the broker resends it for
     // ever: the payload limit plus a topic of the longest length.
@@ -165,6 +170,88 @@ impl Session {
         self.churning = churning;
         self.stable.store(!churning, Ordering::Relaxed);
         metrics::gauge!("tributary_mqtt_session_churn").set(if churning { 1.0 } else { 0.0 });
+    }
+}
+
+/// The TLS settings of an `mqtts://` broker (`None` for a plain one): the
+/// broker's certificate checked against --mqtt-ca-file or the system's
+/// roots, and a client certificate when one is configured.
+///
+/// # Errors
+///
+/// Every file that cannot be read or used, said plainly.
+pub fn tls_config(config: &Config) -> Result<Option<Arc<rustls::ClientConfig>>, Vec<String>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if !config
+        .mqtt_broker
+        .as_deref()
+        .and_then(broker_address)
+        .is_some_and(|(tls, _, _)| tls)
+    {
+        return Ok(None);
+    }
+    let mut problems = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.mqtt_ca_file {
+        Some(path) => match CertificateDer::pem_file_iter(path) {
+            Ok(certs) => {
+                for cert in certs {
+                    match cert
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
+                    {
+                        Ok(()) => {}
+                        Err(e) => problems.push(format!("--mqtt-ca-file {}: {e}", path.display())),
+                    }
+                }
+                if roots.is_empty() && problems.is_empty() {
+                    problems.push(format!("--mqtt-ca-file {}: no certificate in it", path.display()));
+                }
+            }
+            Err(e) => problems.push(format!("--mqtt-ca-file {}: {e}", path.display())),
+        },
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                problems.push("mqtts:// without --mqtt-ca-file, and no system root certificates found".to_owned());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(builder) => builder.with_root_certificates(roots),
+        Err(e) => return Err(vec![format!("TLS: {e}")]),
+    };
+    let client = match (&config.mqtt_client_cert, &config.mqtt_client_key) {
+        (Some(cert), Some(key)) => {
+            let chain: Result<Vec<_>, _> = CertificateDer::pem_file_iter(cert).and_then(Iterator::collect);
+            let key_der = PrivateKeyDer::from_pem_file(key);
+            match (chain, key_der) {
+                (Ok(chain), Ok(key_der)) => match builder.with_client_auth_cert(chain, key_der) {
+                    Ok(client) => Some(client),
+                    Err(e) => {
+                        problems.push(format!("--mqtt-client-cert/--mqtt-client-key: {e}"));
+                        None
+                    }
+                },
+                (chain, key_der) => {
+                    if let Err(e) = chain {
+                        problems.push(format!("--mqtt-client-cert {}: {e}", cert.display()));
+                    }
+                    if let Err(e) = key_der {
+                        problems.push(format!("--mqtt-client-key {}: {e}", key.display()));
+                    }
+                    None
+                }
+            }
+        }
+        _ => Some(builder.with_no_client_auth()),
+    };
+    match client {
+        Some(client) if problems.is_empty() => Ok(Some(Arc::new(client))),
+        _ => Err(problems),
     }
 }
 

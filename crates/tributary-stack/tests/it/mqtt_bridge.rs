@@ -467,3 +467,115 @@ async fn retained_messages_are_flagged_or_skipped_as_configured() -> Result<()> 
     assert!(skipping.terminate(DEADLINE).await?.success());
     Ok(())
 }
+
+/// A CA, and a certificate it signed for `names` (PEM: certificate, key).
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new() -> Result<Self> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Tributary test CA");
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert, key })
+    }
+
+    fn issue(&self, common_name: &str, names: &[&str]) -> Result<(String, String)> {
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+#[tokio::test]
+async fn the_bridge_speaks_tls_with_a_client_certificate() -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = TestCa::new()?;
+    let (server_cert, server_key) = ca.issue("broker", &["127.0.0.1", "localhost"])?;
+    let mosquitto = tributary_testkit::Mosquitto::start_tls(&ca.cert.pem(), &server_cert, &server_key)?;
+    let nats = tributary_testkit::NatsServer::start()?;
+    let files = tempfile::tempdir()?;
+    let (client_cert, client_key) = ca.issue("tributary-bridge", &[])?;
+    for (name, pem) in [
+        ("ca.pem", ca.cert.pem()),
+        ("client.pem", client_cert),
+        ("client.key", client_key),
+    ] {
+        std::fs::write(files.path().join(name), pem)?;
+    }
+    let file = |name: &str| files.path().join(name).display().to_string();
+    let broker = format!("mqtts://127.0.0.1:{}", mosquitto.port());
+    let env = |with_certificate: bool| {
+        let mut env = vec![
+            ("TRIBUTARY_NATS_URL", nats.url()),
+            ("TRIBUTARY_MQTT_BROKER", broker.clone()),
+            ("TRIBUTARY_MQTT_TOPICS", "devices/#".to_owned()),
+            ("TRIBUTARY_MQTT_CA_FILE", file("ca.pem")),
+        ];
+        if with_certificate {
+            env.push(("TRIBUTARY_MQTT_CLIENT_CERT", file("client.pem")));
+            env.push(("TRIBUTARY_MQTT_CLIENT_KEY", file("client.key")));
+        }
+        env
+    };
+
+    // Without a client certificate the broker refuses it: never ready.
+    let logs = tempfile::tempdir()?;
+    let mut refused = tributary_testkit::ServiceProcess::spawn("producer", logs.path(), &env(false))?;
+    let log = refused.log_path().to_owned();
+    tributary_testkit::wait_until(DEADLINE, "a refused TLS connection logged", || async {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("MQTT connection error"))
+    })
+    .await?;
+    assert_eq!(refused.get_status("/readyz").await, Some(503));
+    assert!(refused.terminate(DEADLINE).await?.success());
+
+    // With one, it connects, subscribes and bridges.
+    let logs = tempfile::tempdir()?;
+    let mut bridge = tributary_testkit::ServiceProcess::spawn("producer", logs.path(), &env(true))?;
+    bridge.wait_ready(DEADLINE).await?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone())?;
+    let (publisher_cert, publisher_key) = ca.issue("a-device", &[])?;
+    let tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![rustls::pki_types::pem::PemObject::from_pem_slice(
+                publisher_cert.as_bytes(),
+            )?],
+            rustls::pki_types::pem::PemObject::from_pem_slice(publisher_key.as_bytes())?,
+        )?;
+    let mut options = MqttOptions::new("a-device", "127.0.0.1", mosquitto.port());
+    options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+        std::sync::Arc::new(tls),
+    )));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client
+        .publish(
+            "devices/secure",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"_id":"s","timestamp":1,"items":{"on":1}}"#,
+        )
+        .await?;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await??;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    assert_eq!(wait_raw(&js, 1, DEADLINE).await?, 1);
+    assert!(bridge.terminate(DEADLINE).await?.success());
+    Ok(())
+}

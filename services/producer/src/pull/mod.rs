@@ -36,6 +36,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use http_body_util::Empty;
 use serde::Deserialize;
 use tributary_runtime::CancellationToken;
 use tributary_schema::{RawEnvelope, SourceKind, raw_msg_id, raw_msg_id_from_key, raw_pull_subject};
@@ -73,7 +74,7 @@ pub struct Feed {
     pub name: String,
     pub url: reqwest::Url,
     pub framing: Framing,
-    headers: reqwest::header::HeaderMap,
+    headers: hyper::header::HeaderMap,
     pub content_type: String,
     /// JSON pointer of a record's id (ndjson, poll).
     id: Option<String>,
@@ -151,11 +152,11 @@ pub fn parse_feeds(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<V
                 None
             }
         };
-        let mut headers = reqwest::header::HeaderMap::new();
+        let mut headers = hyper::header::HeaderMap::new();
         for (name, value) in &raw.headers {
             match (
-                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
-                reqwest::header::HeaderValue::from_str(value),
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                hyper::header::HeaderValue::from_str(value),
             ) {
                 (Ok(name), Ok(value)) => {
                     headers.insert(name, value);
@@ -164,10 +165,10 @@ pub fn parse_feeds(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<V
             }
         }
         if let Some(variable) = &raw.bearer_token_env {
-            match env(variable).map(|token| reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))) {
+            match env(variable).map(|token| hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))) {
                 Some(Ok(mut value)) => {
                     value.set_sensitive(true);
-                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                    headers.insert(hyper::header::AUTHORIZATION, value);
                 }
                 Some(Err(_)) => problem(format!("the token in ${variable} is not a valid header value")),
                 None => problem(format!("`bearer_token_env`: ${variable} is not set")),
@@ -234,7 +235,7 @@ pub struct Puller {
     pub max_record_bytes: usize,
     /// Names this process in the leases.
     pub holder: String,
-    pub http: reqwest::Client,
+    pub http: HttpClient,
 }
 
 /// Opens (creating the first time) the cursor and lease buckets.
@@ -433,40 +434,103 @@ type Ended = (&'static str, String);
 
 impl Session<'_> {
     /// The request, resuming from the position.
-    fn request(&self, resume: Option<&str>) -> reqwest::RequestBuilder {
+    fn request(&self, resume: Option<&str>) -> Result<hyper::Request<Empty<Bytes>>, Ended> {
         let mut url = self.feed.url.clone();
         if let (Some(param), Some(value)) = (&self.feed.resume_param, resume) {
             url.query_pairs_mut().append_pair(param, value);
         }
-        let mut request = self.puller.http.get(url).headers(self.feed.headers.clone());
-        if self.feed.framing == Framing::Sse {
-            request = request.header(reqwest::header::ACCEPT, "text/event-stream");
-            if let Some(id) = &self.position.last_id {
-                request = request.header("last-event-id", id);
+        let mut request = hyper::Request::get(url.as_str());
+        if let Some(headers) = request.headers_mut() {
+            headers.extend(self.feed.headers.clone());
+            headers.insert(hyper::header::USER_AGENT, USER_AGENT.clone());
+            if self.feed.framing == Framing::Sse {
+                headers.insert(
+                    hyper::header::ACCEPT,
+                    hyper::header::HeaderValue::from_static("text/event-stream"),
+                );
+                if let Some(id) = self.position.last_id.as_deref().and_then(|id| id.parse().ok()) {
+                    headers.insert("last-event-id", id);
+                }
             }
         }
         request
+            .body(Empty::new())
+            .map_err(|e| ("error", format!("building the request: {e}")))
     }
 }
 
+/// `User-Agent` of the feeds' requests.
+static USER_AGENT: std::sync::LazyLock<hyper::header::HeaderValue> = std::sync::LazyLock::new(|| {
+    hyper::header::HeaderValue::from_static(concat!("tributary-producer/", env!("CARGO_PKG_VERSION")))
+});
+
+/// The feeds' HTTP client: HTTP/1.1, `https://` through rustls with the
+/// ring provider and the system's trusted roots.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// Builds the feeds' HTTP client.
+///
+/// # Errors
+///
+/// When TLS cannot be set up.
+pub fn http_client() -> Result<HttpClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https))
+}
+
+type Response = hyper::Response<hyper::body::Incoming>;
+
 /// Sends a feed's request: the response, once its head is in.
 async fn send(
+    http: &HttpClient,
     feed: &Feed,
     lost: &CancellationToken,
-    request: reqwest::RequestBuilder,
-) -> Result<reqwest::Response, Ended> {
-    {
-        let response = tokio::select! {
-            () = lost.cancelled() => return Err(("stopped", "stopping".to_owned())),
-            response = tokio::time::timeout(feed.stall_timeout, request.send()) => response,
-        };
-        match response {
-            Err(_) => Err(("stalled", "no response".to_owned())),
-            Ok(Err(error)) => Err(("error", format!("{error}"))),
-            Ok(Ok(response)) if !response.status().is_success() => {
-                Err(("status", format!("HTTP {} from the feed", response.status())))
+    request: hyper::Request<Empty<Bytes>>,
+) -> Result<Response, Ended> {
+    let response = tokio::select! {
+        () = lost.cancelled() => return Err(("stopped", "stopping".to_owned())),
+        response = tokio::time::timeout(feed.stall_timeout, http.request(request)) => response,
+    };
+    match response {
+        Err(_) => Err(("stalled", "no response".to_owned())),
+        Ok(Err(error)) => Err(("error", format!("{error}"))),
+        Ok(Ok(response)) if !response.status().is_success() => {
+            Err(("status", format!("HTTP {} from the feed", response.status())))
+        }
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// The next bytes of a response body (`None` at its end).
+async fn chunk(response: &mut Response) -> Result<Option<Bytes>, hyper::Error> {
+    use http_body_util::BodyExt as _;
+    loop {
+        match response.body_mut().frame().await {
+            None => return Ok(None),
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    return Ok(Some(data));
+                }
+                // Trailers: no bytes of the feed's.
             }
-            Ok(Ok(response)) => Ok(response),
         }
     }
 }
@@ -475,7 +539,13 @@ impl Session<'_> {
     /// A long-lived response (ndjson, sse) until it ends, stalls or errs.
     async fn stream(&mut self) -> Result<(), Ended> {
         let resume = self.position.last_id.clone();
-        let mut response = send(self.feed, self.lost, self.request(resume.as_deref())).await?;
+        let mut response = send(
+            &self.puller.http,
+            self.feed,
+            self.lost,
+            self.request(resume.as_deref())?,
+        )
+        .await?;
         let limit = self.puller.max_record_bytes;
         let (mut lines, mut events) = (Lines::new(limit), Events::new(limit));
         let mut cuts = Vec::new();
@@ -483,7 +553,7 @@ impl Session<'_> {
             self.checkpoint(false).await;
             let chunk = tokio::select! {
                 () = self.lost.cancelled() => return Ok(()),
-                chunk = tokio::time::timeout(self.feed.stall_timeout, response.chunk()) => chunk,
+                chunk = tokio::time::timeout(self.feed.stall_timeout, chunk(&mut response)) => chunk,
             };
             let chunk = match chunk {
                 Err(_) => {
@@ -522,7 +592,13 @@ impl Session<'_> {
     /// cursor it gives.
     async fn poll(&mut self) -> Result<(), Ended> {
         let resume = self.position.cursor.clone().or_else(|| self.position.last_id.clone());
-        let response = send(self.feed, self.lost, self.request(resume.as_deref())).await?;
+        let response = send(
+            &self.puller.http,
+            self.feed,
+            self.lost,
+            self.request(resume.as_deref())?,
+        )
+        .await?;
         let body = tokio::time::timeout(self.feed.stall_timeout, read_limited(response, MAX_POLL_RESPONSE))
             .await
             .map_err(|_| ("stalled", "the response did not arrive in time".to_owned()))??;
@@ -685,10 +761,9 @@ fn text(value: &serde_json::Value) -> Option<String> {
 }
 
 /// Reads a whole response body, at most `limit` bytes.
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Ended> {
+async fn read_limited(mut response: Response, limit: usize) -> Result<Vec<u8>, Ended> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    while let Some(chunk) = chunk(&mut response)
         .await
         .map_err(|e| ("error", format!("reading the response: {e}")))?
     {
