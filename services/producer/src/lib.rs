@@ -112,7 +112,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
                 std::process::id(),
                 now_us()
             ),
-            http: pull::http_client().map_err(|e| Error::Config(vec![format!("--feeds: {e}")]))?,
         };
         let (replicas, shutdown) = (config.streams.replicas, shutdown.clone());
         // Each feed pulls in a task of its own; this one owns them and ends

@@ -119,8 +119,7 @@ async fn poll(
     axum::Json(serde_json::json!({ "data": records, "meta": { "next": next } }))
 }
 
-/// The feed server on a free loopback port.
-async fn serve(available: u64) -> Result<(String, Shared)> {
+fn app(available: u64) -> (axum::Router, Shared) {
     let feed: Shared = Arc::new(Mutex::new(Feed {
         available,
         ..Feed::default()
@@ -130,9 +129,49 @@ async fn serve(available: u64) -> Result<(String, Shared)> {
         .route("/events", axum::routing::get(sse))
         .route("/poll", axum::routing::get(poll))
         .with_state(feed.clone());
+    (app, feed)
+}
+
+/// The feed server on a free loopback port.
+async fn serve(available: u64) -> Result<(String, Shared)> {
+    let (app, feed) = app(available);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, feed))
+}
+
+/// The feed server over TLS, with a certificate for 127.0.0.1 (PEM).
+async fn serve_tls(available: u64, cert_pem: &str, key_pem: &str) -> Result<(String, Shared)> {
+    use rustls::pki_types::pem::PemObject as _;
+    use tower::ServiceExt as _;
+    let (app, feed) = app(available);
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())?],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())?,
+        )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(request.map(Body::new))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
     Ok((url, feed))
 }
 
@@ -345,5 +384,32 @@ async fn one_replica_pulls_a_feed_and_another_takes_over_when_it_dies() -> Resul
     wait_stored(&js, 30).await?;
     let (ids, _) = stored(&js).await?;
     assert_once(&ids, 30);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_https_feed_is_pulled_through_its_own_ca() -> Result<()> {
+    let ca = crate::TestCa::new()?;
+    let (cert, key) = ca.issue("feed", &["127.0.0.1"])?;
+    let (url, _feed) = serve_tls(8, &cert, &key).await?;
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem())?;
+    let mut producer = producer(
+        &nats,
+        dir.path(),
+        &format!(
+            "[[feeds]]\nname = \"upstream\"\nurl = \"{url}/stream\"\nframing = \"ndjson\"\n\
+             id = \"/id\"\nresume_param = \"since_id\"\nstall_timeout = \"1s\"\nca_file = \"{}\"\n",
+            ca_file.display()
+        ),
+    )?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    wait_stored(&js, 8).await?;
+    let (ids, _) = stored(&js).await?;
+    assert_once(&ids, 8);
+    assert!(producer.terminate(DEADLINE).await?.success());
     Ok(())
 }

@@ -468,37 +468,10 @@ async fn retained_messages_are_flagged_or_skipped_as_configured() -> Result<()> 
     Ok(())
 }
 
-/// A CA, and a certificate it signed for `names` (PEM: certificate, key).
-struct TestCa {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl TestCa {
-    fn new() -> Result<Self> {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "Tributary test CA");
-        let key = rcgen::KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Self { cert, key })
-    }
-
-    fn issue(&self, common_name: &str, names: &[&str]) -> Result<(String, String)> {
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        let key = rcgen::KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.cert, &self.key)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    }
-}
-
 #[tokio::test]
 async fn the_bridge_speaks_tls_with_a_client_certificate() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = TestCa::new()?;
+    let ca = crate::TestCa::new()?;
     let (server_cert, server_key) = ca.issue("broker", &["127.0.0.1", "localhost"])?;
     let mosquitto = tributary_testkit::Mosquitto::start_tls(&ca.cert.pem(), &server_cert, &server_key)?;
     let nats = tributary_testkit::NatsServer::start()?;

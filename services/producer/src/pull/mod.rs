@@ -86,6 +86,9 @@ pub struct Feed {
     cursor: Option<String>,
     pub interval: Duration,
     pub stall_timeout: Duration,
+    /// `https://`: the CA certificates the feed's certificate must chain to
+    /// (`ca_file`); `None`: the system's trusted roots.
+    ca: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +114,7 @@ struct RawFeed {
     cursor: Option<String>,
     interval: Option<String>,
     stall_timeout: Option<String>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// Parses a feeds file, reporting every problem at once. `env` looks up the
@@ -197,6 +201,22 @@ pub fn parse_feeds(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<V
                 Duration::from_secs(default)
             }
         };
+        let ca = raw.ca_file.as_ref().and_then(|path| {
+            use rustls::pki_types::pem::PemObject as _;
+            match rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            {
+                Ok(certs) if !certs.is_empty() => Some(Arc::new(certs)),
+                Ok(_) => {
+                    problem(format!("`ca_file` {}: no certificate in it", path.display()));
+                    None
+                }
+                Err(e) => {
+                    problem(format!("`ca_file` {}: {e}", path.display()));
+                    None
+                }
+            }
+        });
         let interval = duration("interval", &raw.interval, 10, &mut problem);
         let stall_timeout = duration("stall_timeout", &raw.stall_timeout, 60, &mut problem);
         if let Some(url) = url {
@@ -212,6 +232,7 @@ pub fn parse_feeds(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<V
                 cursor: raw.cursor,
                 interval,
                 stall_timeout,
+                ca,
             });
         }
     }
@@ -235,7 +256,6 @@ pub struct Puller {
     pub max_record_bytes: usize,
     /// Names this process in the leases.
     pub holder: String,
-    pub http: HttpClient,
 }
 
 /// Opens (creating the first time) the cursor and lease buckets.
@@ -275,6 +295,13 @@ pub async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<(k
 impl Puller {
     /// Pulls `feed` while this replica holds its lease, until `shutdown`.
     pub async fn run(self, feed: Feed, cursors: kv::Store, leases: kv::Store, shutdown: CancellationToken) {
+        let http = match http_client(feed.ca.as_deref().map(Vec::as_slice)) {
+            Ok(http) => http,
+            Err(why) => {
+                tracing::error!(feed = %feed.name, %why, "this feed cannot be pulled");
+                return;
+            }
+        };
         let leader = metrics::gauge!("tributary_pull_leader", "feed" => feed.name.clone());
         while !shutdown.is_cancelled() {
             let Some(lease) = self.acquire(&feed, &leases, &shutdown).await else {
@@ -290,7 +317,7 @@ impl Puller {
                 lease,
                 lost.clone(),
             ));
-            self.pull(&feed, &cursors, &lost).await;
+            self.pull(&http, &feed, &cursors, &lost).await;
             lost.cancel();
             let _ = renewing.await;
             leader.set(0.0);
@@ -324,12 +351,13 @@ impl Puller {
     }
 
     /// Connects again and again (with backoff) while the lease is held.
-    async fn pull(&self, feed: &Feed, cursors: &kv::Store, lost: &CancellationToken) {
+    async fn pull(&self, http: &HttpClient, feed: &Feed, cursors: &kv::Store, lost: &CancellationToken) {
         let mut position = load(cursors, &feed.name).await;
         let mut backoff = tributary_runtime::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(60));
         while !lost.is_cancelled() {
             let mut session = Session {
                 puller: self,
+                http,
                 feed,
                 cursors,
                 position: &mut position,
@@ -419,6 +447,7 @@ type Delivery = std::pin::Pin<Box<dyn Future<Output = (Option<String>, bool)> + 
 /// One connection (or one poll) of a feed.
 struct Session<'a> {
     puller: &'a Puller,
+    http: &'a HttpClient,
     feed: &'a Feed,
     cursors: &'a kv::Store,
     position: &'a mut Position,
@@ -471,14 +500,25 @@ pub type HttpClient = hyper_util::client::legacy::Client<
     Empty<Bytes>,
 >;
 
-/// Builds the feeds' HTTP client.
+/// Builds a feed's HTTP client: trusting `ca` for `https://`, or the
+/// system's roots.
 ///
 /// # Errors
 ///
 /// When TLS cannot be set up.
-pub fn http_client() -> Result<HttpClient, String> {
+pub fn http_client(ca: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    match ca {
+        Some(certs) => {
+            let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err("`ca_file` holds no usable CA certificate".to_owned());
+            }
+        }
+        None => {
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
@@ -539,13 +579,7 @@ impl Session<'_> {
     /// A long-lived response (ndjson, sse) until it ends, stalls or errs.
     async fn stream(&mut self) -> Result<(), Ended> {
         let resume = self.position.last_id.clone();
-        let mut response = send(
-            &self.puller.http,
-            self.feed,
-            self.lost,
-            self.request(resume.as_deref())?,
-        )
-        .await?;
+        let mut response = send(self.http, self.feed, self.lost, self.request(resume.as_deref())?).await?;
         let limit = self.puller.max_record_bytes;
         let (mut lines, mut events) = (Lines::new(limit), Events::new(limit));
         let mut cuts = Vec::new();
@@ -592,13 +626,7 @@ impl Session<'_> {
     /// cursor it gives.
     async fn poll(&mut self) -> Result<(), Ended> {
         let resume = self.position.cursor.clone().or_else(|| self.position.last_id.clone());
-        let response = send(
-            &self.puller.http,
-            self.feed,
-            self.lost,
-            self.request(resume.as_deref())?,
-        )
-        .await?;
+        let response = send(self.http, self.feed, self.lost, self.request(resume.as_deref())?).await?;
         let body = tokio::time::timeout(self.feed.stall_timeout, read_limited(response, MAX_POLL_RESPONSE))
             .await
             .map_err(|_| ("stalled", "the response did not arrive in time".to_owned()))??;
