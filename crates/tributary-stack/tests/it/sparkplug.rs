@@ -248,3 +248,28 @@ async fn a_gap_in_a_nodes_sequence_numbers_is_counted_by_the_bridge() -> Result<
     assert!(producer.terminate(DEADLINE).await?.success());
     Ok(())
 }
+
+#[tokio::test]
+async fn two_replicas_at_once_resolve_every_alias_and_store_each_metric_once() -> Result<()> {
+    // Two transformers on the shared durable consumer while a fleet of
+    // Sparkplug nodes is born and reports: a node's NBIRTH and its NDATA
+    // land on either replica, in any order between them.
+    let (h, options, _dir) = harness().await?;
+    let second = tributary_stack::start_transformer(&h.servers, &options).await?;
+    second.wait_ready(DEADLINE).await?;
+    let broker = &h.servers.mosquitto;
+    let mut config = simulator::Config::mqtt(broker.host(), broker.port());
+    config.format = simulator::PayloadFormat::Sparkplug;
+    config.devices = 20;
+    config.metrics = 8;
+    config.rate = 2000.0;
+    config.count = Some(2_000);
+    let report = simulator::run(config, tributary_runtime::CancellationToken::new()).await?;
+    assert_eq!((report.acknowledged, report.failed), (2_000, 0), "{report:?}");
+    wait_rows(&h, report.metrics_sent as i64).await?;
+    h.wait_drained().await?;
+    assert_eq!(h.rows().await? as u64, report.metrics_sent, "each metric once");
+    assert!(h.dead_letters().await?.is_empty(), "every alias resolved");
+    second.stop().await?;
+    h.stop().await
+}
