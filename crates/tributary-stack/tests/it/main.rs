@@ -166,3 +166,28 @@ impl TestCa {
         Ok((cert.pem(), key.serialize_pem()))
     }
 }
+
+/// Publishes one QoS 1 message with `options` (a client of its own) and
+/// waits for the broker's PUBACK, then disconnects.
+pub async fn publish_acknowledged(
+    options: rumqttc::MqttOptions,
+    topic: &str,
+    payload: Vec<u8>,
+    retain: bool,
+) -> Result<()> {
+    use rumqttc::{AsyncClient, Event, Packet, QoS};
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client.publish(topic, QoS::AtLeastOnce, retain, payload).await?;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await
+    .context("the broker's PUBACK")??;
+    client.disconnect().await?;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    Ok(())
+}

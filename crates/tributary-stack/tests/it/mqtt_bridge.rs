@@ -320,21 +320,7 @@ async fn replicas_in_a_shared_subscription_split_the_load_and_survive_one_being_
 async fn publish_one(servers: &Servers, topic: &str, payload: &str, retain: bool) -> Result<()> {
     let (host, port) = broker(servers);
     let options = MqttOptions::new(format!("one-{topic}-{retain}").replace('/', "-"), host, port);
-    let (client, mut eventloop) = AsyncClient::new(options, 10);
-    client
-        .publish(topic, QoS::AtLeastOnce, retain, payload.to_owned())
-        .await?;
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
-                return anyhow::Ok(());
-            }
-        }
-    })
-    .await??;
-    client.disconnect().await?;
-    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-    Ok(())
+    crate::publish_acknowledged(options, topic, payload.as_bytes().to_vec(), retain).await
 }
 
 /// A counter or gauge from a process's `/metrics` (0 when absent).
@@ -530,23 +516,13 @@ async fn the_bridge_speaks_tls_with_a_client_certificate() -> Result<()> {
     options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
         std::sync::Arc::new(tls),
     )));
-    let (client, mut eventloop) = AsyncClient::new(options, 10);
-    client
-        .publish(
-            "devices/secure",
-            QoS::AtLeastOnce,
-            false,
-            r#"{"_id":"s","timestamp":1,"items":{"on":1}}"#,
-        )
-        .await?;
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
-                return anyhow::Ok(());
-            }
-        }
-    })
-    .await??;
+    crate::publish_acknowledged(
+        options,
+        "devices/secure",
+        br#"{"_id":"s","timestamp":1,"items":{"on":1}}"#.to_vec(),
+        false,
+    )
+    .await?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     assert_eq!(wait_raw(&js, 1, DEADLINE).await?, 1);
     assert!(bridge.terminate(DEADLINE).await?.success());

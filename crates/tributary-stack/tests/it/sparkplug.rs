@@ -5,7 +5,7 @@
 //! (crates/tributary-formats/testdata/sparkplug_vectors.py).
 
 use anyhow::Result;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::MqttOptions;
 use serde_json::{Value, json};
 
 use crate::{DEADLINE, Harness};
@@ -56,18 +56,7 @@ async fn publish(h: &Harness, (topic, payload): &(String, Vec<u8>)) -> Result<()
 
 async fn publish_to(host: &str, port: u16, topic: &str, payload: &[u8]) -> Result<()> {
     let options = MqttOptions::new(format!("edge-{}", rand_suffix()), host, port);
-    let (client, mut eventloop) = AsyncClient::new(options, 10);
-    client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await?;
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await? {
-                return anyhow::Ok(());
-            }
-        }
-    })
-    .await??;
-    client.disconnect().await?;
-    Ok(())
+    crate::publish_acknowledged(options, topic, payload.to_vec(), false).await
 }
 
 fn rand_suffix() -> u128 {

@@ -684,15 +684,7 @@ impl Session<'_> {
         if let Some(id) = &id {
             metadata.insert("feed_record_id".to_owned(), id.clone());
         }
-        let envelope = RawEnvelope {
-            source_kind: SourceKind::Pull as i32,
-            source: feed.clone(),
-            topic: self.feed.url.path().to_owned(),
-            content_type: self.feed.content_type.clone(),
-            received_at_us: now_us(),
-            payload: data,
-            metadata,
-        };
+        let envelope = self.envelope(data, metadata);
         let publisher = self.puller.publisher.clone();
         let subject = raw_pull_subject(feed);
         let lost = self.lost.clone();
@@ -702,20 +694,25 @@ impl Session<'_> {
         }));
     }
 
+    /// A record's envelope, received now.
+    fn envelope(&self, payload: Bytes, metadata: BTreeMap<String, String>) -> RawEnvelope {
+        RawEnvelope {
+            source_kind: SourceKind::Pull as i32,
+            source: self.feed.name.clone(),
+            topic: self.feed.url.path().to_owned(),
+            content_type: self.feed.content_type.clone(),
+            received_at_us: now_us(),
+            payload,
+            metadata,
+        }
+    }
+
     /// A record longer than the limit, never publishable: dead-lettered as
     /// `too_large` with its first bytes, in order with the records around it.
     async fn dead_letter(&mut self, excerpt: Bytes, limit: usize) {
         let feed = &self.feed.name;
         let msg_id = raw_msg_id("pull", feed, self.feed.url.path(), &excerpt);
-        let envelope = RawEnvelope {
-            source_kind: SourceKind::Pull as i32,
-            source: feed.clone(),
-            topic: self.feed.url.path().to_owned(),
-            content_type: self.feed.content_type.clone(),
-            received_at_us: now_us(),
-            payload: excerpt,
-            metadata: BTreeMap::new(),
-        };
+        let envelope = self.envelope(excerpt, BTreeMap::new());
         let publisher = self.puller.publisher.clone();
         let subject = raw_pull_subject(feed);
         let lost = self.lost.clone();
