@@ -47,6 +47,11 @@ pub fn render(report: &Report) -> String {
         "framing: one MetricBatch message per raw message and device (one device per payload here)"
     );
     let _ = writeln!(out, "nats-server sync_interval: {}", a.nats_sync.describe());
+    let _ = writeln!(
+        out,
+        "sink rollups (per minute and per hour): {}",
+        if a.rollups { "on" } else { "off" }
+    );
     let _ = writeln!(out, "{}\n", headline(a));
     let _ = writeln!(
         out,

@@ -55,6 +55,9 @@ pub struct Args {
     /// its own client id; HTTP load still goes to the first.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
     pub producers: u8,
+    /// Whether the sink keeps the per-minute and per-hour rollups (`true` or `false`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub rollups: bool,
     /// HTTP only: payloads per request (a JSON array). 1 posts each on its own.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -236,6 +239,7 @@ impl Bench {
                 &[
                     ("TRIBUTARY_NATS_URL", nats_url),
                     ("TRIBUTARY_DATABASE_URL", database_url.clone()),
+                    ("TRIBUTARY_ROLLUPS", args.rollups.to_string()),
                 ],
             )?,
             ServiceProcess::spawn_from(

@@ -8,6 +8,7 @@
 //! identifiers only ever go through [`sql::quote_ident`].
 
 pub mod copy;
+pub mod rollup;
 pub mod sql;
 
 use std::collections::HashSet;
@@ -109,6 +110,9 @@ pub struct StoreConfig {
     pub table: String,
     /// Pool size.
     pub max_connections: u32,
+    /// Keep the per-minute and per-hour rollups of numeric metrics up to
+    /// date with every write (the sink; readers leave it off).
+    pub rollups: bool,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -117,6 +121,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &redact_password(&self.url))
             .field("table", &self.table)
             .field("max_connections", &self.max_connections)
+            .field("rollups", &self.rollups)
             .finish()
     }
 }
@@ -146,7 +151,7 @@ impl StoreConfig {
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             problems.push("--database-url must start with postgres:// or postgresql://".to_owned());
         }
-        // Partition names append `_pYYYYMM`; PostgreSQL cuts identifiers at 63 bytes.
+        // Partition names append `_1m_pYYYYMM`; PostgreSQL cuts identifiers at 63 bytes.
         if self.table.is_empty() || self.table.len() > 50 {
             problems.push("--table must be 1 to 50 characters".to_owned());
         }
@@ -162,6 +167,7 @@ impl StoreConfig {
 pub struct Store {
     pool: PgPool,
     table: String,
+    rollups: bool,
     /// Months (year * 12 + month - 1) whose partition is known to exist.
     partitions: Mutex<HashSet<i32>>,
 }
@@ -193,6 +199,7 @@ impl Store {
         Ok(Self {
             pool,
             table: config.table.clone(),
+            rollups: config.rollups,
             partitions: Mutex::new(HashSet::new()),
         })
     }
@@ -216,7 +223,11 @@ impl Store {
     /// Applies the embedded migrations that have not run yet. Safe to call
     /// from every replica at once: an advisory lock serialises them.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let migrations = [sql::create_events_table(&self.table)];
+        let migrations = [
+            sql::create_events_table(&self.table),
+            sql::create_rollup_table(&rollup::Level::Minute.table(&self.table)),
+            sql::create_rollup_table(&rollup::Level::Hour.table(&self.table)),
+        ];
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_migrations'))")
             .execute(&mut *tx)
@@ -267,7 +278,7 @@ impl Store {
         }
         self.ensure_partitions(rows).await?;
         let data = copy::encode(rows);
-        match self.copy_into_table(&data).await {
+        match self.copy_into_table(rows, &data).await {
             Ok(inserted) => Ok(inserted),
             Err(StoreError::Database(sqlx::Error::Database(db))) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
                 self.copy_through_staging(data).await
@@ -276,29 +287,119 @@ impl Store {
         }
     }
 
-    /// The fast path: `COPY` into the events table in one transaction.
-    async fn copy_into_table(&self, data: &[u8]) -> Result<u64, StoreError> {
+    /// The fast path: `COPY` into the events table in one transaction (and
+    /// every row of the batch into the rollups: all of them were new).
+    async fn copy_into_table(&self, rows: &[Row], data: &[u8]) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut copy_in = tx.copy_in_raw(&sql::copy_into_table(&self.table)).await?;
         copy_in.send(data).await?;
         let inserted = copy_in.finish().await?;
+        if self.rollups {
+            let numbers = rows.iter().filter_map(|r| match r.value {
+                RowValue::Number(v) => Some((r.device_id.as_str(), r.metric.as_str(), r.time_us, v)),
+                _ => None,
+            });
+            self.upsert_rollups(&mut tx, numbers).await?;
+        }
         tx.commit().await?;
         Ok(inserted)
     }
 
     /// The path for batches that hold stored keys: `COPY` into the staging
-    /// table, then one `INSERT … ON CONFLICT DO NOTHING`.
+    /// table, then one `INSERT … ON CONFLICT DO NOTHING` (giving back the
+    /// rows it added, for the rollups).
     async fn copy_through_staging(&self, data: Vec<u8>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut copy_in = tx.copy_in_raw(&sql::copy_into_staging()).await?;
         copy_in.send(data).await?;
         copy_in.finish().await?;
-        let inserted = sqlx::query(AssertSqlSafe(sql::insert_from_staging(&self.table)))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let inserted = if self.rollups {
+            let added = sqlx::query(AssertSqlSafe(sql::insert_from_staging_returning(&self.table)))
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut numbers = Vec::with_capacity(added.len());
+            for row in &added {
+                if let Some(value) = row.try_get::<Option<f64>, _>(3)? {
+                    numbers.push((
+                        row.try_get::<String, _>(0)?,
+                        row.try_get::<String, _>(1)?,
+                        to_unix_us(row.try_get(2)?),
+                        value,
+                    ));
+                }
+            }
+            self.upsert_rollups(
+                &mut tx,
+                numbers.iter().map(|(d, m, t, v)| (d.as_str(), m.as_str(), *t, *v)),
+            )
+            .await?;
+            added.len() as u64
+        } else {
+            sqlx::query(AssertSqlSafe(sql::insert_from_staging(&self.table)))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+        };
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// Adds numeric points that were just stored to every rollup level, in
+    /// the caller's transaction, buckets in key order.
+    async fn upsert_rollups<'a>(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        points: impl Iterator<Item = (&'a str, &'a str, i64, f64)> + Clone,
+    ) -> Result<(), StoreError> {
+        for level in rollup::Level::ALL {
+            let buckets = rollup::aggregate(points.clone(), level);
+            if buckets.is_empty() {
+                return Ok(());
+            }
+            let n = buckets.len();
+            let (mut devices, mut metrics, mut starts) =
+                (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+            let (mut counts, mut sums, mut mins, mut maxes) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            let (mut first_times, mut firsts, mut last_times, mut lasts) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for ((device, metric, start), b) in buckets {
+                devices.push(device);
+                metrics.push(metric);
+                starts.push(to_datetime(start)?);
+                counts.push(b.count);
+                sums.push(b.sum);
+                mins.push(b.min);
+                maxes.push(b.max);
+                first_times.push(to_datetime(b.first_us)?);
+                firsts.push(b.first);
+                last_times.push(to_datetime(b.last_us)?);
+                lasts.push(b.last);
+            }
+            sqlx::query(AssertSqlSafe(sql::upsert_rollups(&level.table(&self.table))))
+                .bind(devices)
+                .bind(metrics)
+                .bind(starts)
+                .bind(counts)
+                .bind(sums)
+                .bind(mins)
+                .bind(maxes)
+                .bind(first_times)
+                .bind(firsts)
+                .bind(last_times)
+                .bind(lasts)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Creates the monthly partitions the batch needs, once per month per
@@ -324,9 +425,15 @@ impl Store {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))")
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(AssertSqlSafe(sql::create_month_partition(&self.table, year, m)))
-                .execute(&mut *tx)
-                .await?;
+            for table in [
+                self.table.clone(),
+                rollup::Level::Minute.table(&self.table),
+                rollup::Level::Hour.table(&self.table),
+            ] {
+                sqlx::query(AssertSqlSafe(sql::create_month_partition(&table, year, m)))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             self.partitions.lock().expect("partition cache lock").insert(month);
             tracing::info!(table = %self.table, year, month = m, "partition ready");
@@ -414,6 +521,7 @@ mod tests {
             url: "postgres://tributary:hunter2@db/tributary".into(),
             table: "metric_events".into(),
             max_connections: 4,
+            rollups: true,
         };
         let shown = format!("{config:?}");
         assert!(

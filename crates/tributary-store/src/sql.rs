@@ -90,6 +90,58 @@ pub fn create_month_partition(table: &str, year: i32, month: u8) -> String {
     )
 }
 
+/// Migrations 2 and 3: a rollup table (per device, metric and bucket),
+/// range-partitioned by bucket like the events table.
+pub fn create_rollup_table(table: &str) -> String {
+    let t = quote_ident(table);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (\n\
+         \x20   device_id   text NOT NULL,\n\
+         \x20   metric      text NOT NULL,\n\
+         \x20   bucket      timestamptz NOT NULL,\n\
+         \x20   count       bigint NOT NULL,\n\
+         \x20   sum         double precision NOT NULL,\n\
+         \x20   min         double precision NOT NULL,\n\
+         \x20   max         double precision NOT NULL,\n\
+         \x20   first_time  timestamptz NOT NULL,\n\
+         \x20   first_value double precision NOT NULL,\n\
+         \x20   last_time   timestamptz NOT NULL,\n\
+         \x20   last_value  double precision NOT NULL,\n\
+         \x20   PRIMARY KEY (device_id, metric, bucket)\n\
+         ) PARTITION BY RANGE (bucket)"
+    )
+}
+
+/// Like [`insert_from_staging`], giving back the rows it added (for the rollups).
+pub fn insert_from_staging_returning(table: &str) -> String {
+    format!(
+        "{} RETURNING device_id, metric, time, value_num",
+        insert_from_staging(table)
+    )
+}
+
+/// Adds buckets to a rollup table: new ones are inserted, existing ones
+/// combined. Binds, one array each, in key order: device, metric, bucket,
+/// count, sum, min, max, first time, first value, last time, last value.
+pub fn upsert_rollups(rollup_table: &str) -> String {
+    let t = quote_ident(rollup_table);
+    format!(
+        "INSERT INTO {t} AS r (device_id, metric, bucket, count, sum, min, max, \
+         first_time, first_value, last_time, last_value) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::float8[], \
+         $6::float8[], $7::float8[], $8::timestamptz[], $9::float8[], $10::timestamptz[], $11::float8[]) \
+         ON CONFLICT (device_id, metric, bucket) DO UPDATE SET \
+         count = r.count + EXCLUDED.count, \
+         sum = r.sum + EXCLUDED.sum, \
+         min = least(r.min, EXCLUDED.min), \
+         max = greatest(r.max, EXCLUDED.max), \
+         first_time = CASE WHEN EXCLUDED.first_time < r.first_time THEN EXCLUDED.first_time ELSE r.first_time END, \
+         first_value = CASE WHEN EXCLUDED.first_time < r.first_time THEN EXCLUDED.first_value ELSE r.first_value END, \
+         last_time = CASE WHEN EXCLUDED.last_time > r.last_time THEN EXCLUDED.last_time ELSE r.last_time END, \
+         last_value = CASE WHEN EXCLUDED.last_time > r.last_time THEN EXCLUDED.last_value ELSE r.last_value END"
+    )
+}
+
 /// One series in a time range, oldest first. Binds: device, metric, from, to, limit.
 pub fn select_series(table: &str) -> String {
     format!(

@@ -66,6 +66,7 @@ impl Config {
             url: self.database_url.expose_secret().to_owned(),
             table: self.table.clone(),
             max_connections: self.db_connections,
+            rollups: false,
         }
     }
 

@@ -25,6 +25,10 @@ pub struct Config {
     /// The events table (created by the embedded migrations).
     #[arg(long, env = "TRIBUTARY_TABLE", default_value = "metric_events")]
     pub table: String,
+    /// Keep per-minute and per-hour rollups (count, sum, min, max, first,
+    /// last) of numeric metrics, in the transaction that stores the rows.
+    #[arg(long, env = "TRIBUTARY_ROLLUPS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rollups: bool,
     /// Database connections.
     #[arg(long, env = "TRIBUTARY_DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
@@ -88,6 +92,7 @@ impl Config {
             url: self.database_url.expose_secret().to_owned(),
             table: self.table.clone(),
             max_connections: self.db_connections,
+            rollups: self.rollups,
         }
     }
 

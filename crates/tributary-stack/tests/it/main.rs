@@ -11,6 +11,7 @@ mod influx;
 mod mqtt_bridge;
 mod pipeline;
 mod processes;
+mod rollups;
 mod sparkplug;
 
 use std::time::Duration;

@@ -10,6 +10,7 @@ async fn store(db: &TestDb) -> Store {
         url: db.url().to_owned(),
         table: "metric_events".into(),
         max_connections: 2,
+        rollups: true,
     })
     .expect("pool");
     store.migrate().await.expect("migrations apply");
@@ -112,7 +113,7 @@ async fn migrations_are_idempotent_and_times_out_of_range_are_refused() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 3, "the events table and its two rollup tables");
     let error = store
         .write_batch(&[row("d", "m", -1, RowValue::Number(1.0))])
         .await
@@ -128,6 +129,7 @@ async fn an_unreachable_database_is_a_transient_error() {
         url: format!("postgres://postgres@127.0.0.1:{port}/none"),
         table: "metric_events".into(),
         max_connections: 1,
+        rollups: true,
     })
     .unwrap();
     let error = store

@@ -1,0 +1,120 @@
+//! The per-minute and per-hour rollups stay exact: every metric message
+//! delivered to the sink three times over, with overlapping and late
+//! events, leaves the rows and every bucket as one delivery does, and the
+//! buckets equal what SQL computes from the rows on its own (issue 10,
+//! acceptance 1).
+
+use anyhow::Result;
+use async_nats::jetstream::consumer;
+
+use crate::{DEADLINE, Harness};
+
+/// `(device, metric, bucket, count, sum, min, max, first time, first value, last time, last value)` as text.
+type Buckets = Vec<(String, String, String, i64, f64, f64, f64, String, f64, String, f64)>;
+
+/// The buckets SQL computes from the rows alone.
+async fn from_rows(h: &Harness, width: &str) -> Result<Buckets> {
+    let sql = format!(
+        "SELECT device_id, metric, date_trunc('{width}', time)::text, count(*), sum(value_num), min(value_num), \
+         max(value_num), (array_agg(time ORDER BY time))[1]::text, (array_agg(value_num ORDER BY time))[1], \
+         (array_agg(time ORDER BY time DESC))[1]::text, (array_agg(value_num ORDER BY time DESC))[1] \
+         FROM metric_events WHERE value_num IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&h.db).await?)
+}
+
+/// The buckets the sink kept.
+async fn kept(h: &Harness, table: &str) -> Result<Buckets> {
+    let sql = format!(
+        "SELECT device_id, metric, bucket::text, count, sum, min, max, first_time::text, first_value, \
+         last_time::text, last_value FROM {table} ORDER BY 1, 2, 3"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&h.db).await?)
+}
+
+/// An items payload of `device` at `minute` past 10:00 (whole values, so
+/// sums are exact whatever the order of addition).
+fn payload(device: &str, minute: u32, second: u32, values: &[(&str, i64)]) -> String {
+    let items: Vec<String> = values.iter().map(|(m, v)| format!("\"{m}\":{v}")).collect();
+    format!(
+        r#"{{"_id":"{device}","timestamp":"2017-09-30T{:02}:{:02}:{second:02}Z","items":{{{},"state":"on"}}}}"#,
+        10 + minute / 60,
+        minute % 60,
+        items.join(",")
+    )
+}
+
+#[tokio::test]
+async fn rollups_stay_exact_when_every_message_is_delivered_three_times() -> Result<()> {
+    let mut h = Harness::start().await?;
+    // A durable that never acknowledges keeps every metric message in the
+    // (interest-retention) stream, so the sink's consumer can be made anew
+    // and deliver them all again.
+    let metrics = h.js.get_stream("TELEMETRY_METRICS").await?;
+    metrics
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("keeper".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+
+    for step in 0..40u32 {
+        let device = ["d1", "d2", "d3"][step as usize % 3];
+        // Minutes 0, 7, 14, … across two hours; several points per minute.
+        let minute = (step * 7) % 130;
+        let value = i64::from(step) * 3 - 40;
+        h.post_accepted(
+            "roll",
+            &payload(device, minute, step % 60, &[("temp", value), ("rpm", value * 10)]),
+        )
+        .await?;
+    }
+    // Late data: older times arriving after newer ones, into buckets that
+    // already have points (and one of its own).
+    h.post_accepted("roll", &payload("d1", 0, 59, &[("temp", -100)]))
+        .await?;
+    h.post_accepted("roll", &payload("d2", 7, 1, &[("temp", 100)])).await?;
+    // Overlap: events already stored, in a payload of other bytes, beside a new one.
+    h.post_accepted(
+        "roll",
+        &payload("d1", 0, 0, &[("temp", -40), ("rpm", -400), ("new", 5)]),
+    )
+    .await?;
+    h.wait_drained().await?;
+
+    let rows = h.rows().await?;
+    let (minutes, hours) = (from_rows(&h, "minute").await?, from_rows(&h, "hour").await?);
+    assert!(
+        minutes.len() > 20 && hours.len() >= 6,
+        "{} minute and {} hour buckets",
+        minutes.len(),
+        hours.len()
+    );
+    assert_eq!(
+        kept(&h, "metric_events_1m").await?,
+        minutes,
+        "minute buckets from the rows"
+    );
+    assert_eq!(kept(&h, "metric_events_1h").await?, hours, "hour buckets from the rows");
+
+    // Deliver everything again, twice: the sink's durable is made anew and
+    // starts from the first message.
+    for _ in 0..2 {
+        h.services.sink.halt().await?;
+        metrics.delete_consumer("sink").await?;
+        h.services.sink = tributary_stack::start_sink(&h.servers, &tributary_stack::Options::default()).await?;
+        h.services.sink.wait_ready(DEADLINE).await?;
+        h.wait_drained().await?;
+        let mut sink = metrics
+            .get_consumer::<consumer::pull::Config>("sink")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let info = sink.info().await?;
+        assert!(info.delivered.stream_sequence > 0, "the messages came again");
+        assert_eq!(h.rows().await?, rows, "no row added");
+        assert_eq!(kept(&h, "metric_events_1m").await?, minutes, "no minute bucket changed");
+        assert_eq!(kept(&h, "metric_events_1h").await?, hours, "no hour bucket changed");
+    }
+    h.stop().await
+}
