@@ -64,7 +64,7 @@ pub use tributary_schema::Transient;
 /// Errors talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Database(#[from] sqlx::Error),
     #[error("event time {0} µs is outside what the store accepts")]
     TimeOutOfRange(i64),
@@ -99,6 +99,32 @@ impl tributary_schema::Transient for StoreError {
             StoreError::TimedOut(_) => true,
         }
     }
+}
+
+/// A database error as a person can use it: PostgreSQL's message, its
+/// detail and hint, where it applies (table, column, constraint) and its
+/// SQLSTATE; never the server's own source file and line.
+pub fn describe(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = error else {
+        return error.to_string();
+    };
+    let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() else {
+        return db.message().to_owned();
+    };
+    let mut text = pg.message().to_owned();
+    for (label, part) in [
+        ("detail", pg.detail()),
+        ("hint", pg.hint()),
+        ("table", pg.table()),
+        ("column", pg.column()),
+        ("constraint", pg.constraint()),
+    ] {
+        if let Some(part) = part {
+            text.push_str(&format!("; {label}: {part}"));
+        }
+    }
+    text.push_str(&format!(" (SQLSTATE {})", pg.code()));
+    text
 }
 
 /// Where and how to store. Its `Debug` hides the URL's password.
