@@ -428,6 +428,87 @@ impl Store {
         Ok(())
     }
 
+    /// Of the `sample` most recent buckets of each rollup level, those that
+    /// disagree with the event rows: "level device/metric bucket" each.
+    /// Read in one snapshot, so writes going on meanwhile do not show as
+    /// differences.
+    pub async fn check_rollups(&self, sample: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let mut differ = Vec::new();
+        for level in rollup::Level::ALL {
+            let rows = sqlx::query(AssertSqlSafe(sql::check_rollups(
+                &self.table,
+                &level.table(&self.table),
+            )))
+            .bind(sample)
+            .bind(format!("1 {}", level.unit()))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let (device, metric, bucket): (String, String, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                differ.push(format!("{} {device}/{metric} {bucket}", level.unit()));
+            }
+        }
+        tx.commit().await?;
+        Ok(differ)
+    }
+
+    /// Rebuilds every rollup bucket of `[from_us, to_us)` (widened to whole
+    /// hours) from the event rows; returns the buckets written per level
+    /// (minute, hour). Each level is rebuilt in one transaction that holds
+    /// its table locked against writers, so a sink writing meanwhile waits
+    /// and then adds its rows on top of the rebuilt buckets.
+    pub async fn rebuild_rollups(&self, from_us: i64, to_us: i64) -> Result<[u64; 2], StoreError> {
+        let hour = rollup::Level::Hour.width_us();
+        let from = to_datetime(from_us.div_euclid(hour) * hour)?;
+        let to = to_datetime(to_us.div_euclid(hour) * hour + if to_us.rem_euclid(hour) == 0 { 0 } else { hour })?;
+        // Months written before the rollups existed have no rollup
+        // partitions yet: those with an events partition get theirs.
+        let mut months = Vec::new();
+        for month in
+            month_index(from_us.max(MIN_TIME_US))..=month_index((to_us - 1).clamp(MIN_TIME_US, MAX_TIME_US - 1))
+        {
+            let (year, m) = (month.div_euclid(12), (month.rem_euclid(12) + 1) as u8);
+            let exists: bool = sqlx::query_scalar(sql::TABLE_EXISTS)
+                .bind(sql::quote_ident(&sql::partition_name(&self.table, year, m)))
+                .fetch_one(&self.pool)
+                .await?;
+            if exists {
+                months.push(month);
+            }
+        }
+        self.create_partitions(months).await?;
+        let mut written = [0; 2];
+        for (slot, level) in written.iter_mut().zip(rollup::Level::ALL) {
+            let rollup_table = level.table(&self.table);
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(AssertSqlSafe(sql::lock_for_rebuild(&rollup_table)))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(AssertSqlSafe(sql::delete_rollups(&rollup_table)))
+                .bind(from)
+                .bind(to)
+                .execute(&mut *tx)
+                .await?;
+            *slot = sqlx::query(AssertSqlSafe(sql::rebuild_rollups(
+                &self.table,
+                &rollup_table,
+                level.unit(),
+            )))
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+        }
+        Ok(written)
+    }
+
     /// Creates the monthly partitions the batch needs, once per month per
     /// process. Replicas racing to create the same one are serialised by an
     /// advisory lock.
@@ -445,7 +526,13 @@ impl Store {
                 }
             }
         }
-        for month in needed {
+        self.create_partitions(needed).await
+    }
+
+    /// Creates the partitions of these months (year * 12 + month - 1) for
+    /// the events table and its rollups where they are missing.
+    async fn create_partitions(&self, months: impl IntoIterator<Item = i32>) -> Result<(), StoreError> {
+        for month in months {
             let (year, m) = (month.div_euclid(12), (month.rem_euclid(12) + 1) as u8);
             let mut tx = self.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))")

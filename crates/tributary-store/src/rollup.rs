@@ -29,6 +29,14 @@ impl Level {
         }
     }
 
+    /// PostgreSQL's name of the bucket's unit (`date_trunc`).
+    pub fn unit(self) -> &'static str {
+        match self {
+            Level::Minute => "minute",
+            Level::Hour => "hour",
+        }
+    }
+
     pub fn width_us(self) -> i64 {
         match self {
             Level::Minute => 60_000_000,

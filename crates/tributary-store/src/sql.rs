@@ -142,6 +142,72 @@ pub fn upsert_rollups(rollup_table: &str) -> String {
     )
 }
 
+/// The UTC bucket of `column` at a level (`minute` or `hour`), whatever the
+/// session's time zone (PostgreSQL 12 and so Greenplum 7 have no `date_bin`).
+fn utc_bucket(column: &str, unit: &str) -> String {
+    format!("date_trunc('{unit}', {column} AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'")
+}
+
+/// The rollup columns, in table order.
+const ROLLUP_COLUMNS: &str =
+    "device_id, metric, bucket, count, sum, min, max, first_time, first_value, last_time, last_value";
+
+/// The aggregates of one group of event rows `e`, in [`ROLLUP_COLUMNS`]
+/// order after the bucket.
+const AGGREGATES: &str = "count(*), sum(e.value_num), min(e.value_num), max(e.value_num), \
+     (array_agg(e.time ORDER BY e.time))[1], (array_agg(e.value_num ORDER BY e.time))[1], \
+     (array_agg(e.time ORDER BY e.time DESC))[1], (array_agg(e.value_num ORDER BY e.time DESC))[1]";
+
+/// Recomputes the buckets of `[$1, $2)` from the event rows (the caller
+/// deletes them first, holding the rollup table locked). `unit`: `minute`
+/// or `hour`.
+pub fn rebuild_rollups(table: &str, rollup_table: &str, unit: &str) -> String {
+    format!(
+        "INSERT INTO {} ({ROLLUP_COLUMNS}) \
+         SELECT e.device_id, e.metric, {} AS bucket, {AGGREGATES} FROM {} e \
+         WHERE e.value_num IS NOT NULL AND e.time >= $1 AND e.time < $2 GROUP BY 1, 2, 3",
+        quote_ident(rollup_table),
+        utc_bucket("e.time", unit),
+        quote_ident(table)
+    )
+}
+
+/// Whether a table exists. Binds: its name, quoted ([`quote_ident`]).
+pub const TABLE_EXISTS: &str = "SELECT to_regclass($1) IS NOT NULL";
+
+/// Holds a rollup table against writers (readers go on) while it is rebuilt.
+pub fn lock_for_rebuild(rollup_table: &str) -> String {
+    format!("LOCK TABLE {} IN EXCLUSIVE MODE", quote_ident(rollup_table))
+}
+
+/// Deletes the buckets of `[$1, $2)`.
+pub fn delete_rollups(rollup_table: &str) -> String {
+    format!(
+        "DELETE FROM {} WHERE bucket >= $1 AND bucket < $2",
+        quote_ident(rollup_table)
+    )
+}
+
+/// Of the `$1` most recent buckets, those that differ from what the event
+/// rows give (`$2`: the bucket width as an interval): device, metric, bucket.
+pub fn check_rollups(table: &str, rollup_table: &str) -> String {
+    format!(
+        "WITH s AS (SELECT {ROLLUP_COLUMNS} FROM {r} ORDER BY bucket DESC LIMIT $1) \
+         SELECT s.device_id, s.metric, s.bucket::text FROM s LEFT JOIN \
+         (SELECT s.device_id, s.metric, s.bucket, {AGGREGATES} FROM s JOIN {t} e \
+         ON e.device_id = s.device_id AND e.metric = s.metric \
+         AND e.time >= s.bucket AND e.time < s.bucket + $2::interval AND e.value_num IS NOT NULL \
+         GROUP BY 1, 2, 3) AS c ({ROLLUP_COLUMNS}) USING (device_id, metric, bucket) \
+         WHERE c.count IS DISTINCT FROM s.count OR abs(c.sum - s.sum) > 1e-9 * greatest(1, abs(s.sum)) \
+         OR c.min IS DISTINCT FROM s.min OR c.max IS DISTINCT FROM s.max \
+         OR c.first_time IS DISTINCT FROM s.first_time OR c.first_value IS DISTINCT FROM s.first_value \
+         OR c.last_time IS DISTINCT FROM s.last_time OR c.last_value IS DISTINCT FROM s.last_value \
+         ORDER BY 3, 1, 2",
+        r = quote_ident(rollup_table),
+        t = quote_ident(table),
+    )
+}
+
 /// One series in a time range, oldest first. Binds: device, metric, from, to, limit.
 pub fn select_series(table: &str) -> String {
     format!(

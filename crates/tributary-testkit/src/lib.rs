@@ -32,7 +32,7 @@ pub use crate::mosquitto::Mosquitto;
 pub use crate::nats::NatsServer;
 pub use crate::postgres::Postgres;
 pub use crate::proxy::{Fault, FaultProxy};
-pub use crate::service::ServiceProcess;
+pub use crate::service::{ServiceProcess, tool};
 pub use crate::test_db::{TestDb, shared_postgres};
 pub use crate::wait::{wait_until, wait_until_blocking};
 

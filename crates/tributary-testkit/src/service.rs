@@ -187,6 +187,14 @@ async fn http_status(addr: &str, path: &str) -> Option<u16> {
         .flatten()
 }
 
+/// The path of a command-line tool that a service package builds (say
+/// `sink`'s `tributary-rollups`), checked to be newer than its sources.
+pub fn tool(package: &str, binary: &str) -> Result<PathBuf> {
+    let path = build_dir()?.join(binary);
+    check_fresh(&path, package)?;
+    Ok(path)
+}
+
 /// The directory cargo built this test into: `target/<profile>`.
 fn build_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;

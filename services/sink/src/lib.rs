@@ -59,6 +59,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
             return Ok(());
         }
         db_ok.store(true, Ordering::Relaxed);
+        if config.rollups {
+            check_rollups(&store).await;
+        }
         let settings = ConsumerSettings {
             durable: config.durable.clone(),
             filter_subject: String::new(),
@@ -85,6 +88,34 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         Ok::<_, Error>(result?)
     });
     Ok(service.serve(listener, addr, axum::Router::new()))
+}
+
+/// Recent rollup buckets checked against the rows at start.
+const ROLLUP_SAMPLE: i64 = 50;
+
+/// Compares the most recent rollup buckets with the rows they come from and
+/// says so loudly when they differ (counted in
+/// `tributary_rollup_mismatches`); the sink runs on either way.
+async fn check_rollups(store: &Store) {
+    match store.check_rollups(ROLLUP_SAMPLE).await {
+        Ok(differ) if differ.is_empty() => {
+            metrics::gauge!("tributary_rollup_mismatches").set(0.0);
+            tracing::info!(
+                sample = ROLLUP_SAMPLE,
+                "the most recent rollup buckets agree with the rows"
+            );
+        }
+        Ok(differ) => {
+            metrics::gauge!("tributary_rollup_mismatches").set(differ.len() as f64);
+            tracing::error!(
+                buckets = differ.len(),
+                first = ?differ.iter().take(5).collect::<Vec<_>>(),
+                "rollup buckets disagree with the rows they come from: rebuild them \
+                 (tributary-rollups rebuild --from … --to …)"
+            );
+        }
+        Err(error) => tracing::warn!(%error, "could not check the rollups against the rows"),
+    }
 }
 
 /// Runs the sink until `shutdown` is cancelled or a task fails.

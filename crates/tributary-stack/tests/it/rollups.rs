@@ -116,5 +116,43 @@ async fn rollups_stay_exact_when_every_message_is_delivered_three_times() -> Res
         assert_eq!(kept(&h, "metric_events_1m").await?, minutes, "no minute bucket changed");
         assert_eq!(kept(&h, "metric_events_1h").await?, hours, "no hour bucket changed");
     }
+
+    // Buckets damaged by hand are found by the check and mended by a rebuild.
+    let rollups = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(
+            std::process::Command::new(tributary_testkit::tool("sink", "tributary-rollups")?)
+                .args(args)
+                .env("TRIBUTARY_DATABASE_URL", &h.servers.database_url)
+                .env("TRIBUTARY_LOG", "info")
+                .output()?,
+        )
+    };
+    assert_eq!(rollups(&["check"])?.status.code(), Some(0), "intact");
+    sqlx::query(
+        "UPDATE metric_events_1m SET count = count + 1 WHERE bucket = (SELECT max(bucket) FROM metric_events_1m)",
+    )
+    .execute(&h.db)
+    .await?;
+    sqlx::query("UPDATE metric_events_1h SET last_value = 0 WHERE bucket = (SELECT max(bucket) FROM metric_events_1h)")
+        .execute(&h.db)
+        .await?;
+    let check = rollups(&["check"])?;
+    let said = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("minute") && said.contains("hour") && said.contains("disagrees"),
+        "{said}"
+    );
+    let rebuild = rollups(&[
+        "rebuild",
+        "--from",
+        "2017-09-30T10:30:00Z",
+        "--to",
+        "2017-09-30T12:10:00Z",
+    ])?;
+    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+    assert_eq!(kept(&h, "metric_events_1m").await?, minutes, "minute buckets rebuilt");
+    assert_eq!(kept(&h, "metric_events_1h").await?, hours, "hour buckets rebuilt");
+    assert_eq!(rollups(&["check"])?.status.code(), Some(0));
     h.stop().await
 }
