@@ -436,7 +436,13 @@ async fn retained_messages_are_flagged_or_skipped_as_configured() -> Result<()> 
                 .await
                 .is_ok_and(|n| n >= 1.0)
         })
-        .await?;
+        .await
+        .with_context(|| {
+            format!(
+                "start {start}; the bridge's log:\n{}",
+                std::fs::read_to_string(skipping.log_path()).unwrap_or_default()
+            )
+        })?;
     }
     publish_one(
         &servers,
