@@ -259,6 +259,27 @@ pub fn consumer_problems(
     problems
 }
 
+/// Reads and parses a configuration file a flag names (a route table, a
+/// token or feed list): every problem comes back prefixed with the flag and
+/// the path, so one start-up error names them all.
+///
+/// # Errors
+///
+/// The file cannot be read, or the parser's problems.
+pub fn read_config_file<T>(
+    flag: &str,
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T, Vec<String>>,
+) -> Result<T, Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{flag} {}: {e}", path.display())])?;
+    parse(&text).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| format!("{flag} {}: {p}", path.display()))
+            .collect()
+    })
+}
+
 /// Splits `host:port` (an IPv6 host in brackets: `[::1]:1883`).
 pub fn split_host_port(address: &str) -> Option<(String, u16)> {
     let (host, port) = address.rsplit_once(':')?;

@@ -30,8 +30,8 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindErr
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `router` on `listener` over HTTP/1.1 until `stop`, then stops
-/// accepting, lets each connection finish the request it is on, and returns
-/// once every connection is closed.
+/// accepting, lets each connection finish the request it is on (for at most
+/// 10 s), and returns once every connection is closed.
 ///
 /// Like `axum::serve`, plus what it leaves out: a timer, so request heads
 /// have [`HEADER_READ_TIMEOUT`]. A body that stalls is the handler's
@@ -91,6 +91,19 @@ pub async fn serve(
         });
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "HTTP connections still busy after the drain time; closing them"
+        );
+        connections.shutdown().await;
+    }
     Ok(())
 }
+
+/// How long requests under way may take to finish once the server stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tributary_runtime::config::read_config_file;
 use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_duration};
 
 /// Tributary producer: accepts payloads over HTTP and from an MQTT broker and
@@ -145,13 +146,7 @@ impl Config {
         let Some(path) = &self.routes else {
             return Ok(tributary_formats::RouteTable::single(tributary_formats::Format::Items));
         };
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--routes {}: {e}", path.display())])?;
-        tributary_formats::RouteTable::from_toml(&text).map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|p| format!("--routes {}: {p}", path.display()))
-                .collect()
-        })
+        read_config_file("--routes", path, tributary_formats::RouteTable::from_toml)
     }
 
     /// The ingest tokens, if --auth-tokens names a file.
@@ -163,13 +158,7 @@ impl Config {
         let Some(path) = &self.auth_tokens else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--auth-tokens {}: {e}", path.display())])?;
-        crate::auth::Tokens::from_toml(&text).map(Some).map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|p| format!("--auth-tokens {}: {p}", path.display()))
-                .collect()
-        })
+        read_config_file("--auth-tokens", path, crate::auth::Tokens::from_toml).map(Some)
     }
 
     /// The feeds to pull, if --feeds names a file.
@@ -181,12 +170,8 @@ impl Config {
         let Some(path) = &self.feeds else {
             return Ok(Vec::new());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--feeds {}: {e}", path.display())])?;
-        crate::pull::parse_feeds(&text, |variable| std::env::var(variable).ok()).map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|p| format!("--feeds {}: {p}", path.display()))
-                .collect()
+        read_config_file("--feeds", path, |text| {
+            crate::pull::parse_feeds(text, |variable| std::env::var(variable).ok())
         })
     }
 

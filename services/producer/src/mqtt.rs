@@ -353,17 +353,33 @@ async fn poll(
     }
     connected.store(false, Ordering::Relaxed);
     // Flush the last PUBACKs and say goodbye; bounded so a dead broker
-    // cannot hold up shutdown.
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(event) = eventloop.poll().await {
-            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
+    // cannot hold up shutdown. The event loop is polled while the
+    // DISCONNECT is queued: the request queue may be full of PUBACKs that
+    // only polling writes out, and waiting for room without polling would
+    // wait for ever.
+    let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, async {
+        let mut disconnect = std::pin::pin!(client.disconnect());
+        let mut queued = false;
+        loop {
+            tokio::select! {
+                result = &mut disconnect, if !queued => {
+                    queued = true;
+                    if result.is_err() {
+                        return;
+                    }
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                },
             }
         }
     })
     .await;
 }
+
+/// How long the bridge may take to write its last PUBACKs and DISCONNECT.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Publishes each message to JetStream (pipelined) and PUBACKs them in
 /// arrival order, each only after its publish is acknowledged. A failed

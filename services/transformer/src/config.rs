@@ -89,13 +89,7 @@ impl Config {
         let Some(path) = &self.routes else {
             return Ok(RouteTable::single(self.format));
         };
-        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("--routes {}: {e}", path.display())])?;
-        RouteTable::from_toml(&text).map_err(|problems| {
-            problems
-                .into_iter()
-                .map(|p| format!("--routes {}: {p}", path.display()))
-                .collect()
-        })
+        tributary_runtime::config::read_config_file("--routes", path, RouteTable::from_toml)
     }
 
     /// Every problem with the configuration, before any network I/O.
