@@ -126,6 +126,8 @@ pub struct Options {
     /// The route table file (`--routes`) of the producer and the
     /// transformer; none: items JSON for everything.
     pub routes: Option<std::path::PathBuf>,
+    /// The sink's `--retention` for rows (`None`: for ever).
+    pub sink_retention: Option<Duration>,
 }
 
 impl Default for Options {
@@ -141,6 +143,7 @@ impl Default for Options {
             transformer_leave_unacked: 0,
             streams: tributary_runtime::StreamArgs::default(),
             routes: None,
+            sink_retention: None,
         }
     }
 }
@@ -267,6 +270,7 @@ pub async fn start_sink_at(servers: &Servers, options: &Options, database_url: &
     // A write must give up before its messages would be redelivered.
     config.write_timeout = config.write_timeout.min(options.ack_wait / 2);
     config.streams = options.streams.clone();
+    config.retention = sink::config::Keep(options.sink_retention);
     let handle = sink::start(config, CancellationToken::new())
         .await
         .context("starting the sink")?;

@@ -8,6 +8,7 @@
 //! identifiers only ever go through [`sql::quote_ident`].
 
 pub mod copy;
+pub mod retention;
 pub mod rollup;
 pub mod sql;
 
@@ -18,6 +19,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row as _};
 use time::OffsetDateTime;
+
+pub use retention::Retention;
 
 /// A metric value as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +75,10 @@ pub enum StoreError {
     /// or is paused): transient.
     #[error("the database did not answer within {0:?}")]
     TimedOut(std::time::Duration),
+    /// A partition this process knew of was dropped (by retention, in
+    /// another replica): transient, the retry creates what it needs.
+    #[error("a partition was dropped while in use: {0}")]
+    PartitionGone(String),
 }
 
 impl tributary_schema::Transient for StoreError {
@@ -96,7 +103,7 @@ impl tributary_schema::Transient for StoreError {
                 _ => false,
             },
             StoreError::TimeOutOfRange(_) => false,
-            StoreError::TimedOut(_) => true,
+            StoreError::TimedOut(_) | StoreError::PartitionGone(_) => true,
         }
     }
 }
@@ -139,6 +146,22 @@ pub struct StoreConfig {
     /// Keep the per-minute and per-hour rollups of numeric metrics up to
     /// date with every write (the sink; readers leave it off).
     pub rollups: bool,
+    /// How long rows and each rollup level are kept.
+    pub retention: Retention,
+}
+
+impl StoreConfig {
+    /// The defaults for a database URL: table `metric_events`, 4
+    /// connections, rollups kept, everything kept for ever.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            table: "metric_events".to_owned(),
+            max_connections: 4,
+            rollups: true,
+            retention: Retention::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -148,6 +171,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("table", &self.table)
             .field("max_connections", &self.max_connections)
             .field("rollups", &self.rollups)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -184,6 +208,7 @@ impl StoreConfig {
         if self.max_connections == 0 {
             problems.push("--db-connections must be more than zero".to_owned());
         }
+        problems.extend(self.retention.problems());
         problems
     }
 }
@@ -194,12 +219,16 @@ pub struct Store {
     pool: PgPool,
     table: String,
     rollups: bool,
+    retention: Retention,
     /// Months (year * 12 + month - 1) whose partition is known to exist.
     partitions: Mutex<HashSet<i32>>,
 }
 
 /// SQLSTATE of a unique-key violation.
 const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE of a check violation: for our tables (which have no CHECK
+/// constraints) "no partition of relation … found for row".
+const NO_PARTITION: &str = "23514";
 
 /// Oldest and newest event times the store takes: 1970 to 2199, matching the
 /// formats' accepted range; partitions are monthly.
@@ -226,6 +255,7 @@ impl Store {
             pool,
             table: config.table.clone(),
             rollups: config.rollups,
+            retention: config.retention,
             partitions: Mutex::new(HashSet::new()),
         })
     }
@@ -304,13 +334,29 @@ impl Store {
         }
         self.ensure_partitions(rows).await?;
         let data = copy::encode(rows);
-        match self.copy_into_table(rows, &data).await {
-            Ok(inserted) => Ok(inserted),
+        let written = match self.copy_into_table(rows, &data).await {
             Err(StoreError::Database(sqlx::Error::Database(db))) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
                 self.copy_through_staging(data).await
             }
-            Err(other) => Err(other),
+            other => other,
+        };
+        match written {
+            Err(StoreError::Database(sqlx::Error::Database(db))) if db.code().as_deref() == Some(NO_PARTITION) => {
+                // Retention in another replica dropped a partition this one
+                // still had in its cache: forget them all; the retry makes
+                // the ones it needs again.
+                self.partitions.lock().expect("partition cache lock").clear();
+                Err(StoreError::PartitionGone(db.message().to_owned()))
+            }
+            other => other,
         }
+    }
+
+    /// The oldest event time the events table takes now (`None`: any): the
+    /// sink dead-letters older events rather than writing what retention
+    /// would drop.
+    pub fn rows_horizon_us(&self) -> Option<i64> {
+        retention::horizon_us(self.retention.rows, now_us())
     }
 
     /// The fast path: `COPY` into the events table in one transaction (and
@@ -377,10 +423,13 @@ impl Store {
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         points: impl Iterator<Item = (&'a str, &'a str, i64, f64)> + Clone,
     ) -> Result<(), StoreError> {
+        let now = now_us();
         for level in rollup::Level::ALL {
-            let buckets = rollup::aggregate(points.clone(), level);
+            // A level keeps nothing older than its own retention.
+            let horizon = retention::horizon_us(self.level_retention(level), now).unwrap_or(i64::MIN);
+            let buckets = rollup::aggregate(points.clone().filter(|p| p.2 >= horizon), level);
             if buckets.is_empty() {
-                return Ok(());
+                continue;
             }
             let n = buckets.len();
             let (mut devices, mut metrics, mut starts) =
@@ -426,6 +475,69 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    fn level_retention(&self, level: rollup::Level) -> Option<Duration> {
+        match level {
+            rollup::Level::Minute => self.retention.minutes,
+            rollup::Level::Hour => self.retention.hours,
+        }
+    }
+
+    /// Drops the partitions of the events table and of each rollup level
+    /// whose whole month lies beyond that table's retention at `now_us`;
+    /// returns their names. Each partition goes in its own transaction:
+    /// detached, then dropped, holding the lock that partition creation
+    /// takes, and waiting at most [`RETENTION_LOCK_TIMEOUT`] for writers
+    /// (whose writes queue behind that wait): a partition that stays busy
+    /// is left for the next round.
+    pub async fn apply_retention(&self, now_us: i64) -> Result<Vec<String>, StoreError> {
+        let mut dropped = Vec::new();
+        let tables = [
+            (self.table.clone(), self.retention.rows),
+            (rollup::Level::Minute.table(&self.table), self.retention.minutes),
+            (rollup::Level::Hour.table(&self.table), self.retention.hours),
+        ];
+        for (table, keep) in tables {
+            let Some(horizon) = retention::horizon_us(keep, now_us) else {
+                continue;
+            };
+            let partitions: Vec<String> = sqlx::query_scalar(sql::LIST_PARTITIONS)
+                .bind(sql::quote_ident(&table))
+                .fetch_all(&self.pool)
+                .await?;
+            for partition in retention::expired(&table, &partitions, horizon) {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "SET LOCAL lock_timeout = '{}ms'",
+                    RETENTION_LOCK_TIMEOUT.as_millis()
+                )))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))")
+                    .execute(&mut *tx)
+                    .await?;
+                // Another replica may have dropped it meanwhile.
+                let attached: Vec<String> = sqlx::query_scalar(sql::LIST_PARTITIONS)
+                    .bind(sql::quote_ident(&table))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if !attached.contains(&partition) {
+                    continue;
+                }
+                sqlx::query(AssertSqlSafe(sql::detach_partition(&table, &partition)))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(AssertSqlSafe(sql::drop_table(&partition)))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                self.partitions.lock().expect("partition cache lock").clear();
+                tracing::info!(%table, %partition, "partition beyond retention dropped");
+                dropped.push(partition);
+            }
+        }
+        Ok(dropped)
     }
 
     /// Of the `sample` most recent buckets of each rollup level, those that
@@ -611,6 +723,14 @@ fn to_datetime(unix_us: i64) -> Result<OffsetDateTime, StoreError> {
         .map_err(|_| StoreError::TimeOutOfRange(unix_us))
 }
 
+/// The longest a retention round waits for writers to let go of a table.
+pub const RETENTION_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Now, µs since the Unix epoch.
+fn now_us() -> i64 {
+    to_unix_us(OffsetDateTime::now_utc())
+}
+
 fn to_unix_us(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1000) as i64
 }
@@ -630,12 +750,7 @@ mod tests {
         check("postgres://h/db?user=x", "postgres://h/db?user=x");
         check("postgresql://u:p@h", "postgresql://u:***@h");
         check("not a url", "not a url");
-        let config = StoreConfig {
-            url: "postgres://tributary:hunter2@db/tributary".into(),
-            table: "metric_events".into(),
-            max_connections: 4,
-            rollups: true,
-        };
+        let config = StoreConfig::new("postgres://tributary:hunter2@db/tributary");
         let shown = format!("{config:?}");
         assert!(
             !shown.contains("hunter2") && shown.contains("tributary:***@db"),

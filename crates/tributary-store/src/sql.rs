@@ -208,6 +208,25 @@ pub fn check_rollups(table: &str, rollup_table: &str) -> String {
     )
 }
 
+/// The partitions attached to a table. Binds: its name, quoted ([`quote_ident`]).
+pub const LIST_PARTITIONS: &str = "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+     WHERE i.inhparent = to_regclass($1) ORDER BY 1";
+
+/// Takes a partition out of its table (a metadata change: its rows leave
+/// every read of the table at once).
+pub fn detach_partition(table: &str, partition: &str) -> String {
+    format!(
+        "ALTER TABLE {} DETACH PARTITION {}",
+        quote_ident(table),
+        quote_ident(partition)
+    )
+}
+
+/// Drops a detached partition and its rows.
+pub fn drop_table(table: &str) -> String {
+    format!("DROP TABLE IF EXISTS {}", quote_ident(table))
+}
+
 /// One series in a time range, oldest first. Binds: device, metric, from, to, limit.
 pub fn select_series(table: &str) -> String {
     format!(

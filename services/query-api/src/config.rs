@@ -63,10 +63,10 @@ impl Config {
     /// The database settings as the store takes them.
     pub fn store_config(&self) -> tributary_store::StoreConfig {
         tributary_store::StoreConfig {
-            url: self.database_url.expose_secret().to_owned(),
             table: self.table.clone(),
             max_connections: self.db_connections,
             rollups: false,
+            ..tributary_store::StoreConfig::new(self.database_url.expose_secret())
         }
     }
 

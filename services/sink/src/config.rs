@@ -29,6 +29,21 @@ pub struct Config {
     /// last) of numeric metrics, in the transaction that stores the rows.
     #[arg(long, env = "TRIBUTARY_ROLLUPS", default_value_t = true, action = clap::ArgAction::Set)]
     pub rollups: bool,
+    /// How long rows are kept: whole monthly partitions are dropped once
+    /// their month ends this long ago (e.g. 30d), never a DELETE; events
+    /// older than this are dead-lettered (`beyond_retention`), not stored.
+    /// `forever` keeps everything.
+    #[arg(long, env = "TRIBUTARY_RETENTION", default_value = "forever", value_parser = parse_keep)]
+    pub retention: Keep,
+    /// How long the per-minute rollups are kept (e.g. 365d), like --retention.
+    #[arg(long = "retention-1m", env = "TRIBUTARY_RETENTION_1M", default_value = "forever", value_parser = parse_keep)]
+    pub retention_1m: Keep,
+    /// How long the per-hour rollups are kept, like --retention.
+    #[arg(long = "retention-1h", env = "TRIBUTARY_RETENTION_1H", default_value = "forever", value_parser = parse_keep)]
+    pub retention_1h: Keep,
+    /// How often retention looks for partitions to drop (once at start, then at this interval).
+    #[arg(long, env = "TRIBUTARY_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub retention_interval: Duration,
     /// Database connections.
     #[arg(long, env = "TRIBUTARY_DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
@@ -62,6 +77,20 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+/// A retention period, or `None` for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep(pub Option<Duration>);
+
+/// Parses a retention period: `forever`, or a duration (`30d`, `8760h`).
+fn parse_keep(text: &str) -> Result<Keep, String> {
+    if text.trim() == "forever" {
+        return Ok(Keep(None));
+    }
+    parse_duration(text)
+        .map(|d| Keep(Some(d)))
+        .map_err(|e| format!("{e}, or \"forever\""))
+}
+
 impl tributary_runtime::ServiceConfig for Config {
     fn log(&self) -> &LogArgs {
         &self.log
@@ -93,6 +122,11 @@ impl Config {
             table: self.table.clone(),
             max_connections: self.db_connections,
             rollups: self.rollups,
+            retention: tributary_store::Retention {
+                rows: self.retention.0,
+                minutes: self.retention_1m.0,
+                hours: self.retention_1h.0,
+            },
         }
     }
 
@@ -110,6 +144,9 @@ impl Config {
             self.max_ack_pending,
             self.ack_wait,
         ));
+        if self.retention_interval < Duration::from_secs(1) {
+            problems.push("--retention-interval must be at least 1s".to_owned());
+        }
         if self.batch_linger >= self.ack_wait {
             problems.push("--batch-linger must be shorter than --ack-wait".to_owned());
         }
@@ -142,6 +179,25 @@ mod tests {
             Config::for_servers("nats://127.0.0.1:1", "postgres://127.0.0.1/x")
                 .validate()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn retention_is_forever_or_a_duration_of_at_least_an_hour() {
+        let config = Config::parse_from(["s", "--retention", "30d", "--retention-1m", "365d"]);
+        assert_eq!(
+            config.store_config().retention,
+            tributary_store::Retention {
+                rows: Some(Duration::from_secs(30 * 86_400)),
+                minutes: Some(Duration::from_secs(365 * 86_400)),
+                hours: None,
+            }
+        );
+        assert!(Config::try_parse_from(["s", "--retention", "soon"]).is_err());
+        let short = Config::parse_from(["s", "--retention-1h", "5m"]);
+        assert_eq!(
+            short.validate().unwrap_err(),
+            ["--retention-1h must be at least 1h (or \"forever\")"]
         );
     }
 

@@ -62,6 +62,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         if config.rollups {
             check_rollups(&store).await;
         }
+        if !config.store_config().retention.is_forever() {
+            tokio::spawn(retention(store.clone(), config.retention_interval, shutdown.clone()));
+        }
         let settings = ConsumerSettings {
             durable: config.durable.clone(),
             filter_subject: String::new(),
@@ -115,6 +118,24 @@ async fn check_rollups(store: &Store) {
             );
         }
         Err(error) => tracing::warn!(%error, "could not check the rollups against the rows"),
+    }
+}
+
+/// Drops the partitions beyond retention now and then every `interval`
+/// until `shutdown`. Every replica runs it; they take turns on a lock.
+async fn retention(store: Arc<Store>, interval: std::time::Duration, shutdown: CancellationToken) {
+    loop {
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+        match store.apply_retention(now).await {
+            Ok(dropped) => {
+                metrics::counter!("tributary_retention_partitions_dropped_total").increment(dropped.len() as u64)
+            }
+            Err(error) => tracing::warn!(%error, "retention could not drop old partitions; trying again later"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 

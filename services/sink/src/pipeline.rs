@@ -174,9 +174,20 @@ impl Pipeline {
         };
         let index = batch.messages.len() as u32;
         let mut hold = false;
+        let horizon = self.store.rows_horizon_us().unwrap_or(i64::MIN);
         for (part, event) in decoded.events.into_iter().enumerate() {
             let part = part as u32;
             match to_row(event) {
+                Ok(row) if row.time_us < horizon => {
+                    let why = format!(
+                        "event {}/{} at {} µs is older than the retention keeps (the oldest kept is {horizon} µs)",
+                        row.device_id, row.metric, row.time_us
+                    );
+                    let event = original_event(&message, part);
+                    hold |= !self
+                        .dead_letter_event(&message, part, event, "beyond_retention", &why)
+                        .await;
+                }
                 Ok(row) => {
                     batch.rows.push(row);
                     batch.origins.push((index, part));
@@ -342,7 +353,7 @@ fn original_event(message: &jetstream::Message, part: u32) -> Option<MetricEvent
 fn rejection_reason(error: &StoreError) -> &'static str {
     match error {
         StoreError::TimeOutOfRange(_) => "time_out_of_range",
-        StoreError::Database(_) | StoreError::TimedOut(_) => "rejected_by_database",
+        StoreError::Database(_) | StoreError::TimedOut(_) | StoreError::PartitionGone(_) => "rejected_by_database",
     }
 }
 

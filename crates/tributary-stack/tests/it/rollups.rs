@@ -156,3 +156,54 @@ async fn rollups_stay_exact_when_every_message_is_delivered_three_times() -> Res
     assert_eq!(rollups(&["check"])?.status.code(), Some(0));
     h.stop().await
 }
+
+#[tokio::test]
+async fn an_event_older_than_the_retention_is_dead_lettered_and_its_batch_mates_stored() -> Result<()> {
+    let h = Harness::start_with(&tributary_stack::Options {
+        sink_retention: Some(std::time::Duration::from_secs(30 * 86_400)),
+        ..Default::default()
+    })
+    .await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    h.post_accepted(
+        "keep",
+        &format!(r#"{{"_id":"fresh","timestamp":{now},"items":{{"temp":1}}}}"#),
+    )
+    .await?;
+    h.post_accepted("keep", &payload("stale", 0, 0, &[("temp", 2)])).await?;
+    h.wait_drained().await?;
+    let devices: Vec<String> = sqlx::query_scalar("SELECT DISTINCT device_id FROM metric_events ORDER BY 1")
+        .fetch_all(&h.db)
+        .await?;
+    assert_eq!(devices, ["fresh"]);
+    let refused: Vec<_> = h
+        .dead_letters()
+        .await?
+        .into_iter()
+        .filter(|(subject, _, _)| subject == "dlq.sink.beyond_retention")
+        .collect();
+    // The stale payload's two metrics (temp and state), each its own dead
+    // letter saying why.
+    let mut why: Vec<String> = refused
+        .iter()
+        .map(|(_, headers, _)| {
+            headers
+                .get(tributary_schema::headers::DLQ_ERROR)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    why.sort();
+    assert_eq!(why.len(), 2, "{why:?}");
+    assert!(
+        why[0].starts_with("event stale/state at ") && why[1].starts_with("event stale/temp at "),
+        "{why:?}"
+    );
+    assert!(
+        why.iter().all(|w| w.contains("older than the retention keeps")),
+        "{why:?}"
+    );
+    h.stop().await
+}

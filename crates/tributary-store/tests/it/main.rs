@@ -7,10 +7,8 @@ use tributary_testkit::TestDb;
 
 async fn store(db: &TestDb) -> Store {
     let store = Store::connect_lazy(&StoreConfig {
-        url: db.url().to_owned(),
-        table: "metric_events".into(),
         max_connections: 2,
-        rollups: true,
+        ..StoreConfig::new(db.url())
     })
     .expect("pool");
     store.migrate().await.expect("migrations apply");
@@ -126,10 +124,8 @@ async fn migrations_are_idempotent_and_times_out_of_range_are_refused() {
 async fn an_unreachable_database_is_a_transient_error() {
     let port = tributary_testkit::free_port().unwrap();
     let store = Store::connect_lazy(&StoreConfig {
-        url: format!("postgres://postgres@127.0.0.1:{port}/none"),
-        table: "metric_events".into(),
         max_connections: 1,
-        rollups: true,
+        ..StoreConfig::new(format!("postgres://postgres@127.0.0.1:{port}/none"))
     })
     .unwrap();
     let error = store
@@ -177,4 +173,118 @@ async fn a_value_the_database_cannot_hold_is_a_permanent_error() {
         .unwrap_err();
     assert!(!error.is_transient(), "{error}");
     assert!(error.to_string().contains("0x00"), "{error}");
+}
+
+/// The partitions of `table`, by name.
+async fn partitions(store: &Store, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1 ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
+/// The `_pYYYYMM` suffix of the month holding `time_us`.
+fn month_suffix(time_us: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(time_us / 1_000_000).unwrap();
+    format!("_p{:04}{:02}", t.year(), u8::from(t.month()))
+}
+
+#[tokio::test]
+async fn retention_drops_whole_old_partitions_per_table_and_never_a_busy_or_current_one() {
+    const DAY: i64 = 86_400_000_000;
+    let db = TestDb::create().await.unwrap();
+    let keep_all = store(&db).await;
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+    // The current month, one about 75 days back, and September 2017.
+    let times = [now - 60_000_000, now - 75 * DAY, T];
+    let batch: Vec<Row> = times.iter().map(|&t| row("d", "m", t, RowValue::Number(1.0))).collect();
+    assert_eq!(keep_all.write_batch(&batch).await.unwrap(), 3);
+    let [current, recent, old] = times.map(month_suffix);
+    let names = |table: &str, months: &[&String]| -> Vec<String> {
+        let mut names: Vec<String> = months.iter().map(|m| format!("{table}{m}")).collect();
+        names.sort();
+        names
+    };
+    let all = [&current, &recent, &old];
+    assert_eq!(
+        partitions(&keep_all, "metric_events").await,
+        names("metric_events", &all)
+    );
+
+    // Rows kept 30 days, minute buckets 100 days, hour buckets for ever.
+    let day = std::time::Duration::from_secs(86_400);
+    let store = Store::connect_lazy(&StoreConfig {
+        max_connections: 2,
+        retention: tributary_store::Retention {
+            rows: Some(30 * day),
+            minutes: Some(100 * day),
+            hours: None,
+        },
+        ..StoreConfig::new(db.url())
+    })
+    .unwrap();
+    assert!(store.rows_horizon_us().unwrap() > now - 31 * DAY);
+
+    // A writer still busy in an expired partition holds it: the round gives
+    // up after its lock timeout and drops nothing.
+    let mut busy = keep_all.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO metric_events (device_id, metric, time, ingested_at) VALUES ('w', 'm', to_timestamp($1 / 1e6), now())")
+        .bind(T as f64)
+        .execute(&mut *busy)
+        .await
+        .unwrap();
+    let error = store.apply_retention(now).await.unwrap_err();
+    assert!(error.to_string().contains("lock timeout"), "{error}");
+    assert_eq!(partitions(&store, "metric_events").await.len(), 3, "nothing dropped");
+    busy.commit().await.unwrap();
+
+    let mut dropped = store.apply_retention(now).await.unwrap();
+    dropped.sort();
+    let mut expected = names("metric_events", &[&recent, &old]);
+    expected.extend(names("metric_events_1m", &[&old]));
+    expected.sort();
+    assert_eq!(dropped, expected);
+    assert_eq!(
+        partitions(&store, "metric_events").await,
+        names("metric_events", &[&current])
+    );
+    assert_eq!(
+        partitions(&store, "metric_events_1m").await,
+        names("metric_events_1m", &[&current, &recent])
+    );
+    assert_eq!(
+        partitions(&store, "metric_events_1h").await,
+        names("metric_events_1h", &all)
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_events")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "only the current month's row is left");
+    assert!(
+        store.apply_retention(now).await.unwrap().is_empty(),
+        "a second round finds nothing"
+    );
+
+    // A point older than the minute level keeps goes into the hour level
+    // only (the rows themselves are the sink's to refuse).
+    assert_eq!(
+        store
+            .write_batch(&[row("late", "m", T, RowValue::Number(2.0))])
+            .await
+            .unwrap(),
+        1
+    );
+    let (minutes, hours): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM metric_events_1m WHERE device_id = 'late'), \
+         (SELECT count(*) FROM metric_events_1h WHERE device_id = 'late')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((minutes, hours), (0, 1));
 }

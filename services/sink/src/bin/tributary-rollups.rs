@@ -78,10 +78,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<ExitCode, String> {
     let config = tributary_store::StoreConfig {
-        url: args.database_url.expose_secret().to_owned(),
         table: args.table,
         max_connections: 1,
-        rollups: true,
+        ..tributary_store::StoreConfig::new(args.database_url.expose_secret())
     };
     let problems = config.problems();
     if !problems.is_empty() {
