@@ -480,7 +480,7 @@ fn check_ack(ack: Result<jetstream::publish::PublishAck, jetstream::context::Pub
 async fn create_copy_table(conn: &mut PgConnection, table: &str) -> Result<()> {
     let shape = format!("{table}_shape");
     let mut tx = conn.begin().await?;
-    sqlx::query(AssertSqlSafe(sql::create_events_table(&shape)))
+    sqlx::query(AssertSqlSafe(sql::create_events_table(&shape, sql::Dialect::Postgres)))
         .execute(&mut *tx)
         .await
         .context("creating the events-table template")?;

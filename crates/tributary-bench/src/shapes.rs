@@ -93,7 +93,7 @@ pub async fn compare(
     for shape in Shape::ALL {
         prepare(&mut conn, shape.table()).await?;
     }
-    sqlx::query(AssertSqlSafe(sql::create_staging_table()))
+    sqlx::query(AssertSqlSafe(sql::create_staging_table(sql::Dialect::Postgres)))
         .execute(&mut conn)
         .await?;
     for batch in 0..batches {
@@ -128,7 +128,7 @@ async fn prepare(conn: &mut PgConnection, table: &str) -> Result<()> {
     )))
     .execute(&mut *conn)
     .await?;
-    sqlx::query(AssertSqlSafe(sql::create_events_table(table)))
+    sqlx::query(AssertSqlSafe(sql::create_events_table(table, sql::Dialect::Postgres)))
         .execute(&mut *conn)
         .await?;
     sqlx::query(AssertSqlSafe(sql::create_month_partition(table, 2017, 9)))

@@ -21,6 +21,7 @@ use sqlx::{AssertSqlSafe, Row as _};
 use time::OffsetDateTime;
 
 pub use retention::Retention;
+pub use sql::Dialect;
 
 /// A metric value as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +149,12 @@ pub struct StoreConfig {
     pub rollups: bool,
     /// How long rows and each rollup level are kept.
     pub retention: Retention,
+    /// PostgreSQL or Greenplum table definitions.
+    pub dialect: Dialect,
+    /// Greenplum: events partitions whose month ended this long ago are
+    /// rewritten as compressed column storage, and the sink writes nothing
+    /// older (`None`: never).
+    pub columnar_after: Option<Duration>,
 }
 
 impl StoreConfig {
@@ -160,6 +167,8 @@ impl StoreConfig {
             max_connections: 4,
             rollups: true,
             retention: Retention::default(),
+            dialect: Dialect::Postgres,
+            columnar_after: None,
         }
     }
 }
@@ -172,6 +181,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("max_connections", &self.max_connections)
             .field("rollups", &self.rollups)
             .field("retention", &self.retention)
+            .field("dialect", &self.dialect)
+            .field("columnar_after", &self.columnar_after)
             .finish()
     }
 }
@@ -209,6 +220,15 @@ impl StoreConfig {
             problems.push("--db-connections must be more than zero".to_owned());
         }
         problems.extend(self.retention.problems());
+        match (self.dialect, self.columnar_after) {
+            (Dialect::Postgres, Some(_)) => {
+                problems.push("--columnar-after needs --dialect greenplum".to_owned());
+            }
+            (Dialect::Greenplum, Some(after)) if after < retention::SHORTEST => {
+                problems.push("--columnar-after must be at least 1h (or \"never\")".to_owned());
+            }
+            _ => {}
+        }
         problems
     }
 }
@@ -220,6 +240,8 @@ pub struct Store {
     table: String,
     rollups: bool,
     retention: Retention,
+    dialect: Dialect,
+    columnar_after: Option<Duration>,
     /// Months (year * 12 + month - 1) whose partition is known to exist.
     partitions: Mutex<HashSet<i32>>,
 }
@@ -239,12 +261,13 @@ impl Store {
     /// Opens a pool. Connecting is lazy: the first query connects, so a
     /// service starts even while the database is still coming up.
     pub fn connect_lazy(config: &StoreConfig) -> Result<Self, StoreError> {
+        let dialect = config.dialect;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|conn, _meta| {
+            .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    sqlx::query(AssertSqlSafe(sql::create_staging_table()))
+                    sqlx::query(AssertSqlSafe(sql::create_staging_table(dialect)))
                         .execute(conn)
                         .await?;
                     Ok(())
@@ -256,6 +279,8 @@ impl Store {
             table: config.table.clone(),
             rollups: config.rollups,
             retention: config.retention,
+            dialect: config.dialect,
+            columnar_after: config.columnar_after,
             partitions: Mutex::new(HashSet::new()),
         })
     }
@@ -280,33 +305,26 @@ impl Store {
     /// from every replica at once: an advisory lock serialises them.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let migrations = [
-            sql::create_events_table(&self.table),
-            sql::create_rollup_table(&rollup::Level::Minute.table(&self.table)),
-            sql::create_rollup_table(&rollup::Level::Hour.table(&self.table)),
+            sql::create_events_table(&self.table, self.dialect),
+            sql::create_rollup_table(&rollup::Level::Minute.table(&self.table), self.dialect),
+            sql::create_rollup_table(&rollup::Level::Hour.table(&self.table), self.dialect),
         ];
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_migrations'))")
+        sqlx::query(sql::LOCK_MIGRATIONS).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(sql::create_migrations_table(self.dialect)))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS tributary_migrations (\
-             tbl text NOT NULL, version int NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), \
-             PRIMARY KEY (tbl, version))",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let applied: i32 =
-            sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM tributary_migrations WHERE tbl = $1")
-                .bind(&self.table)
-                .fetch_one(&mut *tx)
-                .await?;
+        let applied: i32 = sqlx::query_scalar(sql::APPLIED_MIGRATION)
+            .bind(&self.table)
+            .fetch_one(&mut *tx)
+            .await?;
         for (index, statement) in migrations.into_iter().enumerate() {
             let version = index as i32 + 1;
             if version <= applied {
                 continue;
             }
             sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO tributary_migrations (tbl, version) VALUES ($1, $2)")
+            sqlx::query(sql::RECORD_MIGRATION)
                 .bind(&self.table)
                 .bind(version)
                 .execute(&mut *tx)
@@ -352,11 +370,19 @@ impl Store {
         }
     }
 
-    /// The oldest event time the events table takes now (`None`: any): the
-    /// sink dead-letters older events rather than writing what retention
-    /// would drop.
-    pub fn rows_horizon_us(&self) -> Option<i64> {
-        retention::horizon_us(self.retention.rows, now_us())
+    /// The oldest event time the events table takes now, and the reason
+    /// for refusing older ones (`None`: any time): the sink dead-letters
+    /// older events rather than write what retention would drop
+    /// (`beyond_retention`) or what lies in column storage
+    /// (`columnar_partition`).
+    pub fn oldest_writable(&self) -> Option<(i64, &'static str)> {
+        let now = now_us();
+        let retained = retention::horizon_us(self.retention.rows, now).map(|h| (h, "beyond_retention"));
+        let columnar = retention::horizon_us(self.columnar_after, now).map(|h| (h, "columnar_partition"));
+        match (retained, columnar) {
+            (Some(r), Some(c)) => Some(if r.0 >= c.0 { r } else { c }),
+            (r, c) => r.or(c),
+        }
     }
 
     /// The fast path: `COPY` into the events table in one transaction (and
@@ -508,15 +534,10 @@ impl Store {
                 .await?;
             for partition in retention::expired(&table, &partitions, horizon) {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(AssertSqlSafe(format!(
-                    "SET LOCAL lock_timeout = '{}ms'",
-                    RETENTION_LOCK_TIMEOUT.as_millis()
-                )))
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))")
+                sqlx::query(AssertSqlSafe(sql::lock_timeout(RETENTION_LOCK_TIMEOUT)))
                     .execute(&mut *tx)
                     .await?;
+                sqlx::query(sql::LOCK_PARTITIONS).execute(&mut *tx).await?;
                 // Another replica may have dropped it meanwhile.
                 let attached: Vec<String> = sqlx::query_scalar(sql::LIST_PARTITIONS)
                     .bind(sql::quote_ident(&table))
@@ -540,15 +561,47 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Greenplum: rewrites the events partitions whose month ended
+    /// `--columnar-after` ago as compressed column storage (one per
+    /// transaction, under the partition lock); returns their names. Rollup
+    /// tables stay heap tables: they are upserted.
+    pub async fn convert_to_columnar(&self, now_us: i64) -> Result<Vec<String>, StoreError> {
+        let (Dialect::Greenplum, Some(horizon)) = (self.dialect, retention::horizon_us(self.columnar_after, now_us))
+        else {
+            return Ok(Vec::new());
+        };
+        let partitions: Vec<String> = sqlx::query_scalar(sql::LIST_PARTITIONS)
+            .bind(sql::quote_ident(&self.table))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut converted = Vec::new();
+        for partition in retention::expired(&self.table, &partitions, horizon) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(sql::LOCK_PARTITIONS).execute(&mut *tx).await?;
+            let method: Option<String> = sqlx::query_scalar(sql::ACCESS_METHOD)
+                .bind(sql::quote_ident(&partition))
+                .fetch_optional(&mut *tx)
+                .await?;
+            if method.as_deref() != Some("heap") {
+                continue;
+            }
+            sqlx::query(AssertSqlSafe(sql::to_columnar(&partition)))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(%partition, "old partition rewritten as column storage");
+            converted.push(partition);
+        }
+        Ok(converted)
+    }
+
     /// Of the `sample` most recent buckets of each rollup level, those that
     /// disagree with the event rows: "level device/metric bucket" each.
     /// Read in one snapshot, so writes going on meanwhile do not show as
     /// differences.
     pub async fn check_rollups(&self, sample: i64) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sql::SNAPSHOT_READ).execute(&mut *tx).await?;
         let mut differ = Vec::new();
         for level in rollup::Level::ALL {
             let rows = sqlx::query(AssertSqlSafe(sql::check_rollups(
@@ -647,9 +700,7 @@ impl Store {
         for month in months {
             let (year, m) = (month.div_euclid(12), (month.rem_euclid(12) + 1) as u8);
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(sql::LOCK_PARTITIONS).execute(&mut *tx).await?;
             for table in [
                 self.table.clone(),
                 rollup::Level::Minute.table(&self.table),

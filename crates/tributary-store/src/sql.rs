@@ -7,6 +7,90 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The SQL dialect of the database: PostgreSQL, or Greenplum 7 (based on
+/// PostgreSQL 12). They differ only in table definitions: Greenplum tables
+/// are distributed by device, and old event partitions may be turned into
+/// append-optimised column storage. Every read and write is the same text
+/// in both (see `testdata/*.sql`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialect {
+    #[default]
+    Postgres,
+    Greenplum,
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "postgres" | "postgresql" => Ok(Dialect::Postgres),
+            "greenplum" => Ok(Dialect::Greenplum),
+            other => Err(format!("{other:?} is not a dialect: postgres or greenplum")),
+        }
+    }
+}
+
+impl Dialect {
+    /// What ends a `CREATE TABLE`: Greenplum places each row on the segment
+    /// of its device (the first column of every key, so keys stay unique
+    /// per segment and one device's rows sit together).
+    fn table_suffix(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "",
+            Dialect::Greenplum => " DISTRIBUTED BY (device_id)",
+        }
+    }
+
+    /// The clauses of `statement` that only Greenplum understands, removed:
+    /// what of a Greenplum statement PostgreSQL can run. `None` when the
+    /// whole statement is Greenplum's alone.
+    pub fn portable_part(statement: &str) -> Option<String> {
+        if statement.contains("appendoptimized") {
+            return None;
+        }
+        let mut portable = statement.to_owned();
+        while let Some(start) = portable.find(" DISTRIBUTED BY (") {
+            let end = portable[start..].find(')').map_or(portable.len(), |i| start + i + 1);
+            portable.replace_range(start..end, "");
+        }
+        Some(portable)
+    }
+}
+
+/// Serialises migrations across replicas (for the transaction).
+pub const LOCK_MIGRATIONS: &str = "SELECT pg_advisory_xact_lock(hashtext('tributary_migrations'))";
+
+/// Serialises creating, dropping and converting partitions across replicas.
+pub const LOCK_PARTITIONS: &str = "SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'))";
+
+/// The record of applied migrations, per events table.
+pub fn create_migrations_table(dialect: Dialect) -> String {
+    let distributed = match dialect {
+        Dialect::Postgres => "",
+        Dialect::Greenplum => " DISTRIBUTED BY (tbl)",
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS tributary_migrations (\
+         tbl text NOT NULL, version int NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), \
+         PRIMARY KEY (tbl, version)){distributed}"
+    )
+}
+
+/// The newest migration applied to a table. Binds: the table.
+pub const APPLIED_MIGRATION: &str = "SELECT coalesce(max(version), 0) FROM tributary_migrations WHERE tbl = $1";
+
+/// Records a migration. Binds: the table, the version.
+pub const RECORD_MIGRATION: &str = "INSERT INTO tributary_migrations (tbl, version) VALUES ($1, $2)";
+
+/// Reads of several statements that must see one moment (for the transaction).
+pub const SNAPSHOT_READ: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// The longest this transaction waits for any lock.
+pub fn lock_timeout(timeout: std::time::Duration) -> String {
+    format!("SET LOCAL lock_timeout = '{}ms'", timeout.as_millis())
+}
+
 /// The columns written per event, in COPY order.
 pub const WRITE_COLUMNS: &str = "device_id, metric, time, value_num, value_text, value_bool, unit, \
      latitude, longitude, attributes, source, raw_msg_id, ingested_at";
@@ -16,7 +100,7 @@ pub const STAGING_TABLE: &str = "tributary_staging";
 
 /// Migration 1: the events table, range-partitioned by event time, keyed by
 /// the natural key so redelivered events change nothing.
-pub fn create_events_table(table: &str) -> String {
+pub fn create_events_table(table: &str, dialect: Dialect) -> String {
     let t = quote_ident(table);
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (\n\
@@ -35,18 +119,20 @@ pub fn create_events_table(table: &str) -> String {
          \x20   ingested_at timestamptz NOT NULL,\n\
          \x20   stored_at   timestamptz NOT NULL DEFAULT now(),\n\
          \x20   PRIMARY KEY (device_id, metric, time)\n\
-         ) PARTITION BY RANGE (time)"
+         ) PARTITION BY RANGE (time){}",
+        dialect.table_suffix()
     )
 }
 
 /// The per-connection staging table (no key, no partitions: COPY at full speed).
-pub fn create_staging_table() -> String {
+pub fn create_staging_table(dialect: Dialect) -> String {
     format!(
         "CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (\
          device_id text, metric text, time timestamptz, value_num double precision, \
          value_text text, value_bool boolean, unit text, latitude double precision, \
          longitude double precision, attributes jsonb, source text, raw_msg_id text, \
-         ingested_at timestamptz) ON COMMIT DELETE ROWS"
+         ingested_at timestamptz) ON COMMIT DELETE ROWS{}",
+        dialect.table_suffix()
     )
 }
 
@@ -92,7 +178,7 @@ pub fn create_month_partition(table: &str, year: i32, month: u8) -> String {
 
 /// Migrations 2 and 3: a rollup table (per device, metric and bucket),
 /// range-partitioned by bucket like the events table.
-pub fn create_rollup_table(table: &str) -> String {
+pub fn create_rollup_table(table: &str, dialect: Dialect) -> String {
     let t = quote_ident(table);
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (\n\
@@ -108,7 +194,8 @@ pub fn create_rollup_table(table: &str) -> String {
          \x20   last_time   timestamptz NOT NULL,\n\
          \x20   last_value  double precision NOT NULL,\n\
          \x20   PRIMARY KEY (device_id, metric, bucket)\n\
-         ) PARTITION BY RANGE (bucket)"
+         ) PARTITION BY RANGE (bucket){}",
+        dialect.table_suffix()
     )
 }
 
@@ -222,6 +309,22 @@ pub fn detach_partition(table: &str, partition: &str) -> String {
     )
 }
 
+/// Greenplum only: rewrites an old events partition as append-optimised,
+/// column-oriented and compressed storage. Such a partition takes no more
+/// `INSERT … ON CONFLICT` (Greenplum has no speculative insertion into
+/// append-optimised tables), so the sink writes nothing older than
+/// `--columnar-after`.
+pub fn to_columnar(partition: &str) -> String {
+    format!(
+        "ALTER TABLE {} SET WITH (appendoptimized=true, orientation=column, compresstype=zstd, compresslevel=1)",
+        quote_ident(partition)
+    )
+}
+
+/// The access method of a table (`heap`, `ao_column`, …). Binds: its name, quoted.
+pub const ACCESS_METHOD: &str =
+    "SELECT a.amname::text FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = to_regclass($1)";
+
 /// Drops a detached partition and its rows.
 pub fn drop_table(table: &str) -> String {
     format!("DROP TABLE IF EXISTS {}", quote_ident(table))
@@ -238,9 +341,132 @@ pub fn select_series(table: &str) -> String {
     )
 }
 
+/// Every statement the store sends for `table` in `dialect`, in the order
+/// a sink meets them, each under a comment naming it: the text the
+/// `testdata/<dialect>.sql` snapshots hold, and what a person can read (or
+/// run by hand, binding the `$n`) to see what reaches their database.
+pub fn script(table: &str, dialect: Dialect) -> String {
+    use crate::rollup::Level;
+    let (minutes, hours) = (Level::Minute.table(table), Level::Hour.table(table));
+    let month = |t: &str| create_month_partition(t, 2026, 12);
+    let partition = partition_name(table, 2026, 10);
+    let mut statements: Vec<(&str, String)> = vec![
+        ("migrations: lock", LOCK_MIGRATIONS.to_owned()),
+        ("migrations: record table", create_migrations_table(dialect)),
+        ("migrations: applied", APPLIED_MIGRATION.to_owned()),
+        ("migration 1: events", create_events_table(table, dialect)),
+        ("migration 2: minute rollups", create_rollup_table(&minutes, dialect)),
+        ("migration 3: hour rollups", create_rollup_table(&hours, dialect)),
+        ("migrations: record", RECORD_MIGRATION.to_owned()),
+        ("per connection: staging", create_staging_table(dialect)),
+        ("partitions: lock", LOCK_PARTITIONS.to_owned()),
+        ("partitions: events", month(table)),
+        ("partitions: minute rollups", month(&minutes)),
+        ("partitions: hour rollups", month(&hours)),
+        ("write: new rows", copy_into_table(table)),
+        ("write: rows with stored keys, staged", copy_into_staging()),
+        ("write: staged rows added", insert_from_staging_returning(table)),
+        ("write: staged rows added, no rollups", insert_from_staging(table)),
+        ("rollups: minute buckets", upsert_rollups(&minutes)),
+        ("rollups: hour buckets", upsert_rollups(&hours)),
+        ("check: one snapshot", SNAPSHOT_READ.to_owned()),
+        ("check: minute buckets", check_rollups(table, &minutes)),
+        ("rebuild: hold", lock_for_rebuild(&minutes)),
+        ("rebuild: clear", delete_rollups(&minutes)),
+        ("rebuild: from the rows", rebuild_rollups(table, &minutes, "minute")),
+        ("rebuild: partitions present", TABLE_EXISTS.to_owned()),
+        (
+            "retention: bounded wait",
+            lock_timeout(std::time::Duration::from_secs(2)),
+        ),
+        ("retention: partitions", LIST_PARTITIONS.to_owned()),
+        ("retention: detach", detach_partition(table, &partition)),
+        ("retention: drop", drop_table(&partition)),
+        ("read: one series", select_series(table)),
+    ];
+    if dialect == Dialect::Greenplum {
+        statements.push(("columnar: storage of a partition", ACCESS_METHOD.to_owned()));
+        statements.push(("columnar: an old events partition", to_columnar(&partition)));
+    }
+    let mut text = format!("-- Tributary's SQL for table {table:?}, dialect {dialect:?}. Generated by sql::script.\n");
+    for (title, statement) in statements {
+        text.push_str(&format!("\n-- {title}\n{statement};\n"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The script of `dialect` against its snapshot in `testdata/`;
+    /// `TRIBUTARY_BLESS=1` writes the snapshot anew (review its diff).
+    fn snapshot(dialect: Dialect, file: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(file);
+        let script = script("metric_events", dialect);
+        if std::env::var_os("TRIBUTARY_BLESS").is_some() {
+            std::fs::write(&path, &script).unwrap();
+        }
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            kept == script,
+            "{} differs from what the store sends; if the change is meant, run \
+             TRIBUTARY_BLESS=1 cargo test -p tributary-store snapshot and review the diff",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn postgres_snapshot() {
+        snapshot(Dialect::Postgres, "postgres.sql");
+    }
+
+    #[test]
+    fn greenplum_snapshot() {
+        snapshot(Dialect::Greenplum, "greenplum.sql");
+    }
+
+    #[test]
+    fn greenplum_differs_only_in_table_definitions() {
+        let split = |d: Dialect| -> Vec<String> {
+            script("ev", d)
+                .split("\n\n")
+                .skip(1)
+                .map(|s| s.trim().to_owned())
+                .collect()
+        };
+        let (postgres, greenplum) = (split(Dialect::Postgres), split(Dialect::Greenplum));
+        let differ: Vec<&String> = greenplum.iter().filter(|s| !postgres.contains(s)).collect();
+        let titles: Vec<&str> = differ.iter().map(|s| s.lines().next().unwrap_or("")).collect();
+        assert_eq!(
+            titles,
+            [
+                "-- migrations: record table",
+                "-- migration 1: events",
+                "-- migration 2: minute rollups",
+                "-- migration 3: hour rollups",
+                "-- per connection: staging",
+                "-- columnar: storage of a partition",
+                "-- columnar: an old events partition",
+            ]
+        );
+        for statement in &differ[..5] {
+            assert!(statement.contains(" DISTRIBUTED BY ("), "{statement}");
+        }
+        assert_eq!(
+            Dialect::portable_part(&create_events_table("ev", Dialect::Greenplum)),
+            Some(create_events_table("ev", Dialect::Postgres))
+        );
+        assert_eq!(Dialect::portable_part(&to_columnar("ev_p202610")), None);
+        assert_eq!(
+            Dialect::portable_part(&create_migrations_table(Dialect::Greenplum)),
+            Some(create_migrations_table(Dialect::Postgres))
+        );
+        assert_eq!("greenplum".parse(), Ok(Dialect::Greenplum));
+        assert!("mysql".parse::<Dialect>().is_err());
+    }
 
     #[test]
     fn quotes_identifiers() {
@@ -274,8 +500,9 @@ mod tests {
             copy_into_table("ev"),
             format!("COPY \"ev\" ({WRITE_COLUMNS}) FROM STDIN (FORMAT binary)")
         );
-        assert!(create_events_table("ev").contains("PRIMARY KEY (device_id, metric, time)"));
-        assert!(create_events_table("ev").ends_with("PARTITION BY RANGE (time)"));
+        let events = create_events_table("ev", Dialect::Postgres);
+        assert!(events.contains("PRIMARY KEY (device_id, metric, time)"));
+        assert!(events.ends_with("PARTITION BY RANGE (time)"));
         assert!(select_series("ev").contains("FROM \"ev\" WHERE device_id = $1"));
         assert_eq!(WRITE_COLUMNS.split(", ").count(), crate::copy::FIELD_COUNT as usize);
     }

@@ -41,6 +41,16 @@ pub struct Config {
     /// How long the per-hour rollups are kept, like --retention.
     #[arg(long = "retention-1h", env = "TRIBUTARY_RETENTION_1H", default_value = "forever", value_parser = parse_keep)]
     pub retention_1h: Keep,
+    /// The database's SQL dialect: postgres, or greenplum (tables distributed
+    /// by device; see --columnar-after).
+    #[arg(long, env = "TRIBUTARY_DIALECT", default_value = "postgres", value_parser = parse_dialect)]
+    pub dialect: tributary_store::Dialect,
+    /// Greenplum: rewrite events partitions whose month ended this long ago
+    /// (e.g. 60d) as compressed column storage; events older than this are
+    /// then dead-lettered (`columnar_partition`), not written. `never` keeps
+    /// every partition a heap table.
+    #[arg(long, env = "TRIBUTARY_COLUMNAR_AFTER", default_value = "never", value_parser = parse_keep)]
+    pub columnar_after: Keep,
     /// How often retention looks for partitions to drop (once at start, then at this interval).
     #[arg(long, env = "TRIBUTARY_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub retention_interval: Duration,
@@ -81,14 +91,18 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keep(pub Option<Duration>);
 
-/// Parses a retention period: `forever`, or a duration (`30d`, `8760h`).
+/// Parses a period: `forever` (or `never`), or a duration (`30d`, `8760h`).
 fn parse_keep(text: &str) -> Result<Keep, String> {
-    if text.trim() == "forever" {
+    if matches!(text.trim(), "forever" | "never") {
         return Ok(Keep(None));
     }
     parse_duration(text)
         .map(|d| Keep(Some(d)))
         .map_err(|e| format!("{e}, or \"forever\""))
+}
+
+fn parse_dialect(text: &str) -> Result<tributary_store::Dialect, String> {
+    text.parse()
 }
 
 impl tributary_runtime::ServiceConfig for Config {
@@ -127,6 +141,8 @@ impl Config {
                 minutes: self.retention_1m.0,
                 hours: self.retention_1h.0,
             },
+            dialect: self.dialect,
+            columnar_after: self.columnar_after.0,
         }
     }
 

@@ -62,7 +62,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         if config.rollups {
             check_rollups(&store).await;
         }
-        if !config.store_config().retention.is_forever() {
+        let stored = config.store_config();
+        if !stored.retention.is_forever() || stored.columnar_after.is_some() {
             tokio::spawn(retention(store.clone(), config.retention_interval, shutdown.clone()));
         }
         let settings = ConsumerSettings {
@@ -121,8 +122,9 @@ async fn check_rollups(store: &Store) {
     }
 }
 
-/// Drops the partitions beyond retention now and then every `interval`
-/// until `shutdown`. Every replica runs it; they take turns on a lock.
+/// Drops the partitions beyond retention (and on Greenplum turns old ones
+/// into column storage) now and then every `interval` until `shutdown`.
+/// Every replica runs it; they take turns on a lock.
 async fn retention(store: Arc<Store>, interval: std::time::Duration, shutdown: CancellationToken) {
     loop {
         let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
@@ -131,6 +133,12 @@ async fn retention(store: Arc<Store>, interval: std::time::Duration, shutdown: C
                 metrics::counter!("tributary_retention_partitions_dropped_total").increment(dropped.len() as u64)
             }
             Err(error) => tracing::warn!(%error, "retention could not drop old partitions; trying again later"),
+        }
+        match store.convert_to_columnar(now).await {
+            Ok(converted) => metrics::counter!("tributary_columnar_partitions_total").increment(converted.len() as u64),
+            Err(error) => {
+                tracing::warn!(%error, "could not turn old partitions into column storage; trying again later")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -174,19 +174,21 @@ impl Pipeline {
         };
         let index = batch.messages.len() as u32;
         let mut hold = false;
-        let horizon = self.store.rows_horizon_us().unwrap_or(i64::MIN);
+        let (horizon, too_old) = self.store.oldest_writable().unwrap_or((i64::MIN, ""));
         for (part, event) in decoded.events.into_iter().enumerate() {
             let part = part as u32;
             match to_row(event) {
                 Ok(row) if row.time_us < horizon => {
+                    let why = match too_old {
+                        "beyond_retention" => "older than the retention keeps",
+                        _ => "older than the sink writes (--columnar-after)",
+                    };
                     let why = format!(
-                        "event {}/{} at {} µs is older than the retention keeps (the oldest kept is {horizon} µs)",
+                        "event {}/{} at {} µs is {why} (the oldest written now is {horizon} µs)",
                         row.device_id, row.metric, row.time_us
                     );
                     let event = original_event(&message, part);
-                    hold |= !self
-                        .dead_letter_event(&message, part, event, "beyond_retention", &why)
-                        .await;
+                    hold |= !self.dead_letter_event(&message, part, event, too_old, &why).await;
                 }
                 Ok(row) => {
                     batch.rows.push(row);

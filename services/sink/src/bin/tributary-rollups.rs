@@ -30,6 +30,9 @@ struct Args {
     /// The events table; its rollups are `<table>_1m` and `<table>_1h`.
     #[arg(long, env = "TRIBUTARY_TABLE", default_value = "metric_events")]
     table: String,
+    /// The database's SQL dialect, as for the sink: postgres or greenplum.
+    #[arg(long, env = "TRIBUTARY_DIALECT", default_value = "postgres")]
+    dialect: tributary_store::Dialect,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +83,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     let config = tributary_store::StoreConfig {
         table: args.table,
         max_connections: 1,
+        dialect: args.dialect,
         ..tributary_store::StoreConfig::new(args.database_url.expose_secret())
     };
     let problems = config.problems();
