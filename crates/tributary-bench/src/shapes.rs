@@ -19,7 +19,9 @@ use crate::procs;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// `COPY` into a temporary staging table, then `INSERT … SELECT … ON
-    /// CONFLICT DO NOTHING` into the events table (the sink until 2026-11-23).
+    /// CONFLICT DO NOTHING` into the events table (the sink until
+    /// 2026-11-23; now its path for batches holding stored keys, followed by
+    /// an `UPDATE` for corrections).
     StagingOnConflict,
     /// `COPY` straight into the events table (the sink's fast path now; a
     /// batch with a stored key falls back to the staging shape).

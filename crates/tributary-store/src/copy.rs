@@ -14,7 +14,8 @@ pub const FIELD_COUNT: i16 = 13;
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 /// Encodes rows as one complete binary COPY stream.
-pub fn encode(rows: &[Row]) -> Vec<u8> {
+pub fn encode<'a>(rows: impl IntoIterator<Item = &'a Row, IntoIter: ExactSizeIterator>) -> Vec<u8> {
+    let rows = rows.into_iter();
     let mut buf = Vec::with_capacity(32 + rows.len() * 160);
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&0i32.to_be_bytes()); // flags

@@ -50,6 +50,15 @@ pub struct Row {
     pub ingested_at_us: i64,
 }
 
+/// What a write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows whose key was new.
+    pub added: u64,
+    /// Stored rows whose content a later ingestion changed.
+    pub corrected: u64,
+}
+
 /// One stored point, as the query API returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredPoint {
@@ -335,23 +344,40 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a batch in one transaction and returns how many rows were new
-    /// (the rest were already stored: redeliveries). When this returns Ok
-    /// the rows are committed.
+    /// Stores a batch in one transaction and says how many rows were added
+    /// and how many stored rows were corrected (the rest were already
+    /// stored as they are: redeliveries). When this returns Ok the rows are
+    /// committed.
     ///
     /// The common case, a batch of new rows, is one binary `COPY` straight
     /// into the events table: each row costs one index insertion. A batch
     /// holding an already-stored key makes that `COPY` fail on the primary
     /// key; the batch is then written again through the staging table with
-    /// `INSERT … ON CONFLICT DO NOTHING`, which skips the stored rows but
-    /// probes the index twice per row. Redeliveries are rare, so most
-    /// batches take the cheap path.
-    pub async fn write_batch(&self, rows: &[Row]) -> Result<u64, StoreError> {
+    /// `INSERT … ON CONFLICT DO NOTHING` and an `UPDATE` that applies
+    /// corrections (a later ingestion of a key with other content: latest
+    /// ingestion wins), which skips redelivered rows but probes the index
+    /// three times per row.
+    /// Redeliveries and corrections are rare, so most batches take the
+    /// cheap path.
+    ///
+    /// Rows are written in key order, whatever the batch's order: replicas
+    /// writing overlapping batches take their row locks in one order and
+    /// cannot deadlock on them.
+    pub async fn write_batch(&self, rows: &[Row]) -> Result<Written, StoreError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Written::default());
         }
         self.ensure_partitions(rows).await?;
-        let data = copy::encode(rows);
+        let mut ordered: Vec<&Row> = rows.iter().collect();
+        // Stable: of one key staged twice, the batch's later one stays later.
+        ordered.sort_by(|a, b| {
+            (a.device_id.as_str(), a.metric.as_str(), a.time_us).cmp(&(
+                b.device_id.as_str(),
+                b.metric.as_str(),
+                b.time_us,
+            ))
+        });
+        let data = copy::encode(ordered.iter().copied());
         let written = match self.copy_into_table(rows, &data).await {
             Err(StoreError::Database(sqlx::Error::Database(db))) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
                 self.copy_through_staging(data).await
@@ -387,11 +413,11 @@ impl Store {
 
     /// The fast path: `COPY` into the events table in one transaction (and
     /// every row of the batch into the rollups: all of them were new).
-    async fn copy_into_table(&self, rows: &[Row], data: &[u8]) -> Result<u64, StoreError> {
+    async fn copy_into_table(&self, rows: &[Row], data: &[u8]) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut copy_in = tx.copy_in_raw(&sql::copy_into_table(&self.table)).await?;
         copy_in.send(data).await?;
-        let inserted = copy_in.finish().await?;
+        let added = copy_in.finish().await?;
         if self.rollups {
             let numbers = rows.iter().filter_map(|r| match r.value {
                 RowValue::Number(v) => Some((r.device_id.as_str(), r.metric.as_str(), r.time_us, v)),
@@ -400,46 +426,109 @@ impl Store {
             self.upsert_rollups(&mut tx, numbers).await?;
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(Written { added, corrected: 0 })
     }
 
     /// The path for batches that hold stored keys: `COPY` into the staging
-    /// table, then one `INSERT … ON CONFLICT DO NOTHING` (giving back the
-    /// rows it added, for the rollups).
-    async fn copy_through_staging(&self, data: Vec<u8>) -> Result<u64, StoreError> {
+    /// table, one `INSERT … ON CONFLICT DO NOTHING` for the new keys and one
+    /// `UPDATE … WHERE` for corrections, each giving back its rows. Added
+    /// numbers go into the rollups like new rows; the buckets of corrected
+    /// rows are computed anew from the rows.
+    async fn copy_through_staging(&self, data: Vec<u8>) -> Result<Written, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut copy_in = tx.copy_in_raw(&sql::copy_into_staging()).await?;
         copy_in.send(data).await?;
         copy_in.finish().await?;
-        let inserted = if self.rollups {
-            let added = sqlx::query(AssertSqlSafe(sql::insert_from_staging_returning(&self.table)))
-                .fetch_all(&mut *tx)
-                .await?;
-            let mut numbers = Vec::with_capacity(added.len());
-            for row in &added {
-                if let Some(value) = row.try_get::<Option<f64>, _>(3)? {
-                    numbers.push((
-                        row.try_get::<String, _>(0)?,
-                        row.try_get::<String, _>(1)?,
-                        to_unix_us(row.try_get(2)?),
-                        value,
-                    ));
-                }
+        let added = sqlx::query(AssertSqlSafe(sql::insert_from_staging(&self.table)))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut numbers = Vec::with_capacity(added.len());
+        for row in &added {
+            if let Some(value) = row.try_get::<Option<f64>, _>(3)? {
+                let key = (
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    to_unix_us(row.try_get(2)?),
+                );
+                numbers.push((key, value));
             }
+        }
+        let corrected = sqlx::query(AssertSqlSafe(sql::correct_from_staging(&self.table)))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>(0)?,
+                    row.try_get::<String, _>(1)?,
+                    to_unix_us(row.try_get(2)?),
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let written = Written {
+            added: added.len() as u64,
+            corrected: corrected.len() as u64,
+        };
+        if self.rollups {
             self.upsert_rollups(
                 &mut tx,
-                numbers.iter().map(|(d, m, t, v)| (d.as_str(), m.as_str(), *t, *v)),
+                numbers.iter().map(|((d, m, t), v)| (d.as_str(), m.as_str(), *t, *v)),
             )
             .await?;
-            added.len() as u64
-        } else {
-            sqlx::query(AssertSqlSafe(sql::insert_from_staging(&self.table)))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-        };
+            if !corrected.is_empty() {
+                self.recompute_rollups(&mut tx, &corrected).await?;
+            }
+        }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(written)
+    }
+
+    /// Computes anew, from the rows, every bucket holding a corrected row
+    /// (the old value may have been a bucket's min, max, first or last, so
+    /// no arithmetic on the bucket can take it out): each bucket is made to
+    /// exist and held locked (in key order), then cleared and computed
+    /// from the rows, in statements that each see every commit before them.
+    async fn recompute_rollups(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        corrected: &[(String, String, i64)],
+    ) -> Result<(), StoreError> {
+        let now = now_us();
+        for level in rollup::Level::ALL {
+            let horizon = retention::horizon_us(self.level_retention(level), now).unwrap_or(i64::MIN);
+            let width = level.width_us();
+            let buckets: std::collections::BTreeSet<(&str, &str, i64)> = corrected
+                .iter()
+                .filter(|(_, _, t)| *t >= horizon)
+                .map(|(d, m, t)| (d.as_str(), m.as_str(), t.div_euclid(width) * width))
+                .collect();
+            if buckets.is_empty() {
+                continue;
+            }
+            let devices: Vec<&str> = buckets.iter().map(|b| b.0).collect();
+            let metrics: Vec<&str> = buckets.iter().map(|b| b.1).collect();
+            let starts = buckets
+                .iter()
+                .map(|b| to_datetime(b.2))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rollup_table = level.table(&self.table);
+            for statement in [sql::hold_rollups(&rollup_table), sql::clear_rollups(&rollup_table)] {
+                sqlx::query(AssertSqlSafe(statement))
+                    .bind(&devices)
+                    .bind(&metrics)
+                    .bind(&starts)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            sqlx::query(AssertSqlSafe(sql::recompute_rollups(&self.table, &rollup_table)))
+                .bind(&devices)
+                .bind(&metrics)
+                .bind(&starts)
+                .bind(format!("1 {}", level.unit()))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Adds numeric points that were just stored to every rollup level, in

@@ -150,13 +150,64 @@ pub fn copy_into_staging() -> String {
     format!("COPY {STAGING_TABLE} ({WRITE_COLUMNS}) FROM STDIN (FORMAT binary)")
 }
 
-/// Moves the staged batch into the events table; rows whose natural key is
-/// already stored (a redelivery) are skipped.
+/// The fields of a row a later ingestion may correct (all but its key,
+/// where it came from and when it was ingested).
+const CONTENT_COLUMNS: [&str; 7] = [
+    "value_num",
+    "value_text",
+    "value_bool",
+    "unit",
+    "latitude",
+    "longitude",
+    "attributes",
+];
+
+/// One staged row per key: of a key staged twice, the latest ingestion,
+/// and of equal ingestions the later in the batch (the batch is staged in
+/// its order, so `ctid` follows it).
+fn staged_once() -> String {
+    format!(
+        "SELECT DISTINCT ON (device_id, metric, time) {WRITE_COLUMNS} FROM {STAGING_TABLE} \
+         ORDER BY device_id, metric, time, ingested_at DESC, ctid DESC"
+    )
+}
+
+/// Moves the staged rows of new keys into the events table (stored keys
+/// are left to [`correct_from_staging`]); gives back those it added:
+/// device, metric, time, number.
 pub fn insert_from_staging(table: &str) -> String {
     format!(
-        "INSERT INTO {} ({WRITE_COLUMNS}) SELECT {WRITE_COLUMNS} FROM {STAGING_TABLE} \
-         ON CONFLICT DO NOTHING",
-        quote_ident(table)
+        "INSERT INTO {} ({WRITE_COLUMNS}) {} ON CONFLICT DO NOTHING \
+         RETURNING device_id, metric, time, value_num",
+        quote_ident(table),
+        staged_once()
+    )
+}
+
+/// Corrects stored rows from the staged ones (after
+/// [`insert_from_staging`], in its transaction): a stored row takes the
+/// staged content when the staged row was ingested later and its content
+/// differs (latest ingestion wins); a redelivery (same ingestion) and an
+/// earlier ingestion arriving late change nothing. Gives back the corrected
+/// keys: device, metric, time.
+pub fn correct_from_staging(table: &str) -> String {
+    let set: Vec<String> = CONTENT_COLUMNS
+        .iter()
+        .chain(&["source", "raw_msg_id", "ingested_at"])
+        .map(|c| format!("{c} = x.{c}"))
+        .collect();
+    let stored: Vec<String> = CONTENT_COLUMNS.iter().map(|c| format!("s.{c}")).collect();
+    let staged: Vec<String> = CONTENT_COLUMNS.iter().map(|c| format!("x.{c}")).collect();
+    format!(
+        "UPDATE {} AS s SET {}, stored_at = now() FROM ({}) AS x \
+         WHERE s.device_id = x.device_id AND s.metric = x.metric AND s.time = x.time \
+         AND s.ingested_at < x.ingested_at AND ({}) IS DISTINCT FROM ({}) \
+         RETURNING s.device_id, s.metric, s.time",
+        quote_ident(table),
+        set.join(", "),
+        staged_once(),
+        stored.join(", "),
+        staged.join(", "),
     )
 }
 
@@ -196,14 +247,6 @@ pub fn create_rollup_table(table: &str, dialect: Dialect) -> String {
          \x20   PRIMARY KEY (device_id, metric, bucket)\n\
          ) PARTITION BY RANGE (bucket){}",
         dialect.table_suffix()
-    )
-}
-
-/// Like [`insert_from_staging`], giving back the rows it added (for the rollups).
-pub fn insert_from_staging_returning(table: &str) -> String {
-    format!(
-        "{} RETURNING device_id, metric, time, value_num",
-        insert_from_staging(table)
     )
 }
 
@@ -255,6 +298,44 @@ pub fn rebuild_rollups(table: &str, rollup_table: &str, unit: &str) -> String {
          WHERE e.value_num IS NOT NULL AND e.time >= $1 AND e.time < $2 GROUP BY 1, 2, 3",
         quote_ident(rollup_table),
         utc_bucket("e.time", unit),
+        quote_ident(table)
+    )
+}
+
+/// Corrections, step 1: makes each bucket of `($1, $2, $3)` (device,
+/// metric, bucket; distinct, in key order) exist and holds it locked, so
+/// that writers adding to it wait and no writer's committed rows are missed
+/// by step 3.
+pub fn hold_rollups(rollup_table: &str) -> String {
+    format!(
+        "INSERT INTO {} AS r ({ROLLUP_COLUMNS}) \
+         SELECT k.d, k.m, k.b, 0, 0, 0, 0, k.b, 0, k.b, 0 \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (d, m, b) \
+         ON CONFLICT (device_id, metric, bucket) DO UPDATE SET count = r.count",
+        quote_ident(rollup_table)
+    )
+}
+
+/// Corrections, step 2: deletes the held buckets of `($1, $2, $3)`.
+pub fn clear_rollups(rollup_table: &str) -> String {
+    format!(
+        "DELETE FROM {} AS r USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (d, m, b) \
+         WHERE r.device_id = k.d AND r.metric = k.m AND r.bucket = k.b",
+        quote_ident(rollup_table)
+    )
+}
+
+/// Corrections, step 3: computes the buckets of `($1, $2, $3)` anew from
+/// the event rows (`$4`: the bucket width as an interval); a bucket left
+/// without numbers stays deleted.
+pub fn recompute_rollups(table: &str, rollup_table: &str) -> String {
+    format!(
+        "INSERT INTO {} ({ROLLUP_COLUMNS}) \
+         SELECT k.d, k.m, k.b, {AGGREGATES} \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (d, m, b) \
+         JOIN {} e ON e.device_id = k.d AND e.metric = k.m AND e.time >= k.b AND e.time < k.b + $4::interval \
+         WHERE e.value_num IS NOT NULL GROUP BY 1, 2, 3",
+        quote_ident(rollup_table),
         quote_ident(table)
     )
 }
@@ -365,10 +446,13 @@ pub fn script(table: &str, dialect: Dialect) -> String {
         ("partitions: hour rollups", month(&hours)),
         ("write: new rows", copy_into_table(table)),
         ("write: rows with stored keys, staged", copy_into_staging()),
-        ("write: staged rows added", insert_from_staging_returning(table)),
-        ("write: staged rows added, no rollups", insert_from_staging(table)),
+        ("write: staged rows of new keys", insert_from_staging(table)),
+        ("write: staged corrections", correct_from_staging(table)),
         ("rollups: minute buckets", upsert_rollups(&minutes)),
         ("rollups: hour buckets", upsert_rollups(&hours)),
+        ("corrections: hold buckets", hold_rollups(&minutes)),
+        ("corrections: clear buckets", clear_rollups(&minutes)),
+        ("corrections: recompute buckets", recompute_rollups(table, &minutes)),
         ("check: one snapshot", SNAPSHOT_READ.to_owned()),
         ("check: minute buckets", check_rollups(table, &minutes)),
         ("rebuild: hold", lock_for_rebuild(&minutes)),
@@ -490,11 +574,17 @@ mod tests {
 
     #[test]
     fn builds_writes_and_reads() {
-        assert_eq!(
-            insert_from_staging("ev"),
-            format!(
-                "INSERT INTO \"ev\" ({WRITE_COLUMNS}) SELECT {WRITE_COLUMNS} FROM tributary_staging ON CONFLICT DO NOTHING"
-            )
+        assert!(
+            insert_from_staging("ev").starts_with(&format!("INSERT INTO \"ev\" ({WRITE_COLUMNS}) SELECT DISTINCT ON"))
+        );
+        let correct = correct_from_staging("ev");
+        assert!(
+            correct.contains(
+                "AND s.ingested_at < x.ingested_at AND (s.value_num, s.value_text, s.value_bool, s.unit, \
+                 s.latitude, s.longitude, s.attributes) IS DISTINCT FROM (x.value_num, x.value_text, \
+                 x.value_bool, x.unit, x.latitude, x.longitude, x.attributes)"
+            ),
+            "{correct}"
         );
         assert_eq!(
             copy_into_table("ev"),

@@ -84,17 +84,26 @@ COPY "metric_events" (device_id, metric, time, value_num, value_text, value_bool
 -- write: rows with stored keys, staged
 COPY tributary_staging (device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at) FROM STDIN (FORMAT binary);
 
--- write: staged rows added
-INSERT INTO "metric_events" (device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at) SELECT device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at FROM tributary_staging ON CONFLICT DO NOTHING RETURNING device_id, metric, time, value_num;
+-- write: staged rows of new keys
+INSERT INTO "metric_events" (device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at) SELECT DISTINCT ON (device_id, metric, time) device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at FROM tributary_staging ORDER BY device_id, metric, time, ingested_at DESC, ctid DESC ON CONFLICT DO NOTHING RETURNING device_id, metric, time, value_num;
 
--- write: staged rows added, no rollups
-INSERT INTO "metric_events" (device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at) SELECT device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at FROM tributary_staging ON CONFLICT DO NOTHING;
+-- write: staged corrections
+UPDATE "metric_events" AS s SET value_num = x.value_num, value_text = x.value_text, value_bool = x.value_bool, unit = x.unit, latitude = x.latitude, longitude = x.longitude, attributes = x.attributes, source = x.source, raw_msg_id = x.raw_msg_id, ingested_at = x.ingested_at, stored_at = now() FROM (SELECT DISTINCT ON (device_id, metric, time) device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at FROM tributary_staging ORDER BY device_id, metric, time, ingested_at DESC, ctid DESC) AS x WHERE s.device_id = x.device_id AND s.metric = x.metric AND s.time = x.time AND s.ingested_at < x.ingested_at AND (s.value_num, s.value_text, s.value_bool, s.unit, s.latitude, s.longitude, s.attributes) IS DISTINCT FROM (x.value_num, x.value_text, x.value_bool, x.unit, x.latitude, x.longitude, x.attributes) RETURNING s.device_id, s.metric, s.time;
 
 -- rollups: minute buckets
 INSERT INTO "metric_events_1m" AS r (device_id, metric, bucket, count, sum, min, max, first_time, first_value, last_time, last_value) SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[], $9::float8[], $10::timestamptz[], $11::float8[]) ON CONFLICT (device_id, metric, bucket) DO UPDATE SET count = r.count + EXCLUDED.count, sum = r.sum + EXCLUDED.sum, min = least(r.min, EXCLUDED.min), max = greatest(r.max, EXCLUDED.max), first_time = CASE WHEN EXCLUDED.first_time < r.first_time THEN EXCLUDED.first_time ELSE r.first_time END, first_value = CASE WHEN EXCLUDED.first_time < r.first_time THEN EXCLUDED.first_value ELSE r.first_value END, last_time = CASE WHEN EXCLUDED.last_time > r.last_time THEN EXCLUDED.last_time ELSE r.last_time END, last_value = CASE WHEN EXCLUDED.last_time > r.last_time THEN EXCLUDED.last_value ELSE r.last_value END;
 
 -- rollups: hour buckets
 INSERT INTO "metric_events_1h" AS r (device_id, metric, bucket, count, sum, min, max, first_time, first_value, last_time, last_value) SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::float8[], $6::float8[], $7::float8[], $8::timestamptz[], $9::float8[], $10::timestamptz[], $11::float8[]) ON CONFLICT (device_id, metric, bucket) DO UPDATE SET count = r.count + EXCLUDED.count, sum = r.sum + EXCLUDED.sum, min = least(r.min, EXCLUDED.min), max = greatest(r.max, EXCLUDED.max), first_time = CASE WHEN EXCLUDED.first_time < r.first_time THEN EXCLUDED.first_time ELSE r.first_time END, first_value = CASE WHEN EXCLUDED.first_time < r.first_time THEN EXCLUDED.first_value ELSE r.first_value END, last_time = CASE WHEN EXCLUDED.last_time > r.last_time THEN EXCLUDED.last_time ELSE r.last_time END, last_value = CASE WHEN EXCLUDED.last_time > r.last_time THEN EXCLUDED.last_value ELSE r.last_value END;
+
+-- corrections: hold buckets
+INSERT INTO "metric_events_1m" AS r (device_id, metric, bucket, count, sum, min, max, first_time, first_value, last_time, last_value) SELECT k.d, k.m, k.b, 0, 0, 0, 0, k.b, 0, k.b, 0 FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (d, m, b) ON CONFLICT (device_id, metric, bucket) DO UPDATE SET count = r.count;
+
+-- corrections: clear buckets
+DELETE FROM "metric_events_1m" AS r USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (d, m, b) WHERE r.device_id = k.d AND r.metric = k.m AND r.bucket = k.b;
+
+-- corrections: recompute buckets
+INSERT INTO "metric_events_1m" (device_id, metric, bucket, count, sum, min, max, first_time, first_value, last_time, last_value) SELECT k.d, k.m, k.b, count(*), sum(e.value_num), min(e.value_num), max(e.value_num), (array_agg(e.time ORDER BY e.time))[1], (array_agg(e.value_num ORDER BY e.time))[1], (array_agg(e.time ORDER BY e.time DESC))[1], (array_agg(e.value_num ORDER BY e.time DESC))[1] FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k (d, m, b) JOIN "metric_events" e ON e.device_id = k.d AND e.metric = k.m AND e.time >= k.b AND e.time < k.b + $4::interval WHERE e.value_num IS NOT NULL GROUP BY 1, 2, 3;
 
 -- check: one snapshot
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;

@@ -61,6 +61,7 @@ struct Taken {
 #[derive(Default)]
 struct Written {
     inserted: u64,
+    corrected: u64,
     duplicates: u64,
     dead_lettered: u64,
 }
@@ -230,9 +231,10 @@ impl Pipeline {
                 return;
             };
             match result {
-                Ok(inserted) => {
-                    written.inserted += inserted;
-                    written.duplicates += range.len() as u64 - inserted;
+                Ok(stored) => {
+                    written.inserted += stored.added;
+                    written.corrected += stored.corrected;
+                    written.duplicates += (range.len() as u64).saturating_sub(stored.added + stored.corrected);
                 }
                 Err(error) if range.len() == 1 => {
                     let (message, part) = batch.origins[range.start];
@@ -261,6 +263,7 @@ impl Pipeline {
         self.ack_all(batch.messages.iter().filter(|t| !t.hold).map(|t| &t.message))
             .await;
         metrics::counter!("tributary_sink_rows_total", "outcome" => "inserted").increment(written.inserted);
+        metrics::counter!("tributary_sink_rows_total", "outcome" => "corrected").increment(written.corrected);
         metrics::counter!("tributary_sink_rows_total", "outcome" => "duplicate").increment(written.duplicates);
         metrics::counter!("tributary_sink_rows_total", "outcome" => "dead_lettered").increment(written.dead_lettered);
         metrics::counter!("tributary_sink_messages_total").increment(batch.messages.len() as u64);
@@ -283,7 +286,7 @@ impl Pipeline {
         batch: &Batch,
         range: Range<usize>,
         shutdown: &CancellationToken,
-    ) -> Option<Result<u64, StoreError>> {
+    ) -> Option<Result<tributary_store::Written, StoreError>> {
         let rows = &batch.rows[range];
         let mut backoff = tributary_runtime::retry::Backoff::standard();
         loop {

@@ -207,3 +207,39 @@ async fn an_event_older_than_the_retention_is_dead_lettered_and_its_batch_mates_
     );
     h.stop().await
 }
+
+#[tokio::test]
+async fn a_value_sent_again_later_corrects_the_stored_one_and_its_buckets() -> Result<()> {
+    let h = Harness::start().await?;
+    h.post_accepted("fix", &payload("d1", 0, 0, &[("temp", 10), ("rpm", 100)]))
+        .await?;
+    h.post_accepted("fix", &payload("d1", 0, 30, &[("temp", 20)])).await?;
+    h.wait_drained().await?;
+    // The first reading was wrong: the device sends it again, corrected,
+    // beside a reading it had not sent before.
+    h.post_accepted("fix", &payload("d1", 0, 0, &[("temp", 99), ("rpm", 100), ("new", 1)]))
+        .await?;
+    h.wait_drained().await?;
+    let (status, series) = h.series("d1", "temp").await?;
+    assert_eq!(status, 200, "{series}");
+    let values: Vec<f64> = series["points"]
+        .as_array()
+        .map(|points| points.iter().filter_map(|p| p["value"].as_f64()).collect())
+        .unwrap_or_default();
+    assert_eq!(values, [99.0, 20.0], "{series}");
+    assert_eq!(kept(&h, "metric_events_1m").await?, from_rows(&h, "minute").await?);
+    assert_eq!(kept(&h, "metric_events_1h").await?, from_rows(&h, "hour").await?);
+    let minute = kept(&h, "metric_events_1m").await?;
+    let temp = minute.iter().find(|b| b.1 == "temp").expect("a temp bucket");
+    assert_eq!((temp.3, temp.4, temp.5, temp.6, temp.8), (2, 119.0, 20.0, 99.0, 99.0));
+    let text = reqwest::get(format!("{}/metrics", h.services.sink.url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"tributary_sink_rows_total{outcome="corrected"} 1"#),
+        "{text}"
+    );
+    h.stop().await
+}

@@ -41,11 +41,12 @@ async fn a_redelivered_batch_changes_nothing() {
         row("d", "a", T, RowValue::Number(27.1245)),
         row("d", "b", T, RowValue::Text("on".into())),
         row("d", "c", T, RowValue::Bool(true)),
-        // The same key twice inside one batch is one row.
+        // The same key twice inside one batch (one ingestion) is one row:
+        // the later one.
         row("d", "a", T, RowValue::Number(99.0)),
     ];
-    assert_eq!(store.write_batch(&batch).await.unwrap(), 3);
-    assert_eq!(store.write_batch(&batch).await.unwrap(), 0);
+    assert_eq!(store.write_batch(&batch).await.unwrap().added, 3);
+    assert_eq!(store.write_batch(&batch).await.unwrap().added, 0);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_events")
         .fetch_one(store.pool())
         .await
@@ -54,7 +55,11 @@ async fn a_redelivered_batch_changes_nothing() {
 
     let points = store.read_series("d", "a", T - 1, T + 1, 10).await.unwrap();
     assert_eq!(points.len(), 1);
-    assert_eq!(points[0].value, RowValue::Number(27.1245), "first write wins");
+    assert_eq!(
+        points[0].value,
+        RowValue::Number(99.0),
+        "the batch's later value of the key"
+    );
     assert_eq!(points[0].time_us, T);
     assert_eq!(points[0].latitude, Some(50.75920624235248));
     assert_eq!(points[0].attributes["context"], "c");
@@ -74,7 +79,7 @@ async fn partitions_are_created_per_month_on_demand() {
         .iter()
         .map(|&t| row("d", "m", t, RowValue::Number(1.0)))
         .collect();
-    assert_eq!(store.write_batch(&batch).await.unwrap(), 3);
+    assert_eq!(store.write_batch(&batch).await.unwrap().added, 3);
     let partitions: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'metric_events' ORDER BY 1",
@@ -97,7 +102,8 @@ async fn partitions_are_created_per_month_on_demand() {
         other
             .write_batch(&[row("e", "m", T, RowValue::Number(2.0))])
             .await
-            .unwrap(),
+            .unwrap()
+            .added,
         1
     );
 }
@@ -142,11 +148,15 @@ async fn a_batch_of_stored_and_new_rows_inserts_only_the_new() {
     let first: Vec<Row> = (0..10)
         .map(|i| row("d", "m", T + i, RowValue::Number(i as f64)))
         .collect();
-    assert_eq!(store.write_batch(&first).await.unwrap(), 10, "all new: the COPY path");
+    assert_eq!(
+        store.write_batch(&first).await.unwrap().added,
+        10,
+        "all new: the COPY path"
+    );
     // Five stored keys (with other values) and five new ones.
     let second: Vec<Row> = (5..15).map(|i| row("d", "m", T + i, RowValue::Number(-1.0))).collect();
     assert_eq!(
-        store.write_batch(&second).await.unwrap(),
+        store.write_batch(&second).await.unwrap().added,
         5,
         "the stored five are skipped"
     );
@@ -202,7 +212,7 @@ async fn retention_drops_whole_old_partitions_per_table_and_never_a_busy_or_curr
     // The current month, one about 75 days back, and September 2017.
     let times = [now - 60_000_000, now - 75 * DAY, T];
     let batch: Vec<Row> = times.iter().map(|&t| row("d", "m", t, RowValue::Number(1.0))).collect();
-    assert_eq!(keep_all.write_batch(&batch).await.unwrap(), 3);
+    assert_eq!(keep_all.write_batch(&batch).await.unwrap().added, 3);
     let [current, recent, old] = times.map(month_suffix);
     let names = |table: &str, months: &[&String]| -> Vec<String> {
         let mut names: Vec<String> = months.iter().map(|m| format!("{table}{m}")).collect();
@@ -277,7 +287,8 @@ async fn retention_drops_whole_old_partitions_per_table_and_never_a_busy_or_curr
         store
             .write_batch(&[row("late", "m", T, RowValue::Number(2.0))])
             .await
-            .unwrap(),
+            .unwrap()
+            .added,
         1
     );
     let (minutes, hours): (i64, i64) = sqlx::query_as(
@@ -363,8 +374,8 @@ async fn postgresql_runs_every_part_of_the_greenplum_dialect_it_understands() {
     let batch: Vec<Row> = (0..5)
         .map(|i| row("gp", "m", T + i, RowValue::Number(i as f64)))
         .collect();
-    assert_eq!(store.write_batch(&batch).await.unwrap(), 5);
-    assert_eq!(store.write_batch(&batch).await.unwrap(), 0);
+    assert_eq!(store.write_batch(&batch).await.unwrap().added, 5);
+    assert_eq!(store.write_batch(&batch).await.unwrap().added, 0);
     assert!(store.check_rollups(10).await.unwrap().is_empty());
 }
 
@@ -380,4 +391,102 @@ fn greenplum_settings_are_checked() {
         ..config
     };
     assert!(greenplum.problems().is_empty());
+}
+
+/// The buckets of a rollup table, as text, and as SQL computes them from
+/// the rows alone.
+async fn buckets_kept_and_computed(store: &Store, unit: &str) -> (Vec<String>, Vec<String>) {
+    let table = if unit == "minute" {
+        "metric_events_1m"
+    } else {
+        "metric_events_1h"
+    };
+    let kept = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT concat_ws(' ', device_id, metric, bucket, count, sum, min, max, first_time, first_value, \
+         last_time, last_value) FROM {table} ORDER BY device_id, metric, bucket"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let computed = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT concat_ws(' ', device_id, metric, b, count(*), sum(value_num), min(value_num), max(value_num), \
+         (array_agg(time ORDER BY time))[1], (array_agg(value_num ORDER BY time))[1], \
+         (array_agg(time ORDER BY time DESC))[1], (array_agg(value_num ORDER BY time DESC))[1]) \
+         FROM (SELECT *, date_trunc('{unit}', time) AS b FROM metric_events WHERE value_num IS NOT NULL) e \
+         GROUP BY device_id, metric, b ORDER BY device_id, metric, b"
+    )))
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    (kept, computed)
+}
+
+#[tokio::test]
+async fn a_later_ingestion_corrects_a_stored_value_and_its_buckets() {
+    let db = TestDb::create().await.unwrap();
+    let store = store(&db).await;
+    let at = |i: i64, value: RowValue, ingested: i64| Row {
+        ingested_at_us: ingested,
+        ..row("d", "m", T + i * 1_000_000, value)
+    };
+    // Ten points; the bucket's minimum is point 3, its last point 9.
+    let first: Vec<Row> = (0..10)
+        .map(|i| at(i, RowValue::Number(if i == 3 { -50.0 } else { i as f64 }), T + 100))
+        .collect();
+    assert_eq!(store.write_batch(&first).await.unwrap().added, 10);
+
+    // Later: point 3 corrected (the old minimum leaves the bucket), point 9
+    // becomes text (the bucket's last point changes), one new point; point
+    // 5 sent again with its stored value.
+    let correction = vec![
+        at(3, RowValue::Number(30.0), T + 200),
+        at(9, RowValue::Text("broken".into()), T + 200),
+        at(10, RowValue::Number(10.0), T + 200),
+        at(5, RowValue::Number(5.0), T + 200),
+    ];
+    let written = store.write_batch(&correction).await.unwrap();
+    assert_eq!(
+        written,
+        tributary_store::Written { added: 1, corrected: 2 },
+        "point 5 is unchanged"
+    );
+    let value = |i: i64| {
+        let store = &store;
+        async move {
+            store
+                .read_series("d", "m", T + i * 1_000_000, T + i * 1_000_000 + 1, 1)
+                .await
+                .unwrap()[0]
+                .value
+                .clone()
+        }
+    };
+    assert_eq!(value(3).await, RowValue::Number(30.0));
+    assert_eq!(value(9).await, RowValue::Text("broken".into()));
+    for unit in ["minute", "hour"] {
+        let (kept, computed) = buckets_kept_and_computed(&store, unit).await;
+        assert_eq!(kept, computed, "{unit} buckets after the correction");
+    }
+    let (minutes, _) = buckets_kept_and_computed(&store, "minute").await;
+    assert!(
+        minutes.iter().any(|b| b.contains(" 0 30 ")),
+        "min 0, max 30: {minutes:?}"
+    );
+
+    // The correction again (a redelivery), and the first ingestion arriving
+    // late: neither changes anything; the latest ingestion stays.
+    assert_eq!(
+        store.write_batch(&correction).await.unwrap(),
+        tributary_store::Written::default()
+    );
+    assert_eq!(
+        store.write_batch(&first).await.unwrap(),
+        tributary_store::Written::default()
+    );
+    assert_eq!(value(3).await, RowValue::Number(30.0));
+    for unit in ["minute", "hour"] {
+        let (kept, computed) = buckets_kept_and_computed(&store, unit).await;
+        assert_eq!(kept, computed, "{unit} buckets after the redeliveries");
+    }
+    assert!(store.check_rollups(100).await.unwrap().is_empty());
 }
