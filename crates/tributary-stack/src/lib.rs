@@ -158,7 +158,7 @@ pub struct Part {
 }
 
 impl Part {
-    fn new(name: &'static str, handle: tributary_runtime::ServiceHandle) -> Self {
+    pub fn new(name: &'static str, handle: tributary_runtime::ServiceHandle) -> Self {
         Self {
             name,
             addr: handle.addr,

@@ -144,6 +144,77 @@ pub fn describe(error: &sqlx::Error) -> String {
     text
 }
 
+/// TLS to the database: the same as the URL's `sslmode`, `sslrootcert`,
+/// `sslcert` and `sslkey` parameters, which these override (a CA mounted
+/// from a secret is easier to name by a flag than inside a URL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct DatabaseTls {
+    /// disable, prefer (TLS when the server offers it), require (TLS, any
+    /// certificate), verify-ca (TLS, a certificate of --database-ca-file or
+    /// the system's CAs) or verify-full (verify-ca, and the certificate
+    /// names the host). Default: the URL's sslmode, else prefer.
+    #[arg(long = "database-sslmode", env = "TRIBUTARY_DATABASE_SSLMODE")]
+    pub ssl_mode: Option<String>,
+    /// PEM file of the CA(s) that signed the database's certificate
+    /// (default: the system's CAs).
+    #[arg(long = "database-ca-file", env = "TRIBUTARY_DATABASE_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that ask for one (with --database-client-key).
+    #[arg(long = "database-client-cert", env = "TRIBUTARY_DATABASE_CLIENT_CERT")]
+    pub client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --database-client-cert.
+    #[arg(long = "database-client-key", env = "TRIBUTARY_DATABASE_CLIENT_KEY")]
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+impl DatabaseTls {
+    /// Every problem with these settings: an unknown mode, a file that
+    /// cannot be read, a certificate without its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(mode) = &self.ssl_mode
+            && mode.parse::<sqlx::postgres::PgSslMode>().is_err()
+        {
+            problems.push(format!(
+                "--database-sslmode {mode:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
+            ));
+        }
+        for (flag, path) in [
+            ("--database-ca-file", &self.ca_file),
+            ("--database-client-cert", &self.client_cert),
+            ("--database-client-key", &self.client_key),
+        ] {
+            if let Some(path) = path
+                && let Err(error) = std::fs::File::open(path)
+            {
+                problems.push(format!("{flag} {}: {error}", path.display()));
+            }
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            problems.push("--database-client-cert and --database-client-key go together".to_owned());
+        }
+        problems
+    }
+
+    /// The connection options of `url` with these settings applied.
+    pub fn apply(&self, url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+        let mut options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        if let Some(mode) = &self.ssl_mode {
+            options = options.ssl_mode(mode.parse()?);
+        }
+        if let Some(ca) = &self.ca_file {
+            options = options.ssl_root_cert(ca);
+        }
+        if let Some(cert) = &self.client_cert {
+            options = options.ssl_client_cert(cert);
+        }
+        if let Some(key) = &self.client_key {
+            options = options.ssl_client_key(key);
+        }
+        Ok(options)
+    }
+}
+
 /// Where and how to store. Its `Debug` hides the URL's password.
 #[derive(Clone)]
 pub struct StoreConfig {
@@ -164,6 +235,8 @@ pub struct StoreConfig {
     /// rewritten as compressed column storage, and the sink writes nothing
     /// older (`None`: never).
     pub columnar_after: Option<Duration>,
+    /// TLS to the database.
+    pub tls: DatabaseTls,
 }
 
 impl StoreConfig {
@@ -178,6 +251,7 @@ impl StoreConfig {
             retention: Retention::default(),
             dialect: Dialect::Postgres,
             columnar_after: None,
+            tls: DatabaseTls::default(),
         }
     }
 }
@@ -192,6 +266,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("retention", &self.retention)
             .field("dialect", &self.dialect)
             .field("columnar_after", &self.columnar_after)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -229,6 +304,7 @@ impl StoreConfig {
             problems.push("--db-connections must be more than zero".to_owned());
         }
         problems.extend(self.retention.problems());
+        problems.extend(self.tls.problems());
         match (self.dialect, self.columnar_after) {
             (Dialect::Postgres, Some(_)) => {
                 problems.push("--columnar-after needs --dialect greenplum".to_owned());
@@ -282,7 +358,7 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect_lazy(&config.url)?;
+            .connect_lazy_with(config.tls.apply(&config.url)?);
         Ok(Self {
             pool,
             table: config.table.clone(),
@@ -895,6 +971,31 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && shown.contains("tributary:***@db"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn database_tls_settings_are_checked_before_any_connection() {
+        let bad = DatabaseTls {
+            ssl_mode: Some("verify-everything".into()),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            client_cert: Some("/nonexistent/client.pem".into()),
+            client_key: None,
+        };
+        let problems = bad.problems();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].contains("verify-everything") && problems[1].contains("/nonexistent/ca.pem"));
+        assert!(problems[3].contains("go together"));
+        assert!(DatabaseTls::default().problems().is_empty());
+        let options = DatabaseTls {
+            ssl_mode: Some("require".into()),
+            ..Default::default()
+        }
+        .apply("postgres://u@h/db?sslmode=disable")
+        .unwrap();
+        assert!(
+            matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Require),
+            "the flag overrides the URL"
         );
     }
 

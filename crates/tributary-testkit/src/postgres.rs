@@ -55,11 +55,44 @@ impl Postgres {
         Self::launch(ServerDir::kept(dir)?, port, true)
     }
 
+    /// Like [`Postgres::start`], with TLS: the server presents `cert_pem`
+    /// (its key `key_pem`) and takes TCP connections only over TLS
+    /// (`hostssl` in `pg_hba.conf`; a plain one is rejected).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::launch_with(
+            ServerDir::temp("tributary-pg-")?,
+            None,
+            false,
+            Some((cert_pem, key_pem)),
+        )
+    }
+
     fn launch(dir: ServerDir, port: Option<u16>, durable: bool) -> Result<Self> {
+        Self::launch_with(dir, port, durable, None)
+    }
+
+    fn launch_with(dir: ServerDir, port: Option<u16>, durable: bool, tls: Option<(&str, &str)>) -> Result<Self> {
         let run_as = hand_to_user(dir.path(), "PostgreSQL", "postgres")?;
         let data = dir.path().join("data");
         if !data.join("PG_VERSION").exists() {
             initdb(dir.path(), &data, run_as, durable)?;
+        }
+        if let Some((cert, key)) = tls {
+            // In the data directory, where `ssl_cert_file` and
+            // `ssl_key_file` look by default (and `spawn` turns TLS on).
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                fs::write(&path, pem).with_context(|| format!("writing {}", path.display()))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+                if let Some((uid, gid)) = run_as {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                }
+            }
+            fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )?;
         }
         let (port, process) = start_on_port(port, |port| spawn(dir.path(), port, durable, run_as))?;
         Ok(Self {
@@ -224,6 +257,9 @@ fn spawn(dir: &Path, port: u16, durable: bool, run_as: RunAs) -> Result<ServerPr
         .args(["-p", &port.to_string()])
         // TCP on loopback only; no Unix socket, whose path length is limited.
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+    if data.join("server.crt").exists() {
+        cmd.args(["-c", "ssl=on"]);
+    }
     if durable {
         // A kept server (`just dev`) gets its own process group: a terminal's
         // Ctrl-C then reaches only the runner, which stops the services first.

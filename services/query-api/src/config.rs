@@ -34,6 +34,8 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
+    pub database_tls: tributary_store::DatabaseTls,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -66,6 +68,7 @@ impl Config {
             table: self.table.clone(),
             max_connections: self.db_connections,
             rollups: false,
+            tls: self.database_tls.clone(),
             ..tributary_store::StoreConfig::new(self.database_url.expose_secret())
         }
     }

@@ -80,6 +80,8 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
+    pub database_tls: tributary_store::DatabaseTls,
+    #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub streams: StreamArgs,
@@ -143,6 +145,7 @@ impl Config {
             },
             dialect: self.dialect,
             columnar_after: self.columnar_after.0,
+            tls: self.database_tls.clone(),
         }
     }
 

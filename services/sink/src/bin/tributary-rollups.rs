@@ -33,6 +33,8 @@ struct Args {
     /// The database's SQL dialect, as for the sink: postgres or greenplum.
     #[arg(long, env = "TRIBUTARY_DIALECT", default_value = "postgres")]
     dialect: tributary_store::Dialect,
+    #[command(flatten)]
+    database_tls: tributary_store::DatabaseTls,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +86,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         table: args.table,
         max_connections: 1,
         dialect: args.dialect,
+        tls: args.database_tls,
         ..tributary_store::StoreConfig::new(args.database_url.expose_secret())
     };
     let problems = config.problems();
