@@ -15,3 +15,4 @@ pub mod report;
 pub mod run;
 pub mod samples;
 pub mod shapes;
+pub mod sink_only;

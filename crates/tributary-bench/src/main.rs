@@ -11,6 +11,18 @@ async fn main() -> ExitCode {
         log_format: tributary_runtime::telemetry::LogFormat::Text,
         log_filter: std::env::var("TRIBUTARY_LOG").unwrap_or_else(|_| "info,sqlx=error".into()),
     });
+    if args.sink_only {
+        return match tributary_bench::sink_only::run(&args).await {
+            Ok(report) => {
+                print(&report.render());
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tributary-bench --sink-only: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match tributary_bench::run::run(args).await {
         Ok(report) => {
             print(&tributary_bench::report::render(&report));

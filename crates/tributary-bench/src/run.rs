@@ -65,6 +65,11 @@ pub struct Args {
     /// `always` (every write), or an interval such as 1s or 250ms. Applies to the whole run, limits included.
     #[arg(long, default_value = "default", value_parser = NatsSync::parse)]
     pub nats_sync: NatsSync,
+    /// Benchmark the sink alone instead: fill the metrics stream first, then
+    /// run release sinks without and with rollups over it (twice each; once
+    /// with --quick) and compare their rows/s with the raw COPY limit.
+    #[arg(long)]
+    pub sink_only: bool,
     /// Where the release binaries are (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,

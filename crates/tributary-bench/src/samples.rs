@@ -11,7 +11,7 @@ use tributary_schema::{Message as _, RawEnvelope, SourceKind, metric_batch_msg_i
 /// The HTTP source name the bench posts to.
 pub const SOURCE: &str = "bench";
 /// Event time of the sample payload (2017-09-30, like the reference data).
-const EVENT_TIME_US: i64 = 1_506_775_817_765_000;
+pub const EVENT_TIME_US: i64 = 1_506_775_817_765_000;
 /// When the producer "received" it: 135 ms later.
 const RECEIVED_AT_US: i64 = EVENT_TIME_US + 135_000;
 
