@@ -866,14 +866,12 @@ impl Store {
             let (year, m) = (month.div_euclid(12), (month.rem_euclid(12) + 1) as u8);
             let mut tx = self.pool.begin().await?;
             sqlx::query(sql::LOCK_PARTITIONS).execute(&mut *tx).await?;
-            for table in [
-                self.table.clone(),
-                rollup::Level::Minute.table(&self.table),
-                rollup::Level::Hour.table(&self.table),
-            ] {
-                sqlx::query(AssertSqlSafe(sql::create_month_partition(&table, year, m)))
-                    .execute(&mut *tx)
-                    .await?;
+            let mut statements = vec![sql::create_month_partition(&self.table, year, m)];
+            for level in rollup::Level::ALL {
+                statements.push(sql::create_rollup_month_partition(&level.table(&self.table), year, m));
+            }
+            for statement in statements {
+                sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             self.partitions.lock().expect("partition cache lock").insert(month);

@@ -227,6 +227,13 @@ pub fn create_month_partition(table: &str, year: i32, month: u8) -> String {
     )
 }
 
+/// Creates the partition of a rollup table for one calendar month: like
+/// [`create_month_partition`], with pages left 30% free so that most bucket
+/// updates are HOT (the new version on the same page, no new index entry).
+pub fn create_rollup_month_partition(table: &str, year: i32, month: u8) -> String {
+    format!("{} WITH (fillfactor = 70)", create_month_partition(table, year, month))
+}
+
 /// Migrations 2 and 3: a rollup table (per device, metric and bucket),
 /// range-partitioned by bucket like the events table.
 pub fn create_rollup_table(table: &str, dialect: Dialect) -> String {
@@ -442,8 +449,14 @@ pub fn script(table: &str, dialect: Dialect) -> String {
         ("per connection: staging", create_staging_table(dialect)),
         ("partitions: lock", LOCK_PARTITIONS.to_owned()),
         ("partitions: events", month(table)),
-        ("partitions: minute rollups", month(&minutes)),
-        ("partitions: hour rollups", month(&hours)),
+        (
+            "partitions: minute rollups",
+            create_rollup_month_partition(&minutes, 2026, 12),
+        ),
+        (
+            "partitions: hour rollups",
+            create_rollup_month_partition(&hours, 2026, 12),
+        ),
         ("write: new rows", copy_into_table(table)),
         ("write: rows with stored keys, staged", copy_into_staging()),
         ("write: staged rows of new keys", insert_from_staging(table)),

@@ -73,10 +73,10 @@ SELECT pg_advisory_xact_lock(hashtext('tributary_partitions'));
 CREATE TABLE IF NOT EXISTS "metric_events_p202612" PARTITION OF "metric_events" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00');
 
 -- partitions: minute rollups
-CREATE TABLE IF NOT EXISTS "metric_events_1m_p202612" PARTITION OF "metric_events_1m" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00');
+CREATE TABLE IF NOT EXISTS "metric_events_1m_p202612" PARTITION OF "metric_events_1m" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00') WITH (fillfactor = 70);
 
 -- partitions: hour rollups
-CREATE TABLE IF NOT EXISTS "metric_events_1h_p202612" PARTITION OF "metric_events_1h" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00');
+CREATE TABLE IF NOT EXISTS "metric_events_1h_p202612" PARTITION OF "metric_events_1h" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00') WITH (fillfactor = 70);
 
 -- write: new rows
 COPY "metric_events" (device_id, metric, time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, source, raw_msg_id, ingested_at) FROM STDIN (FORMAT binary);

@@ -60,8 +60,11 @@ pub struct Config {
     /// Durable consumer name; every replica uses the same one to share the work.
     #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "sink")]
     pub durable: String,
-    /// Most events per database transaction.
-    #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 5000)]
+    /// Most events per database transaction. Under a backlog batches fill
+    /// to this size; larger ones fold more points into each rollup bucket
+    /// (BENCHMARKS.md: 20000 rather than 5000 took the rollups' cost from
+    /// about half the sink's rate to about a fifth).
+    #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 20_000)]
     pub batch_size: usize,
     /// Longest a batch waits to fill before it is written anyway.
     #[arg(long, env = "TRIBUTARY_BATCH_LINGER", default_value = "50ms", value_parser = parse_duration)]

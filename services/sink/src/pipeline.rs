@@ -15,9 +15,15 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use tributary_runtime::CancellationToken;
 use tributary_schema::{Message as _, MetricBatch, MetricEvent, Value};
 use tributary_store::{Row, RowValue, Store, StoreError, Transient as _};
+
+/// Batches written at once by one sink: while one waits on the database the
+/// next is gathered and decoded. Their rows are written in key order, so
+/// two at once cannot deadlock on the rows they share (redeliveries).
+const WRITES_IN_FLIGHT: usize = 2;
 
 /// The stage name in dead-letter subjects and headers.
 const STAGE: &str = "sink";
@@ -91,12 +97,16 @@ impl Pipeline {
         // The last error the stream yielded, and whether it has ended.
         let mut last_error: Option<String> = None;
         let mut over = false;
+        // Batches being written while the next one is gathered (at most
+        // WRITES_IN_FLIGHT): decoding overlaps the database's work.
+        let mut writing = FuturesUnordered::new();
         'consume: loop {
             // Wait for the first message of a batch, then fill it until it is
             // full or the linger time has passed.
             let mut batch = Batch::default();
             let first = tokio::select! {
                 () = shutdown.cancelled() => break 'consume,
+                Some(()) = writing.next(), if !writing.is_empty() => continue 'consume,
                 next = messages.next() => next,
             };
             let Some(first) = first else {
@@ -116,6 +126,7 @@ impl Pipeline {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => break,
                     () = shutdown.cancelled() => break,
+                    Some(()) = writing.next(), if !writing.is_empty() => {}
                     next = messages.next() => match next {
                         Some(Err(error)) if tributary_runtime::streams::consumer_is_gone(&consumer, &error).await => {
                             last_error = Some(format!("{error}: the durable consumer is gone"));
@@ -131,12 +142,17 @@ impl Pipeline {
                 }
             }
             if !batch.messages.is_empty() {
-                self.flush(batch, &shutdown).await;
+                while writing.len() >= WRITES_IN_FLIGHT {
+                    writing.next().await;
+                }
+                writing.push(self.flush(batch, &shutdown));
             }
             if shutdown.is_cancelled() || over {
                 break;
             }
         }
+        // Every batch in hand is written (and acknowledged) before returning.
+        while writing.next().await.is_some() {}
         tracing::info!("sink pipeline stopped");
         if over && !shutdown.is_cancelled() {
             return Err(StreamEnded(
