@@ -398,6 +398,8 @@ async fn three_sinks_share_the_stream_through_a_sigkill_and_a_database_restart()
     .sum();
     assert!(retried > 0, "the database restart made the sinks retry");
     for sink in &mut sinks[1..] {
+        let log = std::fs::read_to_string(sink.log_path()).unwrap_or_default();
+        assert!(!log.contains("deadlock"), "concurrent sinks deadlocked:\n{log}");
         let status = sink.terminate(DEADLINE).await?;
         assert!(
             status.success(),
