@@ -185,6 +185,8 @@ fn producer(nats: &NatsServer, dir: &std::path::Path, feed_toml: &str) -> Result
         &[
             ("TRIBUTARY_NATS_URL", nats.url()),
             ("TRIBUTARY_FEEDS", path.display().to_string()),
+            // The lease's comings and goings are logged at info.
+            ("TRIBUTARY_LOG", "info".to_owned()),
         ],
     )
 }
@@ -377,10 +379,24 @@ async fn one_replica_pulls_a_feed_and_another_takes_over_when_it_dies() -> Resul
     dead.kill().await?;
     feed.lock().expect("lock").available = 30;
     let alive_ref = &alive;
-    tributary_testkit::wait_until(DEADLINE, "the other replica leading", || async move {
-        leader(alive_ref).await == 1.0
-    })
-    .await?;
+    // The lease lives 15 s after its last renewal, the standby looks every
+    // 5 s, and NATS's expiry may run late on a loaded machine.
+    let takeover = tributary_testkit::wait_until(
+        std::time::Duration::from_secs(60),
+        "the other replica leading",
+        || async move { leader(alive_ref).await == 1.0 },
+    )
+    .await;
+    if takeover.is_err() {
+        for process in [&dead, &alive] {
+            eprintln!(
+                "--- {} log:\n{}",
+                process.url(),
+                std::fs::read_to_string(process.log_path()).unwrap_or_default()
+            );
+        }
+    }
+    takeover?;
     wait_stored(&js, 30).await?;
     let (ids, _) = stored(&js).await?;
     assert_once(&ids, 30);

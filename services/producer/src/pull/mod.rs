@@ -337,6 +337,16 @@ impl Puller {
             match leases.create(lease_key(&feed.name), self.holder.clone().into()).await {
                 Ok(revision) => return Some(revision),
                 Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    // Still ours (a renewal failed, say, and the pull
+                    // stopped): take it back now rather than wait for it to
+                    // expire. Renewing checks the revision, so a lease that
+                    // changed hands meanwhile is not taken.
+                    if let Ok(Some(entry)) = leases.entry(lease_key(&feed.name)).await
+                        && entry.operation == kv::Operation::Put
+                        && entry.value.as_ref() == self.holder.as_bytes()
+                    {
+                        return Some(entry.revision);
+                    }
                     if !std::mem::replace(&mut waiting_logged, true) {
                         tracing::info!(feed = %feed.name, "another replica pulls this feed; standing by");
                     }
