@@ -251,7 +251,10 @@ impl Bench {
                 bin_dir,
                 "query-api",
                 &logs,
-                &[("TRIBUTARY_DATABASE_URL", database_url.clone())],
+                &[
+                    ("TRIBUTARY_DATABASE_URL", database_url.clone()),
+                    ("TRIBUTARY_NATS_URL", nats.url()),
+                ],
             )?,
         ]);
         for service in &mut services {

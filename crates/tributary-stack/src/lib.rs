@@ -281,6 +281,8 @@ pub async fn start_sink_at(servers: &Servers, options: &Options, database_url: &
 pub async fn start_query_api(servers: &Servers, options: &Options) -> Result<Part> {
     let mut config = query_api::Config::for_database(&servers.database_url);
     config.listen = options.query_listen;
+    config.nats = tributary_runtime::NatsArgs::with_url(servers.nats.url());
+    config.streams = options.streams.clone();
     let handle = query_api::start(config, CancellationToken::new())
         .await
         .context("starting the query API")?;

@@ -8,6 +8,7 @@
 //! identifiers only ever go through [`sql::quote_ident`].
 
 pub mod copy;
+pub mod read;
 pub mod retention;
 pub mod rollup;
 pub mod sql;
@@ -889,12 +890,29 @@ impl Store {
         to_us: i64,
         limit: i64,
     ) -> Result<Vec<StoredPoint>, StoreError> {
+        self.read_series_after(device_id, metric, from_us, to_us, limit, None)
+            .await
+    }
+
+    /// Like [`Store::read_series`], starting after `after_us` (the time of
+    /// the last point of the page before: keyset pagination, so each point
+    /// comes once however the table grows meanwhile).
+    pub async fn read_series_after(
+        &self,
+        device_id: &str,
+        metric: &str,
+        from_us: i64,
+        to_us: i64,
+        limit: i64,
+        after_us: Option<i64>,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(sql::select_series(&self.table)))
             .bind(device_id)
             .bind(metric)
             .bind(to_datetime(from_us)?)
             .bind(to_datetime(to_us)?)
             .bind(limit)
+            .bind(to_datetime(after_us.unwrap_or(from_us - 1))?)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(point_from_row).collect()

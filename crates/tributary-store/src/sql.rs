@@ -418,14 +418,101 @@ pub fn drop_table(table: &str) -> String {
     format!("DROP TABLE IF EXISTS {}", quote_ident(table))
 }
 
-/// One series in a time range, oldest first. Binds: device, metric, from, to, limit.
+/// One series in a time range, oldest first. Binds: device, metric, from,
+/// to, limit, and the time after which to start (a page's cursor; the
+/// range's start minus one µs for the first page).
 pub fn select_series(table: &str) -> String {
     format!(
         "SELECT time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, \
          ingested_at, stored_at FROM {} \
-         WHERE device_id = $1 AND metric = $2 AND time >= $3 AND time < $4 \
+         WHERE device_id = $1 AND metric = $2 AND time >= $3 AND time < $4 AND time > $6 \
          ORDER BY time LIMIT $5",
         quote_ident(table)
+    )
+}
+
+/// The columns of a latest-value row: key, time, value, unit, place.
+const LATEST_COLUMNS: &str = "l.time, l.value_num, l.value_text, l.value_bool, l.unit, l.latitude, l.longitude";
+
+/// The newest row of each (device, metric) key, found by walking the
+/// primary key's index one key at a time (a loose index scan: a few index
+/// probes per key, however many rows each key has). With `one_device`, the
+/// keys of device `$1` only. Ordered by device and metric.
+pub fn latest_per_key(table: &str, one_device: bool) -> String {
+    let t = quote_ident(table);
+    let (first, next) = if one_device {
+        (
+            "WHERE device_id = $1 ORDER BY metric",
+            "WHERE device_id = $1 AND metric > k.metric ORDER BY metric",
+        )
+    } else {
+        (
+            "ORDER BY device_id, metric",
+            "WHERE (device_id, metric) > (k.device_id, k.metric) ORDER BY device_id, metric",
+        )
+    };
+    format!(
+        "WITH RECURSIVE k (device_id, metric) AS ( \
+         (SELECT device_id, metric FROM {t} {first} LIMIT 1) \
+         UNION ALL \
+         SELECT n.device_id, n.metric FROM k, LATERAL (SELECT device_id, metric FROM {t} {next} LIMIT 1) n) \
+         SELECT k.device_id, k.metric, {LATEST_COLUMNS} FROM k, LATERAL (SELECT * FROM {t} \
+         WHERE device_id = k.device_id AND metric = k.metric ORDER BY time DESC LIMIT 1) l"
+    )
+}
+
+/// The newest row of metric `$1` of every device that has it: a loose
+/// index scan over the devices, then one probe per device. Ordered by device.
+pub fn latest_of_metric(table: &str) -> String {
+    let t = quote_ident(table);
+    format!(
+        "WITH RECURSIVE d (device_id) AS ( \
+         (SELECT device_id FROM {t} ORDER BY device_id LIMIT 1) \
+         UNION ALL \
+         SELECT (SELECT device_id FROM {t} WHERE device_id > d.device_id ORDER BY device_id LIMIT 1) \
+         FROM d WHERE d.device_id IS NOT NULL) \
+         SELECT d.device_id, $1::text, {LATEST_COLUMNS} FROM d, LATERAL (SELECT * FROM {t} \
+         WHERE device_id = d.device_id AND metric = $1 ORDER BY time DESC LIMIT 1) l \
+         WHERE d.device_id IS NOT NULL"
+    )
+}
+
+/// The start of the `$5`-µs bucket (aligned to the Unix epoch) holding `column`, in µs.
+fn bucket_us(column: &str) -> String {
+    format!("(floor(extract(epoch FROM {column}) * 1000000 / $5)::bigint * $5)")
+}
+
+/// Time buckets of numeric events from the rows. Binds: devices (text[]),
+/// metrics (text[]), from, to, bucket width in µs, and
+/// whether to merge the devices (`$6`: true gives one series, device `*`).
+/// Columns: device, metric, bucket µs, count, sum, min, max, first value,
+/// last value.
+pub fn aggregate_rows(table: &str) -> String {
+    format!(
+        "SELECT CASE WHEN $6 THEN '*' ELSE device_id END, metric, {b}, count(*), sum(value_num), \
+         min(value_num), max(value_num), (array_agg(value_num ORDER BY time))[1], \
+         (array_agg(value_num ORDER BY time DESC))[1] FROM {t} \
+         WHERE device_id = ANY($1) AND metric = ANY($2) \
+         AND time >= $3 AND time < $4 AND value_num IS NOT NULL \
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        b = bucket_us("time"),
+        t = quote_ident(table)
+    )
+}
+
+/// The same buckets as [`aggregate_rows`], from a rollup table whose
+/// buckets divide them (the counts, sums, minima and maxima of the finer
+/// buckets combine; first and last follow their times). Same binds and columns.
+pub fn aggregate_rollups(rollup_table: &str) -> String {
+    format!(
+        "SELECT CASE WHEN $6 THEN '*' ELSE device_id END, metric, {b}, sum(count)::bigint, sum(sum), \
+         min(min), max(max), (array_agg(first_value ORDER BY first_time))[1], \
+         (array_agg(last_value ORDER BY last_time DESC))[1] FROM {t} \
+         WHERE device_id = ANY($1) AND metric = ANY($2) \
+         AND bucket >= $3 AND bucket < $4 \
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        b = bucket_us("bucket"),
+        t = quote_ident(rollup_table)
     )
 }
 
@@ -480,6 +567,11 @@ pub fn script(table: &str, dialect: Dialect) -> String {
         ("retention: detach", detach_partition(table, &partition)),
         ("retention: drop", drop_table(&partition)),
         ("read: one series", select_series(table)),
+        ("read: latest per device and metric", latest_per_key(table, false)),
+        ("read: latest per metric of one device", latest_per_key(table, true)),
+        ("read: latest of one metric per device", latest_of_metric(table)),
+        ("read: buckets from the rows", aggregate_rows(table)),
+        ("read: buckets from the minute rollups", aggregate_rollups(&minutes)),
     ];
     if dialect == Dialect::Greenplum {
         statements.push(("columnar: storage of a partition", ACCESS_METHOD.to_owned()));

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use tributary_runtime::{LogArgs, parse_duration};
+use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_duration};
 
 /// Tributary query API: reads stored metric events over HTTP.
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,11 +30,29 @@ pub struct Config {
     /// Most points one request may return.
     #[arg(long, env = "TRIBUTARY_MAX_POINTS", default_value_t = 10_000)]
     pub max_points: u32,
+    /// Longest time range one aggregate request may cover.
+    #[arg(long, env = "TRIBUTARY_MAX_RANGE", default_value = "366d", value_parser = parse_duration)]
+    pub max_range: Duration,
+    /// Live streams (`/v1/live`) open at once; more are answered 503.
+    #[arg(long, env = "TRIBUTARY_MAX_LIVE_CLIENTS", default_value_t = 256)]
+    pub max_live_clients: usize,
+    /// Events a live client may have waiting before it is dropped as too slow.
+    #[arg(long, env = "TRIBUTARY_LIVE_BUFFER", default_value_t = 4096)]
+    pub live_buffer: usize,
+    /// Longest a request may take before it is answered 503 `timeout`
+    /// (a live stream's events are not bounded by it).
+    #[arg(long = "request-timeout", env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
     /// How long to finish open requests after SIGTERM before exiting anyway.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub database_tls: tributary_store::DatabaseTls,
+    /// NATS, for the live stream (`/v1/live`) and the pipeline's health (`/v1/health`).
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -78,6 +96,14 @@ impl Config {
         let mut problems = Vec::new();
         problems.extend(self.store_config().problems());
         problems.extend(self.log.validate().err().unwrap_or_default());
+        problems.extend(self.nats.validate().err().unwrap_or_default());
+        problems.extend(self.streams.validate().err().unwrap_or_default());
+        if self.max_live_clients == 0 || self.live_buffer == 0 {
+            problems.push("--max-live-clients and --live-buffer must be more than zero".to_owned());
+        }
+        if self.http_request_timeout.is_zero() || self.max_range.is_zero() {
+            problems.push("--request-timeout and --max-range must be more than zero".to_owned());
+        }
         if self.max_points == 0 {
             problems.push("--max-points must be more than zero".to_owned());
         }

@@ -1,12 +1,16 @@
-//! The query API: HTTP reads over the events the sink stored.
-//! `GET /v1/series?device=…&metric=…&from=…&to=…&limit=…` returns one
-//! series' points as JSON, oldest first. Errors are JSON with a stable code.
+//! The query API: HTTP reads over the events the sink stored (devices,
+//! series, time buckets from the rollups, latest values), a live stream of
+//! new events straight from `TELEMETRY_METRICS`, the pipeline's health, an
+//! OpenAPI document at `/openapi.json` and the dashboard at `/`. Errors are
+//! JSON with a stable code.
 //!
 //! Never: no writes to the events table (it only runs the idempotent
 //! migrations, so any start order works), no NATS publishing.
 
 pub mod config;
-mod http;
+pub mod http;
+mod live;
+mod params;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +33,8 @@ pub enum Error {
     Bind(#[from] tributary_runtime::server::BindError),
     #[error(transparent)]
     Store(#[from] tributary_store::StoreError),
+    #[error(transparent)]
+    Nats(#[from] tributary_runtime::nats::ConnectError),
     #[error(transparent)]
     Stopped(#[from] ServiceError),
 }
@@ -68,8 +74,39 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
             }
         });
     }
-    let router = http::router(store, config.max_points);
+    let (_client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-query-api").await?;
+    let state = http::AppState {
+        store,
+        max_points: config.max_points,
+        max_range: config.max_range,
+        js: Some(js),
+        live: Arc::new(live::LiveLimits::new(config.max_live_clients, config.live_buffer)),
+        streams: config.streams.clone(),
+    };
+    let timeout = config.http_request_timeout;
+    let router = http::router(state).layer(axum::middleware::from_fn(move |request, next| {
+        request_deadline(timeout, request, next)
+    }));
     Ok(service.serve(listener, addr, router))
+}
+
+/// Answers 503 `timeout` for a request that takes longer than `timeout` to
+/// produce its response (a live stream's response starts at once).
+async fn request_deadline(
+    timeout: std::time::Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => tributary_runtime::ApiError::client(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {timeout:?} (--request-timeout)"),
+        )
+        .into_response(),
+    }
 }
 
 /// Runs the query API until `shutdown` is cancelled or a task fails.

@@ -69,6 +69,7 @@ async fn the_sink_and_the_query_api_talk_to_postgresql_over_verified_tls() -> Re
     sink_config.batch_linger = options.sink_linger;
     let sink = Part::new("sink", sink::start(sink_config, CancellationToken::new()).await?);
     let mut query_config = query_api::Config::for_database(&url);
+    query_config.nats = tributary_runtime::NatsArgs::with_url(servers.nats.url());
     query_config.database_tls = verified;
     let query = Part::new(
         "query-api",

@@ -12,6 +12,7 @@ mod influx;
 mod mqtt_bridge;
 mod pipeline;
 mod processes;
+mod query;
 mod rollups;
 mod sparkplug;
 
