@@ -11,6 +11,7 @@
   const END_RECONNECT_MS = 2000; // after an `event: end`
   const FAIL_RECONNECT_MS = 5000; // after the stream could not be opened at all
   const RANGES = { '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3 };
+  const BUCKET_MS = { '1m': 60e3, '5m': 300e3, '1h': 3600e3, '1d': 86400e3 };
   const CHART_H = 200;
 
   const state = {
@@ -405,8 +406,11 @@
 
   async function loadHistory(gen) {
     const ctl = (historyCtl = new AbortController());
-    const to = Date.now();
-    const from = to - RANGES[state.range];
+    // Ends on bucket edges (whole minutes at least), so the server can
+    // answer from its per-minute or per-hour rollups instead of the rows.
+    const width = Math.max(BUCKET_MS[state.bucket] || 60e3, 60e3);
+    const to = Math.ceil(Date.now() / width) * width;
+    const from = to - Math.ceil(RANGES[state.range] / width) * width;
     const params = { device: state.device, metric: state.metrics.join(','), from: iso(from), to: iso(to) };
     const url = '/v1/aggregate?' + query({ ...params, bucket: state.bucket, fn: 'avg,min,max' });
     setStatus('loading…');

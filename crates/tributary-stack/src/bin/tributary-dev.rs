@@ -101,9 +101,10 @@ fn print_banner(servers: &Servers, services: &Services, device: &str) {
         "\n\
          Tributary is running, fed by two simulated fleets (HTTP and MQTT).\n\
          \n\
+         \x20 dashboard       {query}/\n\
          \x20 ingest (HTTP)   POST {producer}/v1/ingest/<source>\n\
          \x20 ingest (MQTT)   mqtt://{mqtt_host}:{mqtt_port}  topics devices/#\n\
-         \x20 query API       {query}/v1/series?device=<id>&metric=<name>\n\
+         \x20 query API       {query}/v1/series?device=<id>&metric=<name>  (all of it: {query}/openapi.json)\n\
          \x20 try             curl '{query}/v1/series?device={device}&metric=APFluid&limit=5'\n\
          \x20 NATS            {nats}\n\
          \x20 PostgreSQL      {db}\n\
