@@ -136,4 +136,19 @@ ALTER TABLE "metric_events" DETACH PARTITION "metric_events_p202610";
 DROP TABLE IF EXISTS "metric_events_p202610";
 
 -- read: one series
-SELECT time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, ingested_at, stored_at FROM "metric_events" WHERE device_id = $1 AND metric = $2 AND time >= $3 AND time < $4 ORDER BY time LIMIT $5;
+SELECT time, value_num, value_text, value_bool, unit, latitude, longitude, attributes, ingested_at, stored_at FROM "metric_events" WHERE device_id = $1 AND metric = $2 AND time >= $3 AND time < $4 AND time > $6 ORDER BY time LIMIT $5;
+
+-- read: latest per device and metric
+WITH RECURSIVE k (device_id, metric) AS ( (SELECT device_id, metric FROM "metric_events" ORDER BY device_id, metric LIMIT 1) UNION ALL SELECT n.device_id, n.metric FROM k, LATERAL (SELECT device_id, metric FROM "metric_events" WHERE (device_id, metric) > (k.device_id, k.metric) ORDER BY device_id, metric LIMIT 1) n) SELECT k.device_id, k.metric, l.time, l.value_num, l.value_text, l.value_bool, l.unit, l.latitude, l.longitude FROM k, LATERAL (SELECT * FROM "metric_events" WHERE device_id = k.device_id AND metric = k.metric ORDER BY time DESC LIMIT 1) l;
+
+-- read: latest per metric of one device
+WITH RECURSIVE k (device_id, metric) AS ( (SELECT device_id, metric FROM "metric_events" WHERE device_id = $1 ORDER BY metric LIMIT 1) UNION ALL SELECT n.device_id, n.metric FROM k, LATERAL (SELECT device_id, metric FROM "metric_events" WHERE device_id = $1 AND metric > k.metric ORDER BY metric LIMIT 1) n) SELECT k.device_id, k.metric, l.time, l.value_num, l.value_text, l.value_bool, l.unit, l.latitude, l.longitude FROM k, LATERAL (SELECT * FROM "metric_events" WHERE device_id = k.device_id AND metric = k.metric ORDER BY time DESC LIMIT 1) l;
+
+-- read: latest of one metric per device
+WITH RECURSIVE d (device_id) AS ( (SELECT device_id FROM "metric_events" ORDER BY device_id LIMIT 1) UNION ALL SELECT (SELECT device_id FROM "metric_events" WHERE device_id > d.device_id ORDER BY device_id LIMIT 1) FROM d WHERE d.device_id IS NOT NULL) SELECT d.device_id, $1::text, l.time, l.value_num, l.value_text, l.value_bool, l.unit, l.latitude, l.longitude FROM d, LATERAL (SELECT * FROM "metric_events" WHERE device_id = d.device_id AND metric = $1 ORDER BY time DESC LIMIT 1) l WHERE d.device_id IS NOT NULL;
+
+-- read: buckets from the rows
+SELECT CASE WHEN $6 THEN '*' ELSE device_id END, metric, (floor(extract(epoch FROM time) * 1000000 / $5)::bigint * $5), count(*), sum(value_num), min(value_num), max(value_num), (array_agg(value_num ORDER BY time))[1], (array_agg(value_num ORDER BY time DESC))[1] FROM "metric_events" WHERE device_id = ANY($1) AND metric = ANY($2) AND time >= $3 AND time < $4 AND value_num IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
+
+-- read: buckets from the minute rollups
+SELECT CASE WHEN $6 THEN '*' ELSE device_id END, metric, (floor(extract(epoch FROM bucket) * 1000000 / $5)::bigint * $5), sum(count)::bigint, sum(sum), min(min), max(max), (array_agg(first_value ORDER BY first_time))[1], (array_agg(last_value ORDER BY last_time DESC))[1] FROM "metric_events_1m" WHERE device_id = ANY($1) AND metric = ANY($2) AND bucket >= $3 AND bucket < $4 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3;
