@@ -2,17 +2,23 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# pip installs nats-server into Python's scripts directory: look there too.
+python_scripts := `python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true`
+export PATH := env_var('PATH') + ":" + python_scripts
+
 # List the recipes.
 default:
     @just --list
 
 # Run the whole pipeline locally with simulated devices (Ctrl-C stops it).
-dev *ARGS: check-servers
+# Installs the servers it needs first when they are missing (Debian/Ubuntu).
+dev *ARGS: install-servers
     cargo run -p tributary-stack --bin tributary-dev -- {{ARGS}}
 
 # Run every test (unit, integration, end-to-end on real servers). The service
-# binaries are built first: some tests run them as real processes.
-test: check-servers
+# binaries are built first: some tests run them as real processes. Installs
+# the servers the tests need first when they are missing (Debian/Ubuntu).
+test: install-servers
     cargo build --workspace --bins --locked
     cargo test --workspace --locked
 

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod measure;
 pub mod nats_sync;
 pub mod procs;
+pub mod queries;
 pub mod report;
 pub mod run;
 pub mod samples;

@@ -114,6 +114,36 @@ pub fn render(report: &Report) -> String {
             }
         }
     }
+    if let Some(q) = &report.queries {
+        let _ = writeln!(
+            out,
+            "\nquery API on {} fleet rows (written by SQL and rolled up in {:.0} s), over HTTP:",
+            q.rows,
+            q.fill.as_secs_f64()
+        );
+        let _ = writeln!(out, "| query | requests | p50 ms | p95 ms | p99 ms | max ms | failed |");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for (name, l) in [
+            (
+                "one series, 24 h in 1-minute buckets (goal p95 <= 20 ms)",
+                &q.series_24h,
+            ),
+            (
+                "the fleet, one metric, 1 h in 1-minute buckets (goal p95 <= 100 ms)",
+                &q.fleet_1h,
+            ),
+            (
+                "both alternating at 200 queries/s during the last load phase",
+                &q.under_load,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+                l.count, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms, l.failed
+            );
+        }
+    }
     out
 }
 
@@ -262,6 +292,7 @@ mod tests {
             },
             phases: vec![phase],
             max_sustained: Vec::new(),
+            queries: None,
         }
     }
 

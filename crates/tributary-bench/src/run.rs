@@ -70,6 +70,11 @@ pub struct Args {
     /// with --quick) and compare their rows/s with the raw COPY limit.
     #[arg(long)]
     pub sink_only: bool,
+    /// Also measure the query API: write a fleet of 200 devices × 10 metrics × 28 h (20 million rows; --quick:
+    /// 20 devices) into the table, time a 24-hour and a fleet-wide 1-hour aggregate in 1-minute buckets, and run
+    /// an extra HTTP phase while 200 queries/s go to the query API.
+    #[arg(long)]
+    pub queries: bool,
     /// Where the release binaries are (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -135,6 +140,8 @@ pub struct Report {
     /// For --find-max: per transport, the highest sustained offered rate
     /// (payloads/s) and the rows/s committed at it.
     pub max_sustained: Vec<(String, Option<(f64, f64)>)>,
+    /// With --queries.
+    pub queries: Option<crate::queries::QueryFigures>,
 }
 
 /// One load phase at one rate over one transport.
@@ -311,6 +318,11 @@ impl Bench {
         self.services[0].url()
     }
 
+    /// The query API (started last).
+    fn query_url(&self) -> String {
+        self.services.last().map(ServiceProcess::url).unwrap_or_default()
+    }
+
     async fn phase(
         &self,
         transport: simulator::Transport,
@@ -403,6 +415,26 @@ pub async fn run(args: Args) -> Result<Report> {
     let transports = args.transports()?;
     let bench = Bench::start(&bin_dir, &args).await?;
     tracing::info!(nats_sync = %args.nats_sync, "servers and services up");
+    let mut queries = None;
+    if args.queries {
+        let devices = if args.quick { 20 } else { 200 };
+        let started = Instant::now();
+        let rows = crate::queries::fill(&bench.database_url, devices).await?;
+        let fill = started.elapsed();
+        let base = bench.query_url();
+        let n = devices as usize;
+        let series_24h = crate::queries::sequential(&base, |i| crate::queries::series_query(i % n), 200).await?;
+        let fleet_1h = crate::queries::sequential(&base, |_| crate::queries::fleet_query(), 200).await?;
+        tracing::info!(?series_24h, ?fleet_1h, "query latencies");
+        queries = Some(crate::queries::QueryFigures {
+            rows,
+            fill,
+            series_24h,
+            fleet_1h,
+            under_load: Default::default(),
+            offered_qps: 200.0,
+        });
+    }
     let mut phases = Vec::new();
     let mut max_sustained = Vec::new();
     let mut seed = 100;
@@ -435,6 +467,31 @@ pub async fn run(args: Args) -> Result<Report> {
             );
         }
     }
+    if let Some(figures) = &mut queries {
+        // The same HTTP phase again, while 200 queries/s run.
+        seed += 1;
+        let stop = CancellationToken::new();
+        let load = tokio::spawn(crate::queries::steady(
+            bench.query_url(),
+            figures.offered_qps,
+            stop.clone(),
+            if args.quick { 20 } else { 200 },
+        ));
+        tracing::info!(rate = args.rate, "load phase with 200 queries/s");
+        let mut phase = bench
+            .phase(
+                simulator::Transport::Http,
+                args.rate,
+                args.phase_duration(),
+                seed,
+                &args,
+            )
+            .await?;
+        stop.cancel();
+        figures.under_load = load.await?;
+        phase.transport = "http + 200 queries/s".to_owned();
+        phases.push(phase);
+    }
     // The limits come after the load phases: their scratch streams briefly
     // hold hundreds of thousands of messages, which would otherwise show in
     // the phases' memory figures for nats-server.
@@ -462,6 +519,7 @@ pub async fn run(args: Args) -> Result<Report> {
         limits,
         phases,
         max_sustained,
+        queries,
     })
 }
 

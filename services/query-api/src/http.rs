@@ -384,13 +384,15 @@ async fn aggregate(
     };
     let mut devices = params.list("device");
     if devices.is_empty() {
-        // Every device that has one of the metrics.
-        let keys = state.store.latest(None, None).await.map_err(db_error)?;
-        for key in keys.iter().filter(|k| metrics.contains(&k.metric)) {
-            if devices.last() != Some(&key.device_id) {
-                devices.push(key.device_id.clone());
+        // Every device that has one of the metrics (a loose index scan over
+        // the devices per metric: two index probes a device).
+        for metric in &metrics {
+            for key in state.store.latest(None, Some(metric)).await.map_err(db_error)? {
+                devices.push(key.device_id);
             }
         }
+        devices.sort();
+        devices.dedup();
     }
     let series_count = if merge_devices {
         metrics.len()

@@ -2,8 +2,10 @@
 //!
 //! Starts nats-server, PostgreSQL and mosquitto (data kept under `.dev/`, so
 //! a restart keeps what was stored), runs the four services in this process,
-//! starts a simulated fleet over HTTP and a second one over MQTT, and prints
-//! where to look. Ctrl-C stops everything cleanly.
+//! starts a simulated fleet over HTTP and a second one over MQTT, prints
+//! where to look (the dashboard first) and then one status line, redrawn in
+//! place. The services' logs go to files under `.dev/logs/`. Ctrl-C stops
+//! everything cleanly.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,7 +49,8 @@ async fn main() -> Result<()> {
         // The services' own lines, not every client library's connection chatter.
         args.log.log_filter = "info,async_nats=warn,sqlx=warn".to_owned();
     }
-    tributary_runtime::telemetry::init(&args.log);
+    let logs = args.data_dir.join("logs");
+    init_log_files(&logs, &args.log.log_filter)?;
     let shutdown = tributary_runtime::shutdown_on_signals();
 
     let servers = Servers::start_in(&args.data_dir, &args.deploy_dir)
@@ -79,8 +82,9 @@ async fn main() -> Result<()> {
         tokio::spawn(simulator::run(mqtt_fleet, shutdown.clone())),
     ];
 
-    print_banner(&servers, &services, &example_device);
-    shutdown.cancelled().await;
+    print_banner(&servers, &services, &example_device, &logs);
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+    status_line(js, shutdown.clone()).await;
     for fleet in fleets {
         match fleet.await {
             Ok(Ok(report)) => tracing::info!(?report, "simulated fleet stopped"),
@@ -95,7 +99,7 @@ async fn main() -> Result<()> {
 }
 
 #[expect(clippy::print_stdout, reason = "the banner is the dev runner's user interface")]
-fn print_banner(servers: &Servers, services: &Services, device: &str) {
+fn print_banner(servers: &Servers, services: &Services, device: &str, logs: &std::path::Path) {
     let query = services.query_api.url();
     println!(
         "\n\
@@ -111,7 +115,10 @@ fn print_banner(servers: &Servers, services: &Services, device: &str) {
          \x20 admin           /healthz /readyz /metrics on producer {producer}, query API {query},\n\
          \x20                 transformer {transformer}, sink {sink}\n\
          \n\
+         \x20 logs            {logs}/<service>.log\n\
+         \n\
          Ctrl-C stops everything.\n",
+        logs = logs.display(),
         producer = services.producer.url(),
         mqtt_host = servers.mosquitto.host(),
         mqtt_port = servers.mosquitto.port(),
@@ -120,4 +127,129 @@ fn print_banner(servers: &Servers, services: &Services, device: &str) {
         transformer = services.transformer.url(),
         sink = services.sink.url(),
     );
+}
+
+/// Each service's log lines to its own file under `dir` (by the target of
+/// the event: the crate that logged it), everything else to `dev.log`;
+/// nothing to the terminal, which shows the banner and the status line.
+fn init_log_files(dir: &std::path::Path, filter: &str) -> Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    const FILES: [(&str, &[&str]); 5] = [
+        ("producer", &["producer"]),
+        ("transformer", &["transformer"]),
+        ("sink", &["sink", "tributary_store"]),
+        ("query-api", &["query_api"]),
+        ("simulator", &["simulator"]),
+    ];
+    let open = |name: &str| -> Result<std::sync::Mutex<std::fs::File>> {
+        let path = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(std::sync::Mutex::new(file))
+    };
+    let owned = |target: &str| {
+        FILES
+            .iter()
+            .any(|(_, prefixes)| prefixes.iter().any(|p| target.starts_with(p)))
+    };
+    let mut layers = Vec::new();
+    for (name, prefixes) in FILES {
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(open(name)?)
+                .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
+                    prefixes.iter().any(|p| meta.target().starts_with(p))
+                }))
+                .boxed(),
+        );
+    }
+    layers.push(
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(open("dev")?)
+            .with_filter(tracing_subscriber::filter::filter_fn(move |meta| !owned(meta.target())))
+            .boxed(),
+    );
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry().with(filter).with(layers).try_init().ok();
+    Ok(())
+}
+
+/// One counter of this process's Prometheus metrics (the services run in it), summed over its labels.
+fn counter(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Until `shutdown`: one line, redrawn every second in place on a terminal
+/// (elsewhere printed every 10 s): payloads in per second, rows stored per
+/// second, the consumers' backlog and the dead letters.
+async fn status_line(js: async_nats::jetstream::Context, shutdown: tributary_runtime::CancellationToken) {
+    use std::io::{IsTerminal as _, Write as _};
+    let tty = std::io::stdout().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<(tokio::time::Instant, u64, f64)> = None;
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        ticks += 1;
+        let mut received = 0;
+        let mut lag = 0;
+        for (stream, durable) in [("TELEMETRY_RAW", "transformer"), ("TELEMETRY_METRICS", "sink")] {
+            let Ok(mut stream) = js.get_stream(stream).await else {
+                continue;
+            };
+            if durable == "transformer" {
+                received = stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0);
+            }
+            if let Ok(mut consumer) = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable)
+                .await
+                && let Ok(info) = consumer.info().await
+            {
+                lag += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        let dead = match js.get_stream("TELEMETRY_DLQ").await {
+            Ok(mut dlq) => dlq.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        let metrics = tributary_runtime::telemetry::prometheus().render();
+        let stored = counter(&metrics, "tributary_sink_rows_total{outcome=\"inserted\"}")
+            + counter(&metrics, "tributary_sink_rows_total{outcome=\"corrected\"}");
+        let now = tokio::time::Instant::now();
+        let (in_rate, stored_rate) = match last {
+            Some((at, r, s)) => {
+                let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                (received.saturating_sub(r) as f64 / secs, (stored - s).max(0.0) / secs)
+            }
+            None => (0.0, 0.0),
+        };
+        last = Some((now, received, stored));
+        let line = format!(
+            "in {in_rate:.0} payloads/s · stored {stored_rate:.0} rows/s · consumer lag {lag} · dead letters {dead}"
+        );
+        let mut out = std::io::stdout().lock();
+        if tty {
+            let _ = write!(out, "\r\x1b[2K{line}");
+            let _ = out.flush();
+        } else if ticks.is_multiple_of(10) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if tty {
+        let _ = writeln!(std::io::stdout());
+    }
 }
