@@ -94,7 +94,7 @@ pub async fn fill(database_url: &str, devices: i64) -> Result<i64> {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {t} (device_id, metric, time, value_num, unit, source, raw_msg_id, ingested_at) \
              SELECT 'bench-fleet-' || lpad(d::text, 3, '0'), 'm' || m, \
-             to_timestamp(($1 + s * 10000000) / 1e6), ((d * 7 + m * 13 + s) % 1000) / 10.0, 'C', 'bench', \
+             to_timestamp(($1 + s::float8 * 1e7) / 1e6), ((d * 7 + m * 13 + s) % 1000) / 10.0, 'C', 'bench', \
              'fill', now() \
              FROM generate_series($2::int, $3::int) d, generate_series(0, {m}) m, generate_series(0, {s}) s",
             t = sql::quote_ident(table),
