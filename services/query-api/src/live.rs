@@ -70,6 +70,10 @@ struct Filter {
 
 const MAX_PATTERNS: usize = 100;
 
+/// How often an idle live stream sends a comment: it keeps proxies from
+/// closing it, and a client that left is noticed by the failed write.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 impl Filter {
     fn parse(params: &Params) -> Result<Self, ApiError> {
         let (devices, metrics) = (params.list("device"), params.list("metric"));
@@ -178,7 +182,14 @@ pub async fn live(
                 .event("end")
                 .data(json!({ "reason": reason }).to_string())
         };
-        while let Some(next) = messages.next().await {
+        loop {
+            // A client that left is noticed even when no event comes for it
+            // (the server drops its stream at the next keep-alive it cannot send).
+            let next = tokio::select! {
+                () = tx.closed() => return,
+                next = messages.next() => next,
+            };
+            let Some(next) = next else { return };
             let message = match next {
                 Ok(message) => message,
                 Err(error) => {
@@ -234,7 +245,8 @@ pub async fn live(
         }
     });
     let events = tokio_stream_from(rx).map(Ok::<_, Infallible>);
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    let keep_alive = KeepAlive::new().interval(KEEP_ALIVE);
+    Ok(Sse::new(events).keep_alive(keep_alive).into_response())
 }
 
 /// A receiver as a stream.

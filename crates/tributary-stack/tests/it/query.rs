@@ -368,3 +368,31 @@ async fn a_live_client_gets_only_its_device_and_misses_nothing_across_a_reconnec
     assert_eq!(next["time"], "2017-09-30T10:00:09Z");
     h.stop().await
 }
+
+#[tokio::test]
+async fn live_streams_beyond_the_cap_are_refused_until_one_closes() -> Result<()> {
+    let h = Harness::start().await?;
+    let mut config = query_api::Config::for_database(&h.servers.database_url);
+    config.nats = tributary_runtime::NatsArgs::with_url(h.servers.nats.url());
+    config.max_live_clients = 1;
+    let query = tributary_stack::Part::new(
+        "query-api",
+        query_api::start(config, tributary_runtime::CancellationToken::new()).await?,
+    );
+    query.wait_ready(DEADLINE).await?;
+    let live = format!("{}/v1/live?device=x1", query.url());
+    let first = h.http.get(&live).send().await?;
+    assert_eq!(first.status(), 200);
+    let second = h.http.get(&live).send().await?;
+    assert_eq!(second.status(), 503);
+    let body: Value = second.json().await?;
+    assert_eq!(body["code"], "too_many_live_clients", "{body}");
+    // The first one leaves: its place is free again (once the server notices).
+    drop(first);
+    tributary_testkit::wait_until(DEADLINE, "a free live slot", || async {
+        h.http.get(&live).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await?;
+    query.stop().await?;
+    h.stop().await
+}
