@@ -919,14 +919,19 @@ impl Store {
     }
 }
 
-fn point_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredPoint, StoreError> {
-    let value = if let Some(n) = row.try_get::<Option<f64>, _>("value_num")? {
+/// The value of a row from its `value_num`, `value_bool` and `value_text` columns.
+fn value_from_row(row: &sqlx::postgres::PgRow) -> Result<RowValue, StoreError> {
+    Ok(if let Some(n) = row.try_get::<Option<f64>, _>("value_num")? {
         RowValue::Number(n)
     } else if let Some(b) = row.try_get::<Option<bool>, _>("value_bool")? {
         RowValue::Bool(b)
     } else {
         RowValue::Text(row.try_get::<Option<String>, _>("value_text")?.unwrap_or_default())
-    };
+    })
+}
+
+fn point_from_row(row: &sqlx::postgres::PgRow) -> Result<StoredPoint, StoreError> {
+    let value = value_from_row(row)?;
     let attributes = match row.try_get::<Option<serde_json::Value>, _>("attributes")? {
         Some(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),

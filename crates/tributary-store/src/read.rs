@@ -5,7 +5,7 @@
 
 use sqlx::{AssertSqlSafe, Row as _};
 
-use crate::{RowValue, Store, StoreError, rollup, sql, to_datetime, to_unix_us};
+use crate::{RowValue, Store, StoreError, rollup, sql, to_datetime, to_unix_us, value_from_row};
 
 /// The newest stored value of one device and metric.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,15 +96,20 @@ impl Store {
                     .fetch_all(&self.pool)
                     .await?
             }
-            (device, Some(metric)) => {
-                let mut rows = sqlx::query(AssertSqlSafe(sql::latest_of_metric(&self.table)))
-                    .bind(metric)
+            (Some(device), Some(metric)) => {
+                // The device's own keys (a few probes), not every device's.
+                let mut rows = sqlx::query(AssertSqlSafe(sql::latest_per_key(&self.table, true)))
+                    .bind(device)
                     .fetch_all(&self.pool)
                     .await?;
-                if let Some(device) = device {
-                    rows.retain(|row| row.try_get::<String, _>(0).is_ok_and(|d| d == device));
-                }
+                rows.retain(|row| row.try_get::<String, _>(1).is_ok_and(|m| m == metric));
                 rows
+            }
+            (None, Some(metric)) => {
+                sqlx::query(AssertSqlSafe(sql::latest_of_metric(&self.table)))
+                    .bind(metric)
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
         rows.iter().map(latest_from_row).collect()
@@ -146,18 +151,11 @@ impl Store {
 }
 
 fn latest_from_row(row: &sqlx::postgres::PgRow) -> Result<Latest, StoreError> {
-    let value = if let Some(n) = row.try_get::<Option<f64>, _>(3)? {
-        RowValue::Number(n)
-    } else if let Some(b) = row.try_get::<Option<bool>, _>(5)? {
-        RowValue::Bool(b)
-    } else {
-        RowValue::Text(row.try_get::<Option<String>, _>(4)?.unwrap_or_default())
-    };
     Ok(Latest {
         device_id: row.try_get(0)?,
         metric: row.try_get(1)?,
         time_us: to_unix_us(row.try_get(2)?),
-        value,
+        value: value_from_row(row)?,
         unit: row.try_get(6)?,
         latitude: row.try_get(7)?,
         longitude: row.try_get(8)?,
