@@ -32,6 +32,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::{DecodeError, Format, LineOptions, MappedOptions, Point, Precision};
+pub use tributary_schema::glob_matches;
 
 /// How a raw message came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -369,26 +370,6 @@ impl RawRoute {
 /// The media type of a `Content-Type` value: parameters and spaces dropped.
 fn media_type(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or("").trim()
-}
-
-/// Whether `text` matches `glob`, where `*` stands for any run of
-/// characters (none included) and everything else for itself.
-pub fn glob_matches(glob: &str, text: &str) -> bool {
-    let parts: Vec<&str> = glob.split('*').collect();
-    let [first, middle @ .., last] = parts.as_slice() else {
-        // No `*` at all.
-        return glob == text;
-    };
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// MQTT topic filter matching: `+` one level, `#` the rest (and the parent).

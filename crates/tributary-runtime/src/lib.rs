@@ -9,6 +9,7 @@
 //! does not call into services.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod dlq;
 pub mod http_error;

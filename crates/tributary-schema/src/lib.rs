@@ -54,3 +54,23 @@ pub mod headers {
     /// Dead letters: the original message's `Nats-Msg-Id`, if it had one.
     pub const DLQ_ORIGINAL_MSG_ID: &str = "Tributary-Original-Msg-Id";
 }
+
+/// Whether `text` matches `glob`, where `*` stands for any run of
+/// characters (none included) and everything else for itself.
+pub fn glob_matches(glob: &str, text: &str) -> bool {
+    let parts: Vec<&str> = glob.split('*').collect();
+    let [first, middle @ .., last] = parts.as_slice() else {
+        // No `*` at all.
+        return glob == text;
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}

@@ -23,8 +23,9 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_ROUTES")]
     pub routes: Option<std::path::PathBuf>,
     /// Bearer tokens for HTTP ingest (TOML: name, sha256 of the token,
-    /// sources it may write, optional rate limit; see README.md). Unset:
-    /// anyone may write (`just dev`).
+    /// sources it may write, optional rate limit; see README.md). Only
+    /// `scope = "write"` tokens (the default) ingest; the file may be the
+    /// query API's too. Unset: anyone may write (`just dev`).
     #[arg(long, env = "TRIBUTARY_AUTH_TOKENS")]
     pub auth_tokens: Option<std::path::PathBuf>,
     /// How long a client may take to send a request's body; past it the
@@ -154,11 +155,11 @@ impl Config {
     /// # Errors
     ///
     /// Every problem with the file.
-    pub fn tokens(&self) -> Result<Option<crate::auth::Tokens>, Vec<String>> {
+    pub fn tokens(&self) -> Result<Option<tributary_runtime::auth::Tokens>, Vec<String>> {
         let Some(path) = &self.auth_tokens else {
             return Ok(None);
         };
-        read_config_file("--auth-tokens", path, crate::auth::Tokens::from_toml).map(Some)
+        tributary_runtime::auth::Tokens::load(path, tributary_runtime::auth::Scope::Write).map(Some)
     }
 
     /// The feeds to pull, if --feeds names a file.

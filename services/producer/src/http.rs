@@ -26,9 +26,9 @@ use tributary_formats::{RouteTable, Transport};
 use tributary_runtime::ApiError;
 use tributary_schema::{Message as _, RawEnvelope, SourceKind, raw_http_subject, raw_msg_id, raw_msg_id_from_key};
 
-use crate::auth::Tokens;
 use crate::idempotency::{self, Claim};
 use crate::publish::{PublishError, RawPublisher, now_us};
+use tributary_runtime::auth::Tokens;
 
 /// What every ingest endpoint shares.
 #[derive(Clone)]
@@ -48,7 +48,7 @@ impl Ingest {
     /// Checks the token (if tokens are configured) for `source`.
     pub fn authorize(&self, headers: &HeaderMap, source: &str) -> Result<(), ApiError> {
         match &self.tokens {
-            Some(tokens) => tokens.authorize(headers, source).map(drop),
+            Some(tokens) => tokens.authorize_write(headers, source).map(drop),
             None => Ok(()),
         }
     }

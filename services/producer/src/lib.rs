@@ -7,7 +7,6 @@
 //! Never: no decoding of payloads (that is the transformer's job), no
 //! database, no acknowledgement before the stream has the message.
 
-pub mod auth;
 pub mod config;
 mod http;
 mod idempotency;

@@ -71,7 +71,33 @@
   }
 
   function report(err) {
-    if (!err || err.name !== 'AbortError') showBanner((err && err.message) || String(err));
+    if (err && (err.name === 'AbortError' || err.name === 'Unauthorized')) return;
+    showBanner((err && err.message) || String(err));
+  }
+
+  // ---------- token ----------
+
+  // The API answered 401: ask for a read token. It is kept in the
+  // `tributary_token` cookie (sent with every request, EventSource's too),
+  // and the page starts over with it.
+  function askToken(message) {
+    const form = $('#login');
+    if (!form.hidden) return;
+    $('#login-note').textContent = document.cookie.includes('tributary_token=') ? message : '';
+    form.hidden = false;
+    $('#token').focus();
+  }
+
+  function useToken(e) {
+    e.preventDefault();
+    const token = $('#token').value.trim();
+    if (!/^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$/.test(token)) {
+      $('#login-note').textContent = 'A token has no spaces, quotes, commas, semicolons or backslashes.';
+      return;
+    }
+    const secure = location.protocol === 'https:' ? '; Secure' : '';
+    document.cookie = `tributary_token=${token}; path=/; SameSite=Strict${secure}`;
+    location.reload();
   }
 
   const setStatus = (text) => ($('#status').textContent = text);
@@ -87,6 +113,12 @@
       throw new Error(`${path}: network error`);
     }
     const body = await res.json().catch(() => null);
+    if (res.status === 401) {
+      askToken((body && body.message) || 'The token was refused.');
+      const err = new Error('a token is needed');
+      err.name = 'Unauthorized';
+      throw err;
+    }
     if (!res.ok) throw new Error((body && body.message) || `${path}: HTTP ${res.status}`);
     if (body === null) throw new Error(`${path}: the answer is not JSON`);
     return body;
@@ -343,7 +375,8 @@
     try {
       const res = await fetch(url, { signal: ctl.signal });
       const body = res.ok ? null : await res.json().catch(() => null);
-      showBanner((body && body.message) || `Live stream unavailable (HTTP ${res.status})`);
+      if (res.status === 401) askToken((body && body.message) || 'The token was refused.');
+      else showBanner((body && body.message) || `Live stream unavailable (HTTP ${res.status})`);
     } catch {
       showBanner('Live stream unavailable: network error');
     } finally {
@@ -682,6 +715,7 @@
     });
     window.addEventListener('error', (e) => showBanner(e.message || 'Unexpected error'));
     $('#banner-close').addEventListener('click', () => ($('#banner').hidden = true));
+    $('#login').addEventListener('submit', useToken);
     $('#mode-live').addEventListener('click', () => setMode('live'));
     $('#mode-history').addEventListener('click', () => setMode('history'));
     $('#device').addEventListener('change', (e) => selectDevice(e.target.value));

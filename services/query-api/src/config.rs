@@ -43,6 +43,12 @@ pub struct Config {
     /// (a live stream's events are not bounded by it).
     #[arg(long = "request-timeout", env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_request_timeout: Duration,
+    /// Bearer tokens for the `/v1` API (TOML, the producer's format; only
+    /// `scope = "read"` tokens are taken here, so the producer and the
+    /// query API can share one file; see README.md). The dashboard asks
+    /// for a token and keeps it in a cookie. Unset: anyone may read.
+    #[arg(long, env = "TRIBUTARY_AUTH_TOKENS")]
+    pub auth_tokens: Option<std::path::PathBuf>,
     /// How long to finish open requests after SIGTERM before exiting anyway.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -91,9 +97,22 @@ impl Config {
         }
     }
 
+    /// The read tokens, if --auth-tokens names a file.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the file.
+    pub fn tokens(&self) -> Result<Option<tributary_runtime::auth::Tokens>, Vec<String>> {
+        self.auth_tokens
+            .as_deref()
+            .map(|path| tributary_runtime::auth::Tokens::load(path, tributary_runtime::auth::Scope::Read))
+            .transpose()
+    }
+
     /// Every problem with the configuration, before any I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        problems.extend(self.tokens().err().unwrap_or_default());
         problems.extend(self.store_config().problems());
         problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.nats.validate().err().unwrap_or_default());

@@ -14,6 +14,7 @@ use axum::routing::get;
 use serde_json::{Value as JsonValue, json};
 use tributary_formats::format_timestamp;
 use tributary_runtime::ApiError;
+use tributary_runtime::auth::Tokens;
 use tributary_store::read::{AggregateQuery, Bucket, Latest, Source};
 use tributary_store::{RowValue, Store, StoreError, StoredPoint, Transient as _};
 
@@ -30,10 +31,24 @@ pub struct AppState {
     pub js: Option<async_nats::jetstream::Context>,
     pub live: Arc<crate::live::LiveLimits>,
     pub streams: tributary_runtime::StreamArgs,
+    /// Read tokens (`--auth-tokens`); `None`: the API is open.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
-/// The API routes, the OpenAPI document and the dashboard.
+/// The API routes, the OpenAPI document and the dashboard. With tokens,
+/// every `/v1` route needs a read token; the dashboard's files and the
+/// OpenAPI document hold no data and stay open (the dashboard asks for the
+/// token when the API refuses it).
 pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/{device}/metrics", get(device_metrics))
+        .route("/v1/series", get(series))
+        .route("/v1/aggregate", get(aggregate))
+        .route("/v1/latest", get(latest))
+        .route("/v1/health", get(health))
+        .route("/v1/live", get(crate::live::live))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_read_token));
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route(
@@ -48,14 +63,22 @@ pub fn router(state: AppState) -> Router {
             "/openapi.json",
             get(|| async { asset("application/json", OPENAPI_JSON) }),
         )
-        .route("/v1/devices", get(devices))
-        .route("/v1/devices/{device}/metrics", get(device_metrics))
-        .route("/v1/series", get(series))
-        .route("/v1/aggregate", get(aggregate))
-        .route("/v1/latest", get(latest))
-        .route("/v1/health", get(health))
-        .route("/v1/live", get(crate::live::live))
+        .merge(api)
         .with_state(state)
+}
+
+/// Lets a request through when tokens are off or it carries a read token.
+async fn require_read_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(tokens) = &state.tokens
+        && let Err(refused) = tokens.authorize_read(request.headers())
+    {
+        return refused.into_response();
+    }
+    next.run(request).await
 }
 
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");

@@ -43,6 +43,7 @@ pub enum Error {
 /// applies the migrations in the background (readiness waits for them).
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceHandle, Error> {
     config.validate().map_err(Error::Config)?;
+    let tokens = config.tokens().map_err(Error::Config)?.map(Arc::new);
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let store = Arc::new(Store::connect_lazy(&config.store_config())?);
 
@@ -82,6 +83,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         js: Some(js),
         live: Arc::new(live::LiveLimits::new(config.max_live_clients, config.live_buffer)),
         streams: config.streams.clone(),
+        tokens,
     };
     let timeout = config.http_request_timeout;
     let router = http::router(state).layer(axum::middleware::from_fn(move |request, next| {

@@ -271,3 +271,121 @@ async fn a_client_that_sends_half_its_headers_is_disconnected() -> Result<()> {
     assert!(waited >= Duration::from_secs(9), "closed too soon: {waited:?}");
     Ok(())
 }
+
+/// One token file for both doors, as the production overlay ships it: the
+/// query API takes only its read token (or the dashboard's cookie), the
+/// producer only its write token; the dashboard's files, the OpenAPI
+/// document and the probes stay open; no secret reaches a log.
+#[tokio::test]
+async fn the_query_api_takes_only_read_tokens_and_the_producer_only_write_tokens() -> Result<()> {
+    let servers = tributary_stack::Servers::start_temporary().await?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[tokens]]\nname = \"plant\"\nsha256 = \"{}\"\nsources = [\"*\"]\n\n\
+             [[tokens]]\nname = \"grafana\"\nsha256 = \"{}\"\nscope = \"read\"\n",
+            sha256_hex("plant-secret"),
+            sha256_hex("reader-secret")
+        ),
+    )?;
+    let env = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("TRIBUTARY_NATS_URL", servers.nats.url()),
+            ("TRIBUTARY_AUTH_TOKENS", tokens.display().to_string()),
+            // Everything a service logs, for the secret to hide in.
+            ("TRIBUTARY_LOG", "debug".to_owned()),
+        ];
+        env.extend_from_slice(extra);
+        env
+    };
+    let mut query = ServiceProcess::spawn(
+        "query-api",
+        dir.path(),
+        &env(&[("TRIBUTARY_DATABASE_URL", servers.database_url.clone())]),
+    )?;
+    let mut producer = ServiceProcess::spawn("producer", dir.path(), &env(&[]))?;
+    query.wait_ready(DEADLINE).await?;
+    producer.wait_ready(DEADLINE).await?;
+
+    let http = reqwest::Client::new();
+    let get = |path: &str, header: Option<(&'static str, &'static str)>| {
+        let mut request = http.get(format!("{}{path}", query.url()));
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let text = response.text().await?;
+            let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            anyhow::Ok((status, json, headers))
+        }
+    };
+    const READER: (&str, &str) = ("authorization", "Bearer reader-secret");
+
+    for path in ["/v1/devices", "/v1/latest?metric=x", "/v1/health", "/v1/live?device=x"] {
+        let refused = get(path, None).await?;
+        assert_error(&refused, 401, "unauthorized");
+        assert!(refused.2.contains_key("www-authenticate"), "{path}");
+        assert_error(&get(path, Some(PLANT)).await?, 403, "forbidden_scope");
+        assert_error(
+            &get(path, Some(("authorization", "Bearer nonsense"))).await?,
+            401,
+            "unauthorized",
+        );
+    }
+    let devices = get("/v1/devices", Some(READER)).await?;
+    assert_eq!(devices.0, 200, "{:?}", devices.1);
+    let by_cookie = get("/v1/devices", Some(("cookie", "tributary_token=reader-secret"))).await?;
+    assert_eq!(by_cookie.0, 200, "{:?}", by_cookie.1);
+    // A live stream opens with the token (its head is all this reads).
+    let live = http
+        .get(format!("{}/v1/live?device=x", query.url()))
+        .header(READER.0, READER.1)
+        .send()
+        .await?;
+    assert_eq!(live.status().as_u16(), 200);
+    drop(live);
+    // No data in these: open, so the dashboard can ask for a token.
+    for path in ["/", "/assets/app.js", "/openapi.json", "/healthz", "/readyz"] {
+        assert_eq!(get(path, None).await?.0, 200, "{path}");
+    }
+    // Unknown paths stay 404, token or not.
+    assert_eq!(get("/v1/nothing", None).await?.0, 404);
+
+    // The producer: the read token cannot ingest, the write token can.
+    let ingest = |token: &'static str| {
+        http.post(format!("{}/v1/ingest/plant-1", producer.url()))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(BODY)
+            .send()
+    };
+    let refused = ingest("reader-secret").await?;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(refused.json::<Value>().await?["code"], "forbidden_scope");
+    assert_eq!(ingest("plant-secret").await?.status().as_u16(), 202);
+
+    // Secrets never reach a log or /metrics.
+    let metrics = http
+        .get(format!("{}/metrics", query.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    query.terminate(DEADLINE).await?;
+    producer.terminate(DEADLINE).await?;
+    for text in [
+        metrics,
+        std::fs::read_to_string(query.log_path())?,
+        std::fs::read_to_string(producer.log_path())?,
+    ] {
+        for secret in ["reader-secret", "plant-secret"] {
+            assert!(!text.contains(secret), "{secret} in:\n{text}");
+        }
+    }
+    Ok(())
+}

@@ -1,30 +1,57 @@
-//! Bearer tokens for HTTP ingest (`--auth-tokens`, a TOML file):
+//! Bearer tokens for the HTTP APIs (`--auth-tokens`, a TOML file that the
+//! producer and the query API can share):
 //!
 //! ```toml
 //! [[tokens]]
 //! name = "plant-7"                 # for logs and metrics, never the secret
 //! sha256 = "9f86d081884c7d65…"     # hex SHA-256 of the token: printf %s "$TOKEN" | sha256sum
-//! sources = ["plant-7-*", "telegraf"]   # HTTP sources / InfluxDB buckets it may write; `*` is a wildcard
-//! rate_limit = 200                 # optional: requests per second (per producer replica)
+//! scope = "write"                  # optional: "write" (the default) ingests, "read" queries
+//! sources = ["plant-7-*", "telegraf"]   # write tokens: HTTP sources / InfluxDB buckets it may write; `*` is a wildcard
+//! rate_limit = 200                 # optional: requests per second (per replica)
 //! burst = 400                      # optional: requests at once above the rate (default: the rate)
 //! ```
 //!
-//! A request carries its token as `Authorization: Bearer <token>` (or
-//! `Token <token>`, as InfluxDB clients and Telegraf send it). Only hashes
-//! are configured; a presented token is hashed and compared with every
-//! configured hash in constant time. No token or an unknown one: `401`;
-//! a token not allowed for the source: `403`; over its rate: `429` with
-//! `Retry-After`.
+//! A write token is taken by the producer only, a read token by the query
+//! API only: a dashboard's token cannot forge data, an ingest token cannot
+//! read the fleet's. A request carries its token as `Authorization: Bearer
+//! <token>` (or `Token <token>`, as InfluxDB clients and Telegraf send it;
+//! the query API also takes the `tributary_token` cookie its dashboard
+//! sets). Only hashes are configured; a presented token is hashed and
+//! compared with every configured hash in constant time. No token or an
+//! unknown one: `401`; a token of the other scope or not allowed for the
+//! source: `403`; over its rate: `429` with `Retry-After`.
 
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::ApiError;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tributary_runtime::ApiError;
 
 const CHALLENGE: &str = "Bearer realm=\"tributary\"";
+
+/// The cookie the query API's dashboard keeps its token in.
+pub const TOKEN_COOKIE: &str = "tributary_token";
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Ingest through the producer, into the token's sources.
+    Write,
+    /// Read through the query API.
+    Read,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Read => "read",
+        }
+    }
+}
 
 /// The configured tokens.
 #[derive(Debug)]
@@ -36,6 +63,7 @@ pub struct Tokens {
 struct Token {
     name: String,
     hash: [u8; 32],
+    scope: Scope,
     sources: Vec<String>,
     limit: Option<RateLimit>,
 }
@@ -78,9 +106,16 @@ struct File {
 struct RawToken {
     name: String,
     sha256: String,
+    #[serde(default = "write")]
+    scope: Scope,
+    #[serde(default)]
     sources: Vec<String>,
     rate_limit: Option<f64>,
     burst: Option<f64>,
+}
+
+fn write() -> Scope {
+    Scope::Write
 }
 
 impl Tokens {
@@ -106,8 +141,14 @@ impl Tokens {
             if hash.is_none() {
                 problem("`sha256` must be 64 hex digits: the SHA-256 of the token, not the token".to_owned());
             }
-            if raw.sources.is_empty() || raw.sources.iter().any(String::is_empty) {
-                problem("`sources` must list at least one source (\"*\" for all), none empty".to_owned());
+            match raw.scope {
+                Scope::Write if raw.sources.is_empty() || raw.sources.iter().any(String::is_empty) => {
+                    problem("`sources` must list at least one source (\"*\" for all), none empty".to_owned());
+                }
+                Scope::Read if !raw.sources.is_empty() => {
+                    problem("`sources` is for write tokens: a read token reads every device".to_owned());
+                }
+                _ => {}
             }
             let rate_ok = |r: Option<f64>| r.is_none_or(|r| r.is_finite() && r > 0.0);
             if !rate_ok(raw.rate_limit) || !rate_ok(raw.burst) {
@@ -133,6 +174,7 @@ impl Tokens {
             tokens.push(Token {
                 name: raw.name,
                 hash: hash.unwrap_or_default(),
+                scope: raw.scope,
                 sources: raw.sources,
                 limit,
             });
@@ -144,13 +186,67 @@ impl Tokens {
         }
     }
 
+    /// Reads the `--auth-tokens` file of a service that takes `scope`
+    /// tokens: a file with none of them would lock everyone out, so it is
+    /// refused too.
+    ///
+    /// # Errors
+    ///
+    /// Every problem with the file, each naming the flag and the path.
+    pub fn load(path: &std::path::Path, scope: Scope) -> Result<Self, Vec<String>> {
+        crate::config::read_config_file("--auth-tokens", path, |text| {
+            let tokens = Self::from_toml(text)?;
+            if tokens.count(scope) == 0 {
+                return Err(vec![format!(
+                    "the file lists no {} tokens (scope = \"{}\"), so every request would be refused",
+                    scope.as_str(),
+                    scope.as_str()
+                )]);
+            }
+            Ok(tokens)
+        })
+    }
+
+    /// How many tokens have `scope`: a service given a file with none of
+    /// its own scope would refuse everyone.
+    pub fn count(&self, scope: Scope) -> usize {
+        self.tokens.iter().filter(|t| t.scope == scope).count()
+    }
+
     /// Whether this request may write to `source`; the token's name when it may.
     ///
     /// # Errors
     ///
     /// `401`, `403` or `429` as the module says.
-    pub fn authorize(&self, headers: &HeaderMap, source: &str) -> Result<&str, ApiError> {
-        let Some(presented) = presented(headers) else {
+    pub fn authorize_write(&self, headers: &HeaderMap, source: &str) -> Result<&str, ApiError> {
+        let token = self.authenticate(headers, Scope::Write)?;
+        if !token
+            .sources
+            .iter()
+            .any(|glob| tributary_schema::glob_matches(glob, source))
+        {
+            metrics::counter!("tributary_auth_refused_total", "reason" => "forbidden_source").increment(1);
+            return Err(ApiError::client(
+                StatusCode::FORBIDDEN,
+                "forbidden_source",
+                format!("token {:?} may not write to source {source:?}", token.name),
+            ));
+        }
+        token.admit()
+    }
+
+    /// Whether this request may read; the token's name when it may.
+    ///
+    /// # Errors
+    ///
+    /// `401`, `403` or `429` as the module says.
+    pub fn authorize_read(&self, headers: &HeaderMap) -> Result<&str, ApiError> {
+        self.authenticate(headers, Scope::Read)?.admit()
+    }
+
+    /// The configured token this request presents, if it has `scope`.
+    fn authenticate(&self, headers: &HeaderMap, scope: Scope) -> Result<&Token, ApiError> {
+        let Some(presented) = presented(headers, scope) else {
             return Err(ApiError::unauthorized(
                 CHALLENGE,
                 "this endpoint needs a token: send `Authorization: Bearer <token>`",
@@ -169,19 +265,27 @@ impl Tokens {
             metrics::counter!("tributary_auth_refused_total", "reason" => "unknown_token").increment(1);
             return Err(ApiError::unauthorized(CHALLENGE, "the token is not valid"));
         };
-        if !token
-            .sources
-            .iter()
-            .any(|glob| tributary_formats::glob_matches(glob, source))
-        {
-            metrics::counter!("tributary_auth_refused_total", "reason" => "forbidden_source").increment(1);
+        if token.scope != scope {
+            metrics::counter!("tributary_auth_refused_total", "reason" => "forbidden_scope").increment(1);
             return Err(ApiError::client(
                 StatusCode::FORBIDDEN,
-                "forbidden_source",
-                format!("token {:?} may not write to source {source:?}", token.name),
+                "forbidden_scope",
+                format!(
+                    "token {:?} is a {} token; this endpoint needs a {} token",
+                    token.name,
+                    token.scope.as_str(),
+                    scope.as_str()
+                ),
             ));
         }
-        if let Some(limit) = &token.limit
+        Ok(token)
+    }
+}
+
+impl Token {
+    /// Takes one request from the token's rate limit, if it has one.
+    fn admit(&self) -> Result<&str, ApiError> {
+        if let Some(limit) = &self.limit
             && let Err(retry_after) = limit.take(Instant::now())
         {
             metrics::counter!("tributary_auth_refused_total", "reason" => "rate_limited").increment(1);
@@ -189,21 +293,37 @@ impl Tokens {
                 retry_after,
                 format!(
                     "token {:?} is over its rate of {} requests per second",
-                    token.name, limit.per_second
+                    self.name, limit.per_second
                 ),
             ));
         }
-        Ok(&token.name)
+        Ok(&self.name)
     }
 }
 
-/// The token of `Authorization: Bearer <token>` or `Token <token>`.
-fn presented(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    ((scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) && !token.is_empty())
-        .then_some(token)
+/// The token of `Authorization: Bearer <token>` or `Token <token>`, else
+/// (for reads) of the `tributary_token` cookie. A cookie goes to every port
+/// of its host, so writes never take one: a page cannot ingest with it.
+fn presented(headers: &HeaderMap, scope: Scope) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        return ((scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token")) && !token.is_empty())
+            .then_some(token);
+    }
+    if scope != Scope::Read {
+        return None;
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -253,14 +373,19 @@ mod tests {
     fn a_token_is_checked_against_its_sources() {
         let tokens = tokens();
         assert_eq!(
-            tokens.authorize(&headers("Bearer s3cret"), "plant-7").ok(),
+            tokens.authorize_write(&headers("Bearer s3cret"), "plant-7").ok(),
             Some("plant")
         );
         assert_eq!(
-            tokens.authorize(&headers("token s3cret"), "telegraf").ok(),
+            tokens.authorize_write(&headers("token s3cret"), "telegraf").ok(),
             Some("plant")
         );
-        let status = |h: &HeaderMap, source| tokens.authorize(h, source).err().map(|e| (e.status.as_u16(), e.code));
+        let status = |h: &HeaderMap, source| {
+            tokens
+                .authorize_write(h, source)
+                .err()
+                .map(|e| (e.status.as_u16(), e.code))
+        };
         assert_eq!(
             status(&headers("Bearer s3cret"), "other"),
             Some((403, "forbidden_source"))
@@ -272,8 +397,48 @@ mod tests {
         );
         assert_eq!(status(&headers("Bearer "), "plant-7"), Some((401, "unauthorized")));
         assert_eq!(status(&HeaderMap::new(), "plant-7"), Some((401, "unauthorized")));
-        let error = tokens.authorize(&HeaderMap::new(), "x").unwrap_err();
+        let error = tokens.authorize_write(&HeaderMap::new(), "x").unwrap_err();
         assert_eq!(error.authenticate, Some(CHALLENGE));
+    }
+
+    #[test]
+    fn read_and_write_tokens_each_open_only_their_own_door() {
+        let tokens = Tokens::from_toml(&format!(
+            "[[tokens]]\nname = \"ingest\"\nsha256 = \"{}\"\nsources = [\"*\"]\n\n\
+             [[tokens]]\nname = \"grafana\"\nsha256 = \"{}\"\nscope = \"read\"\n",
+            sha("w"),
+            sha("r")
+        ))
+        .expect("valid");
+        assert_eq!((tokens.count(Scope::Write), tokens.count(Scope::Read)), (1, 1));
+        assert_eq!(tokens.authorize_read(&headers("Bearer r")).ok(), Some("grafana"));
+        let refused = |result: Result<&str, ApiError>| result.err().map(|e| (e.status.as_u16(), e.code));
+        assert_eq!(
+            refused(tokens.authorize_read(&headers("Bearer w"))),
+            Some((403, "forbidden_scope"))
+        );
+        assert_eq!(
+            refused(tokens.authorize_write(&headers("Bearer r"), "any")),
+            Some((403, "forbidden_scope"))
+        );
+        // The dashboard's cookie reads, among other cookies; it never writes.
+        let cookie = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, value.parse().expect("a header value"));
+            headers
+        };
+        assert_eq!(
+            tokens.authorize_read(&cookie("theme=dark; tributary_token=r")).ok(),
+            Some("grafana")
+        );
+        assert_eq!(
+            refused(tokens.authorize_read(&cookie("tributary_token="))),
+            Some((401, "unauthorized"))
+        );
+        assert_eq!(
+            refused(tokens.authorize_write(&cookie("tributary_token=w"), "any")),
+            Some((401, "unauthorized"))
+        );
     }
 
     #[test]
@@ -281,15 +446,15 @@ mod tests {
         let tokens = tokens();
         let slow = headers("Bearer slow-one");
         for _ in 0..3 {
-            assert!(tokens.authorize(&slow, "any").is_ok());
+            assert!(tokens.authorize_write(&slow, "any").is_ok());
         }
-        let error = tokens.authorize(&slow, "any").unwrap_err();
+        let error = tokens.authorize_write(&slow, "any").unwrap_err();
         assert_eq!(
             (error.status.as_u16(), error.code, error.retry_after),
             (429, "rate_limited", Some(1))
         );
         // Other tokens are not limited by it.
-        assert!(tokens.authorize(&headers("Bearer s3cret"), "plant-1").is_ok());
+        assert!(tokens.authorize_write(&headers("Bearer s3cret"), "plant-1").is_ok());
 
         let limit = RateLimit {
             per_second: 0.25,
@@ -314,6 +479,18 @@ mod tests {
         .unwrap_err();
         assert_eq!(problems.len(), 7, "{problems:#?}");
         assert!(problems[1].contains("not the token"), "{problems:#?}");
+        let problems = Tokens::from_toml(&format!(
+            "[[tokens]]\nname = \"r\"\nsha256 = \"{}\"\nscope = \"read\"\nsources = [\"*\"]\n",
+            sha("r")
+        ))
+        .unwrap_err();
+        assert!(problems[0].contains("`sources` is for write tokens"), "{problems:#?}");
+        let problems = Tokens::from_toml(&format!(
+            "[[tokens]]\nname = \"x\"\nsha256 = \"{}\"\nscope = \"admin\"\n",
+            sha("x")
+        ))
+        .unwrap_err();
+        assert!(problems[0].contains("unknown variant `admin`"), "{problems:#?}");
         assert!(Tokens::from_toml("").unwrap_err()[0].contains("no [[tokens]]"));
         assert!(Tokens::from_toml("[[tokens]]\nname = \"a\"\nsha = \"x\"\n").is_err());
     }
