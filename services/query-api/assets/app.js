@@ -12,6 +12,12 @@
   const FAIL_RECONNECT_MS = 5000; // after the stream could not be opened at all
   const RANGES = { '1h': 3600e3, '24h': 86400e3, '7d': 7 * 86400e3 };
   const BUCKET_MS = { '1m': 60e3, '5m': 300e3, '1h': 3600e3, '1d': 86400e3 };
+  // Each range starts with a bucket that draws a few hundred points; a
+  // bucket that would ask for more than a chart can show (or the API gives
+  // in one answer, --max-points 10000 by default) is not offered.
+  const DEFAULT_BUCKET = { '1h': '1m', '24h': '5m', '7d': '1h' };
+  const MAX_BUCKETS_PER_CHART = 1500;
+  const MAX_BUCKETS = 8000;
   const CHART_H = 200;
 
   const state = {
@@ -243,6 +249,7 @@
     state.device = name;
     state.metrics = (d.metrics || []).slice(0, 3);
     awaitingMetrics = state.metrics.length === 0;
+    fitBucket();
     $('#device').value = name;
     renderMetricBoxes();
     renderMap();
@@ -254,6 +261,7 @@
     const checked = new Set([...document.querySelectorAll('input[name=metric]:checked')].map((i) => i.value));
     const all = (deviceByName(state.device) || {}).metrics || [];
     state.metrics = all.filter((m) => checked.has(m));
+    fitBucket();
     restart();
   }
 
@@ -269,10 +277,29 @@
   function setRange(range) {
     if (!RANGES[range]) return;
     state.range = range;
+    state.bucket = DEFAULT_BUCKET[range];
     for (const b of document.querySelectorAll('button[data-range]')) {
       b.setAttribute('aria-pressed', String(b.dataset.range === range));
     }
+    fitBucket();
     if (state.mode === 'history') reloadHistory();
+  }
+
+  const bucketFits = (bucket) => {
+    const n = RANGES[state.range] / BUCKET_MS[bucket];
+    return n <= MAX_BUCKETS_PER_CHART && n * Math.max(1, state.metrics.length) <= MAX_BUCKETS;
+  };
+
+  // Offers only the buckets that fit the range and the chosen metrics; the
+  // bucket in use moves to the finest that fits when it no longer does.
+  function fitBucket() {
+    const options = [...$('#bucket').options];
+    for (const o of options) o.disabled = !bucketFits(o.value);
+    if (!bucketFits(state.bucket)) {
+      const fits = options.find((o) => !o.disabled);
+      state.bucket = fits ? fits.value : options[options.length - 1].value;
+    }
+    $('#bucket').value = state.bucket;
   }
 
   function setBucket(bucket) {
@@ -561,6 +588,7 @@
     svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
     svg.innerHTML = out;
     el.dataset.points = String(line.n);
+    el.dataset.span = String(x1 - x0); // ms on the x axis
   }
 
   // Value range covering the line and the band, widened to round tick values.
@@ -730,7 +758,7 @@
     });
     window.addEventListener('resize', scheduleDraw);
     document.body.dataset.mode = state.mode;
-    $('#bucket').value = state.bucket;
+    fitBucket();
     renderMap();
     poll(pollHealth, HEALTH_MS);
     poll(pollDevices, DEVICES_MS);

@@ -252,6 +252,24 @@ async fn the_dashboard_draws_live_points_and_a_history_in_a_real_browser() -> Re
     let path = dir.join("dashboard.png");
     browser.screenshot(&path).await?;
     eprintln!("dashboard screenshot: {}", path.display());
+    // A week: in hourly buckets (a week of minutes is more than a chart
+    // shows, and more than the API answers at once), loaded without error.
+    browser
+        .run("document.querySelector('button[data-range=\"7d\"]').click(); return true")
+        .await?;
+    browser
+        .wait_for(
+            "a week in hourly buckets",
+            &format!(
+                "const s = window.tributary.state, c = {chart}, w = s.historyWindow; \
+                 return s.bucket === '1h' && document.querySelector('#bucket').value === '1h' \
+                 && document.querySelector('#bucket option[value=\"1m\"]').disabled \
+                 && !!w && w.to - w.from >= 7 * 86400e3 && !!c && Number(c.dataset.points) >= 1 \
+                 && Number(c.dataset.span) >= 7 * 86400e3 \
+                 && document.querySelector('#banner').hidden"
+            ),
+        )
+        .await?;
     browser.close().await?;
     h.stop().await
 }
