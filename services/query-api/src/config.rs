@@ -36,7 +36,8 @@ pub struct Config {
     /// Live streams (`/v1/live`) open at once; more are answered 503.
     #[arg(long, env = "TRIBUTARY_MAX_LIVE_CLIENTS", default_value_t = 256)]
     pub max_live_clients: usize,
-    /// Events a live client may have waiting before it is dropped as too slow.
+    /// Events a live client may have waiting; a client whose buffer stays
+    /// full for 2 s is dropped as too slow.
     #[arg(long, env = "TRIBUTARY_LIVE_BUFFER", default_value_t = 4096)]
     pub live_buffer: usize,
     /// Longest a request may take before it is answered 503 `timeout`

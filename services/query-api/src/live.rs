@@ -7,8 +7,9 @@
 //! stream message carries that message's stream sequence as its `id`, so a
 //! client that reconnects with `Last-Event-ID` starts after the last message
 //! it received whole: nothing is missed (the events of a message it got only
-//! part of come again). A client that reads too slowly for its buffer is
-//! sent `event: end` saying so and disconnected: its memory stays bounded.
+//! part of come again). A client whose buffer stays full for 2 s is sent
+//! `event: end` saying so and disconnected: its memory stays bounded, and
+//! a burst larger than the buffer drops no one who keeps reading.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,6 +74,9 @@ const MAX_PATTERNS: usize = 100;
 /// How often an idle live stream sends a comment: it keeps proxies from
 /// closing it, and a client that left is noticed by the failed write.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// How long a client's full buffer may stay full before it is dropped as too slow.
+const SLOW_GRACE: Duration = Duration::from_secs(2);
 
 impl Filter {
     fn parse(params: &Params) -> Result<Self, ApiError> {
@@ -174,7 +178,7 @@ pub async fn live(
         .await
         .map_err(|e| ApiError::unavailable("nats_unavailable", 1, &e))?;
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(limits.buffer);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(limits.buffer + 1);
     tokio::spawn(async move {
         let _slot = slot;
         let end = |reason: &str| {
@@ -194,7 +198,7 @@ pub async fn live(
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(%error, "live stream: reading the metrics stream failed");
-                    let _ = tx.send(end("the metrics stream could not be read; reconnect")).await;
+                    let _ = tx.try_send(end("the metrics stream could not be read; reconnect"));
                     return;
                 }
             };
@@ -228,18 +232,23 @@ pub async fn live(
                 if i + 1 == wanted.len() {
                     sse = sse.id(sequence.to_string());
                 }
-                match tx.try_send(sse) {
-                    Ok(()) => {}
-                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                        metrics::counter!("tributary_live_clients_dropped_total").increment(1);
-                        // The reason reaches the client if it catches up a little.
-                        let why = end(
-                            "too slow: the client read events more slowly than they arrived; reconnect with Last-Event-ID",
-                        );
-                        let _ = tokio::time::timeout(Duration::from_secs(5), tx.send(why)).await;
+                // The last place in the buffer is kept for the reason a
+                // slow client is dropped, so that it always gets it. A full
+                // buffer is given SLOW_GRACE to make room: a burst (one
+                // payload of many metrics) is no reason to drop anyone.
+                if tx.capacity() <= 1 && !room_within(&tx, SLOW_GRACE).await {
+                    if tx.is_closed() {
                         return;
                     }
+                    metrics::counter!("tributary_live_clients_dropped_total").increment(1);
+                    let why = end(
+                        "too slow: the client read events more slowly than they arrived; reconnect with Last-Event-ID",
+                    );
+                    let _ = tx.try_send(why);
+                    return;
+                }
+                if tx.try_send(sse).is_err() {
+                    return; // the client left
                 }
             }
         }
@@ -247,6 +256,18 @@ pub async fn live(
     let events = tokio_stream_from(rx).map(Ok::<_, Infallible>);
     let keep_alive = KeepAlive::new().interval(KEEP_ALIVE);
     Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+}
+
+/// Waits until `tx` has more than its reserved place free, at most `grace`.
+async fn room_within(tx: &tokio::sync::mpsc::Sender<Event>, grace: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    while tx.capacity() <= 1 {
+        if tx.is_closed() || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// A receiver as a stream.

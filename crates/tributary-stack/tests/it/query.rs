@@ -396,3 +396,117 @@ async fn live_streams_beyond_the_cap_are_refused_until_one_closes() -> Result<()
     query.stop().await?;
     h.stop().await
 }
+
+#[tokio::test]
+async fn a_live_client_that_stops_reading_is_dropped_with_the_reason_and_one_that_reads_gets_everything() -> Result<()>
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tributary_schema::{Message as _, MetricBatch, MetricEvent, Value as EventValue};
+
+    const MESSAGES: i64 = 600;
+    const PER_MESSAGE: i64 = 100;
+    let h = Harness::start().await?;
+    let mut config = query_api::Config::for_database(&h.servers.database_url);
+    config.nats = tributary_runtime::NatsArgs::with_url(h.servers.nats.url());
+    config.max_live_clients = 2;
+    // Smaller than one message's events: bursts must not drop a reader.
+    config.live_buffer = 64;
+    let query = tributary_stack::Part::new(
+        "query-api",
+        query_api::start(config, tributary_runtime::CancellationToken::new()).await?,
+    );
+    query.wait_ready(DEADLINE).await?;
+    let live = format!("{}/v1/live?device=flood", query.url());
+
+    // A client that reads everything as it comes.
+    let response = h.http.get(&live).send().await?;
+    assert_eq!(response.status(), 200);
+    let mut reader = SseReader {
+        response,
+        buffer: String::new(),
+    };
+    let fast = tokio::spawn(async move {
+        let mut metrics = 0;
+        while metrics < MESSAGES * PER_MESSAGE {
+            let event = reader.next().await?;
+            anyhow::ensure!(
+                event.event == "metric",
+                "the reading client got {event:?} after {metrics} events"
+            );
+            metrics += 1;
+        }
+        anyhow::Ok(metrics)
+    });
+
+    // A client with a small receive window that reads the response head, then nothing.
+    let address: std::net::SocketAddr = query.url().trim_start_matches("http://").parse()?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut slow = socket.connect(address).await?;
+    slow.write_all(b"GET /v1/live?device=flood HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    slow.read_exact(&mut head).await?;
+    assert_eq!(&head, b"HTTP/1.1 200");
+
+    // Far more than the socket buffers (4 MiB at most here) and the
+    // 64-event buffer hold: 60,000 events, about 8 MB.
+    for n in 0..MESSAGES {
+        let events = (0..PER_MESSAGE)
+            .map(|m| MetricEvent {
+                device_id: "flood".into(),
+                metric: format!("m{m}"),
+                time_us: 1_700_000_000_000_000 + n * 1000 + m,
+                value: Some(EventValue::Number(n as f64)),
+                ..Default::default()
+            })
+            .collect();
+        let batch = MetricBatch {
+            events,
+            chunk: 0,
+            chunk_count: 1,
+        };
+        h.js.publish("metrics.flood", batch.encode_to_vec().into())
+            .await?
+            .await?;
+    }
+    assert_eq!(
+        fast.await??,
+        MESSAGES * PER_MESSAGE,
+        "the reading client got every event"
+    );
+
+    // The slow one is dropped: its place is free again, while it still has not read a byte more.
+    let another = format!("{}/v1/live?device=other", query.url());
+    tributary_testkit::wait_until(DEADLINE, "the slow client's place", || async {
+        h.http.get(&another).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await?;
+
+    // When it reads at last, it finds the reason after its last event, then the end of the body.
+    let mut text = Vec::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    tokio::time::timeout(DEADLINE, async {
+        while !text.ends_with(b"\r\n0\r\n\r\n") {
+            let n = slow.read(&mut buffer).await?;
+            anyhow::ensure!(n > 0, "the server closed the connection before the body ended");
+            text.extend_from_slice(&buffer[..n]);
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("reading the slow client's backlog")??;
+    let text = String::from_utf8_lossy(&text);
+    let end = text.find("event: end").context("no `event: end`")?;
+    assert!(text[end..].contains("too slow"), "{}", &text[end..]);
+    assert!(!text[end..].contains("event: metric"), "events after the end");
+    let delivered = text.matches("event: metric").count();
+    // What the socket buffers held, then the 64 of its own buffer: more
+    // than its buffer, fewer than were sent.
+    assert!(
+        (65..(MESSAGES * PER_MESSAGE) as usize).contains(&delivered),
+        "{delivered} events reached the slow client"
+    );
+    query.stop().await?;
+    h.stop().await
+}
