@@ -30,6 +30,25 @@ pub struct NatsArgs {
     /// NATS token. Never logged.
     #[arg(long = "nats-token", env = "TRIBUTARY_NATS_TOKEN", hide_env_values = true)]
     pub token: Option<SecretString>,
+    /// A file holding this service's NKey seed (`SU…`), for servers that
+    /// authenticate users by NKey. The seed never leaves the file and the process.
+    #[arg(long = "nats-nkey", env = "TRIBUTARY_NATS_NKEY")]
+    pub nkey: Option<PathBuf>,
+    /// Speak TLS to NATS even when the server does not ask first (a `tls://`
+    /// URL, --nats-ca-file or a client certificate imply it).
+    #[arg(long = "nats-tls", env = "TRIBUTARY_NATS_TLS")]
+    pub require_tls: bool,
+    /// TLS: the CA certificates (PEM) the server's certificate must chain
+    /// to. Unset: the system's trusted roots.
+    #[arg(long = "nats-ca-file", env = "TRIBUTARY_NATS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS: a client certificate chain (PEM), for servers that verify
+    /// clients; with --nats-client-key.
+    #[arg(long = "nats-client-cert", env = "TRIBUTARY_NATS_CLIENT_CERT")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(long = "nats-client-key", env = "TRIBUTARY_NATS_CLIENT_KEY")]
+    pub tls_client_key: Option<PathBuf>,
     /// How long to wait for a JetStream publish acknowledgement or API reply.
     #[arg(long = "nats-request-timeout", env = "TRIBUTARY_NATS_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -44,6 +63,11 @@ impl std::fmt::Debug for NatsArgs {
             .field("user", &self.user)
             .field("password", &hidden(&self.password))
             .field("token", &hidden(&self.token))
+            .field("nkey", &self.nkey)
+            .field("require_tls", &self.require_tls)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
             .field("request_timeout", &self.request_timeout)
             .finish()
     }
@@ -75,6 +99,11 @@ impl NatsArgs {
             user: None,
             password: None,
             token: None,
+            nkey: None,
+            require_tls: false,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             request_timeout: Duration::from_secs(5),
         }
     }
@@ -88,10 +117,29 @@ impl NatsArgs {
         if self.user.is_some() != self.password.is_some() {
             problems.push("--nats-user and --nats-password go together".to_owned());
         }
-        let methods =
-            usize::from(self.creds.is_some()) + usize::from(self.user.is_some()) + usize::from(self.token.is_some());
+        let methods = usize::from(self.creds.is_some())
+            + usize::from(self.user.is_some())
+            + usize::from(self.token.is_some())
+            + usize::from(self.nkey.is_some());
         if methods > 1 {
-            problems.push("choose one of --nats-creds, --nats-user/--nats-password, --nats-token".to_owned());
+            problems
+                .push("choose one of --nats-creds, --nats-user/--nats-password, --nats-token, --nats-nkey".to_owned());
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            problems.push("--nats-client-cert and --nats-client-key go together".to_owned());
+        }
+        for (flag, path) in [
+            ("--nats-creds", &self.creds),
+            ("--nats-nkey", &self.nkey),
+            ("--nats-ca-file", &self.tls_ca_file),
+            ("--nats-client-cert", &self.tls_client_cert),
+            ("--nats-client-key", &self.tls_client_key),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::metadata(path)
+            {
+                problems.push(format!("{flag} {}: {e}", path.display()));
+            }
         }
         if self.request_timeout.is_zero() {
             problems.push("--nats-request-timeout must be more than zero".to_owned());

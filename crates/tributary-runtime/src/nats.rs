@@ -11,6 +11,8 @@ use crate::config::NatsArgs;
 pub enum ConnectError {
     #[error("reading NATS credentials file {path}: {source}")]
     Credentials { path: String, source: std::io::Error },
+    #[error("reading the NATS NKey seed file {path}: {reason}")]
+    Nkey { path: String, reason: String },
     #[error("connecting to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -24,12 +26,17 @@ pub enum ConnectError {
 /// servers and services is fine); later disconnects are retried forever with
 /// a backoff capped at two seconds. A short ping interval notices a dead
 /// server within seconds, so readiness and HTTP answers reflect it quickly.
+///
+/// Replies come to `_INBOX.<client_name>.…`, so a least-privilege server
+/// configuration can let each service subscribe to its own replies only
+/// (`deploy/nats-auth.conf`): no service can read another's deliveries.
 pub async fn connect(
     args: &NatsArgs,
     client_name: &str,
 ) -> Result<(async_nats::Client, async_nats::jetstream::Context), ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(client_name)
+        .custom_inbox_prefix(format!("_INBOX.{client_name}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .ping_interval(Duration::from_secs(2))
@@ -57,6 +64,29 @@ pub async fn connect(
     }
     if let Some(token) = &args.token {
         options = options.token(token.expose_secret().to_owned());
+    }
+    if let Some(path) = &args.nkey {
+        let nkey_error = |reason: String| ConnectError::Nkey {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| nkey_error(e.to_string()))?;
+        // The seed is the one line starting with `SU` (a file made by `nk -gen user`).
+        let seed = text
+            .lines()
+            .map(str::trim)
+            .find(|line| line.starts_with("SU"))
+            .ok_or_else(|| nkey_error("no user seed (a line starting with SU) in it".to_owned()))?;
+        options = options.nkey(seed.to_owned());
+    }
+    if args.require_tls || args.tls_ca_file.is_some() || args.tls_client_cert.is_some() {
+        options = options.require_tls(true);
+    }
+    if let Some(path) = &args.tls_ca_file {
+        options = options.add_root_certificates(path.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_client_cert, &args.tls_client_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
     }
     let client = options
         .connect(args.url.as_str())

@@ -75,6 +75,24 @@ impl Mosquitto {
         })
     }
 
+    /// A broker on a free loopback port with `extra` settings placed before
+    /// the generated ones, and `files` (name, contents) written into its
+    /// directory first; `{dir}` in `extra` stands for that directory. With
+    /// `allow_anonymous` in `extra`, anonymous clients are as it says.
+    pub fn start_with_files(extra: &str, files: &[(&str, &str)]) -> Result<Self> {
+        let dir = ServerDir::temp("tributary-mosquitto-")?;
+        for (name, contents) in files {
+            fs::write(dir.path().join(name), contents).with_context(|| format!("writing {name}"))?;
+        }
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        Self::launch(dir, None, extra)
+    }
+
+    /// The broker's directory (its configuration, log and persistence file).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// A broker that speaks only TLS (MQTT over TLS, `mqtts://`) on its
     /// port: `cert_pem`/`key_pem` are its certificate and key, and every
     /// client must present a certificate signed by `ca_pem` (its subject's
@@ -166,7 +184,7 @@ impl Drop for Mosquitto {
 fn spawn(dir: &Path, port: u16, extra: &str, listener: &str, kept: bool) -> Result<ServerProcess, StartFailure> {
     let conf = dir.join("mosquitto.conf");
     let log = dir.join("mosquitto.log");
-    fs::write(&conf, format!("{extra}\n{}", config(dir, port, listener)))
+    fs::write(&conf, format!("{extra}\n{}", config(dir, port, listener, extra)))
         .with_context(|| format!("writing {}", conf.display()))?;
     // Started as root, mosquitto drops to user `mosquitto` and then opens its
     // log and persistence file itself: hand it the directory.
@@ -186,13 +204,19 @@ fn spawn(dir: &Path, port: u16, extra: &str, listener: &str, kept: bool) -> Resu
     })
 }
 
-fn config(dir: &Path, port: u16, listener: &str) -> String {
+fn config(dir: &Path, port: u16, listener: &str, extra: &str) -> String {
+    // Anonymous clients are let in unless the caller's settings decide.
+    let anonymous = if extra.contains("allow_anonymous") {
+        ""
+    } else {
+        "allow_anonymous true\n"
+    };
     let dir = dir.display();
     format!(
         "# Written by tributary-testkit; rewritten at every start.\n\
          listener {port} 127.0.0.1\n\
          {listener}\
-         allow_anonymous true\n\
+         {anonymous}\
          persistence true\n\
          persistence_location {dir}/\n\
          max_queued_messages 100000\n\

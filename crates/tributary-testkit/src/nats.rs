@@ -109,6 +109,11 @@ impl NatsServer {
         self.port.expect("the port is known once start() has returned")
     }
 
+    /// The server's log (permission violations, for one, are written there).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats.log")
+    }
+
     /// The JetStream store directory (`-sd`); it survives `restart()`.
     pub fn store_dir(&self) -> PathBuf {
         store_dir(self.dir.path())
@@ -260,10 +265,14 @@ fn binary() -> Result<PathBuf> {
 }
 
 /// The client port from `DIR/nats-server_<pid>.ports`, which the server
-/// writes once it accepts connections: `{"nats":["nats://127.0.0.1:PORT"],...}`.
+/// writes once it accepts connections: `{"nats":["nats://127.0.0.1:PORT"],...}`
+/// (`tls://…` with TLS on).
 fn read_ports_file(dir: &Path, pid: u32) -> Option<u16> {
     let text = fs::read_to_string(dir.join(format!("nats-server_{pid}.ports"))).ok()?;
-    let (_, rest) = text.split_once("\"nats://127.0.0.1:")?;
+    // `tls://` when the configuration has a `tls` block.
+    let (_, rest) = text
+        .split_once("\"nats://127.0.0.1:")
+        .or_else(|| text.split_once("\"tls://127.0.0.1:"))?;
     // Requiring the closing quote rejects a half-written file.
     let (digits, _) = rest.split_once('"')?;
     digits.parse().ok()

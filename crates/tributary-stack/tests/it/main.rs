@@ -10,6 +10,7 @@ mod feeds;
 mod formats;
 mod framing;
 mod influx;
+mod least_privilege;
 mod mqtt_bridge;
 mod pipeline;
 mod processes;
