@@ -37,11 +37,20 @@ bench-formats *ARGS:
     cargo build --release --locked -p tributary-bench --bin tributary-format-costs
     target/release/tributary-format-costs {{ARGS}}
 
-# Fuzz one payload decoder for a while (items, senml_json, senml_cbor,
-# line_protocol, mapped_json, routes, sparkplug). Needs `cargo install cargo-fuzz` and a
-# nightly toolchain; crashes land in fuzz/artifacts/<target>/.
+# Fuzz one parser of untrusted bytes for a while (items, senml_json,
+# senml_cbor, line_protocol, mapped_json, routes, sparkplug, subjects,
+# query_params, feed_framing). Needs `cargo install cargo-fuzz` and a nightly
+# toolchain; crashes land in fuzz/artifacts/<target>/.
 fuzz TARGET="items" SECONDS="60":
     cd fuzz && cargo +nightly fuzz run {{TARGET}} -- -max_total_time={{SECONDS}}
+
+# Fuzz every parser in turn, SECONDS each; one summary line per target.
+fuzz-all SECONDS="600":
+    cd fuzz && for target in $(cargo +nightly fuzz list); do \
+        cargo +nightly fuzz run "$target" -- -max_total_time={{SECONDS}} > "/tmp/fuzz-$target.log" 2>&1 \
+            && echo "$target: {{SECONDS}} s, no crash ($(grep -o 'cov: [0-9]*' "/tmp/fuzz-$target.log" | tail -1))" \
+            || echo "$target: CRASH, see /tmp/fuzz-$target.log and fuzz/artifacts/$target/"; \
+    done
 
 # Formatting and lints, warnings denied.
 lint:
@@ -61,10 +70,10 @@ install-servers:
 check-servers:
     bash .ci/install-servers --check
 
-# Build the four service images (needs a Docker engine).
+# Build the five container images, tributary-<target>:TAG (needs a Docker engine with BuildKit).
 images TAG="dev":
-    for service in producer transformer sink query-api; do \
-        docker build -f docker/Dockerfile --target "$service" -t "tributary-$service:{{TAG}}" . ; \
+    for target in producer transformer sink query-api simulator; do \
+        docker build -f docker/Dockerfile --target "$target" -t "tributary-$target:{{TAG}}" . ; \
     done
 
 # Remove `just dev`'s kept server data.

@@ -11,6 +11,7 @@ mod formats;
 mod framing;
 mod influx;
 mod least_privilege;
+mod manifests;
 mod mqtt_bridge;
 mod pipeline;
 mod processes;
