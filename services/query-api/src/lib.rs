@@ -10,7 +10,8 @@
 pub mod config;
 pub mod http;
 mod live;
-mod params;
+#[doc(hidden)]
+pub mod params; // public for the fuzz targets only
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
