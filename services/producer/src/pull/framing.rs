@@ -80,6 +80,8 @@ impl Lines {
 /// ignored. An event without data is not a record.
 #[derive(Debug)]
 pub struct Events {
+    /// The longest event data that is a record.
+    limit: usize,
     lines: Lines,
     data: Vec<u8>,
     has_data: bool,
@@ -91,7 +93,8 @@ pub struct Events {
 impl Events {
     pub fn new(limit: usize) -> Self {
         Self {
-            // A field line may be as long as a whole event.
+            limit,
+            // A field line may be as long as a whole event, plus its name.
             lines: Lines::new(limit + 16),
             data: Vec::new(),
             has_data: false,
@@ -118,8 +121,14 @@ impl Events {
 
     fn feed_line_part(&mut self, part: &[u8], complete: bool, out: &mut Vec<Cut>) {
         let mut cut = Vec::new();
-        // Reuse `Lines` for the length limit and `\r` handling.
+        // Reuse `Lines` for the length limit and `\r` handling. A line goes
+        // over the limit in whichever chunk takes it there, whole or not.
         self.lines.push(part, &mut cut);
+        for over in cut.drain(..) {
+            if let Cut::Oversize { excerpt } = over {
+                self.oversize_field(&excerpt);
+            }
+        }
         if !complete {
             return;
         }
@@ -127,7 +136,7 @@ impl Events {
         self.lines.push(b"\n", &mut cut);
         match cut.pop() {
             Some(Cut::Record { data, .. }) => self.field(&data),
-            Some(Cut::Oversize { .. }) => self.oversize = true,
+            Some(Cut::Oversize { excerpt }) => self.oversize_field(&excerpt),
             None if was_blank => self.dispatch(out),
             None => {}
         }
@@ -151,7 +160,7 @@ impl Events {
                 }
                 self.data.extend_from_slice(value);
                 self.has_data = true;
-                if self.data.len() > self.lines.limit {
+                if self.data.len() > self.limit {
                     self.oversize = true;
                 }
             }
@@ -161,10 +170,30 @@ impl Events {
         }
     }
 
+    /// A field line longer than the limit, of which `excerpt` is the head:
+    /// a `data` line makes its event oversize (its excerpt is the data the
+    /// head holds); any other (a comment used as padding, an unknown field,
+    /// an absurd id) is ignored, as a short one would be.
+    fn oversize_field(&mut self, excerpt: &[u8]) {
+        let Some(value) = excerpt
+            .strip_prefix(b"data:")
+            .map(|value| value.strip_prefix(b" ").unwrap_or(value))
+        else {
+            return;
+        };
+        if self.has_data {
+            self.data.push(b'\n');
+        }
+        let room = (self.limit + 1).saturating_sub(self.data.len());
+        self.data.extend_from_slice(&value[..value.len().min(room)]);
+        self.has_data = true;
+        self.oversize = true;
+    }
+
     fn dispatch(&mut self, out: &mut Vec<Cut>) {
         let data = std::mem::take(&mut self.data);
         if self.oversize {
-            let keep = data.len().min(self.lines.limit);
+            let keep = data.len().min(self.limit);
             out.push(Cut::Oversize {
                 excerpt: Bytes::copy_from_slice(&data[..keep]),
             });
@@ -298,9 +327,47 @@ mod tests {
                 events.push(chunk, &mut out);
             }
             for cut in &out {
-                let (Cut::Record { data, .. } | Cut::Oversize { excerpt: data }) = cut;
-                assert!(data.len() <= 17, "{data:?}");
+                match cut {
+                    Cut::Record { data, .. } => assert!(data.len() <= 16, "{data:?}"),
+                    Cut::Oversize { excerpt } => assert_eq!(excerpt.len(), 16, "{excerpt:?}"),
+                }
             }
         }
+    }
+
+    /// Found by the `feed_framing` fuzz target: a field line over the limit
+    /// that is not data (a padding comment, an unknown field) made its event
+    /// an oversize record with an empty excerpt. It is ignored now, as a
+    /// short one is; an over-long data line gives an excerpt of the limit.
+    #[test]
+    fn over_long_lines_that_are_not_data_are_ignored() {
+        let padding = ":".repeat(100);
+        let unknown = "x".repeat(100);
+        let data = "d".repeat(100);
+        let text = format!("{padding}\ndata: a\n\n{unknown}\n\ndata: {data}\nid: 5\n\ndata: b\n\n");
+        let cuts = each_split(text.as_bytes(), |chunks| {
+            let mut events = Events::new(20);
+            let mut out = Vec::new();
+            for chunk in chunks {
+                events.push(chunk, &mut out);
+            }
+            out
+        });
+        assert_eq!(
+            records(&cuts),
+            [
+                ("a".to_owned(), None),
+                ("OVERSIZE 20".to_owned(), None),
+                ("b".to_owned(), Some("5".to_owned())),
+            ]
+        );
+        // The fuzzer's input itself: one over-long line of neither kind.
+        let mut crash = vec![0xff; 10];
+        crash.extend([0x0c; 28]);
+        crash.extend([0xff; 42]);
+        crash.extend([0x83, 0x08, 0x0a, 0x0a, 0x0a]);
+        let mut out = Vec::new();
+        Events::new(64).push(&crash, &mut out);
+        assert_eq!(out, []);
     }
 }
