@@ -108,11 +108,22 @@ impl NatsArgs {
         }
     }
 
+    /// The server URLs of `--nats-url`, each on its own (the client tries
+    /// them all, and reconnects to any).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    }
+
     /// Reports every problem at once, before any I/O.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.url.trim().is_empty() {
+        if self.urls().is_empty() {
             problems.push("--nats-url must not be empty".to_owned());
+        }
+        for url in self.urls() {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                problems.push(format!("--nats-url {}: {e}", redact_nats_urls(url)));
+            }
         }
         if self.user.is_some() != self.password.is_some() {
             problems.push("--nats-user and --nats-password go together".to_owned());
@@ -394,6 +405,19 @@ mod tests {
             printed.contains("nats://***@a:4222,nats://***@b:4222,nats://c:4222"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn several_nats_urls_are_each_checked() {
+        let args = NatsArgs::with_url("nats://a:4222, tls://b:4222 ,c:4222");
+        assert_eq!(args.urls(), ["nats://a:4222", "tls://b:4222", "c:4222"]);
+        assert!(args.validate().is_ok());
+        let problems = NatsArgs::with_url("nats://a:4222,nats://s3cret@b:notaport")
+            .validate()
+            .unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(!problems[0].contains("s3cret"), "{problems:?}");
+        assert!(NatsArgs::with_url(" , ").validate().is_err());
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub async fn connect(
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
     let client = options
-        .connect(args.url.as_str())
+        .connect(args.urls())
         .await
         .map_err(|source| ConnectError::Connect {
             url: crate::config::redact_nats_urls(&args.url),

@@ -33,6 +33,8 @@ pub struct NatsServer {
     /// A configuration file passed with `-c` (the flags still set address,
     /// port and store, and win over it).
     config: Option<PathBuf>,
+    /// `--server_name`: unique in a cluster.
+    name: String,
     process: Option<ServerProcess>,
 }
 
@@ -85,14 +87,57 @@ impl NatsServer {
     }
 
     fn launch(dir: ServerDir, port: Option<u16>, config: Option<PathBuf>) -> Result<Self> {
+        Self::launch_named(dir, port, config, "tributary-testkit".to_owned())
+    }
+
+    fn launch_named(dir: ServerDir, port: Option<u16>, config: Option<PathBuf>, name: String) -> Result<Self> {
         let mut server = Self {
             dir,
             port,
             config,
+            name,
             process: None,
         };
         server.restart_blocking()?;
         Ok(server)
+    }
+
+    /// A JetStream cluster of `size` servers on loopback ports (named
+    /// `node-1`…, each with its own temporary store, routes to all the
+    /// others), for streams with replicas. Each server stops, restarts,
+    /// pauses and is killed on its own; [`NatsServer::cluster_url`] lists
+    /// them all for a client.
+    pub fn start_cluster(size: usize) -> Result<Vec<Self>> {
+        let routes: Vec<u16> = (0..size).map(|_| crate::free_port()).collect::<Result<_>>()?;
+        let mut nodes = Vec::with_capacity(size);
+        for (i, route) in routes.iter().enumerate() {
+            let dir = ServerDir::temp("tributary-nats-node-")?;
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|r| *r != route)
+                .map(|r| format!("\"nats-route://127.0.0.1:{r}\""))
+                .collect();
+            let config = format!(
+                "jetstream {{ {TEST_STORE} }}\n\
+                 cluster {{\n  name: tributary-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n}}\n",
+                others.join(", ")
+            );
+            let path = dir.path().join("nats.conf");
+            fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+            nodes.push(Self::launch_named(dir, None, Some(path), format!("node-{}", i + 1))?);
+        }
+        Ok(nodes)
+    }
+
+    /// The client URLs of every server of a cluster, comma-separated (as
+    /// `--nats-url` takes them).
+    pub fn cluster_url(nodes: &[Self]) -> String {
+        nodes.iter().map(Self::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The `--server_name` this server runs with.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The server's process id while it runs (for reading its CPU and memory in `/proc`).
@@ -184,6 +229,7 @@ impl NatsServer {
             kept: !self.dir.is_temp(),
             port: self.port,
             config: self.config.clone(),
+            name: self.name.clone(),
         }
     }
 }
@@ -194,6 +240,7 @@ struct Launch {
     kept: bool,
     port: Option<u16>,
     config: Option<PathBuf>,
+    name: String,
 }
 
 impl Launch {
@@ -215,15 +262,7 @@ impl Launch {
             cmd.arg("-c").arg(config);
         }
         cmd.current_dir(dir)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port_arg,
-                "--server_name",
-                "tributary-testkit",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "--server_name", &self.name])
             .arg("--ports_file_dir")
             .arg(dir)
             .arg("-sd")
