@@ -32,6 +32,14 @@ bench-store *ARGS: check-servers
     cargo build --release --locked -p tributary-bench
     target/release/tributary-store-shapes {{ARGS}}
 
+# The chaos ledger (issue 13): the release pipeline under process kills,
+# failpoint exits, server restarts and network faults while it ingests, then
+# every event accounted for in one line (`just chaos --help`). Acceptance needs
+# at least 200,000 events and 20 faults of every kind: the defaults.
+chaos *ARGS: check-servers
+    cargo build --release --locked -p producer -p transformer -p sink -p tributary-chaos
+    target/release/tributary-chaos --release {{ARGS}}
+
 # What decoding costs per row in each payload format (CPU only, no servers).
 bench-formats *ARGS:
     cargo build --release --locked -p tributary-bench --bin tributary-format-costs

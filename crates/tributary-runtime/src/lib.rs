@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod dlq;
+pub mod failpoint;
 pub mod http_error;
 pub mod nats;
 pub mod retry;

@@ -321,6 +321,19 @@ where
         }
         return ExitCode::from(2);
     }
+    match crate::failpoint::check() {
+        Ok(None) => {}
+        Ok(Some(points)) => {
+            tracing::warn!(%points, "test failpoints are set (TRIBUTARY_FAILPOINTS): never in production")
+        }
+        Err(problem) => {
+            #[expect(clippy::print_stderr, reason = "the operator's terminal, before logging matters")]
+            {
+                eprintln!("tributary-{service}: invalid configuration:\n  - {problem}");
+            }
+            return ExitCode::from(2);
+        }
+    }
     let grace = config.shutdown_grace();
     let shutdown = crate::shutdown::shutdown_on_signals();
     crate::shutdown::run_until_signalled(service, run(config, shutdown.clone()), shutdown, grace).await

@@ -330,6 +330,9 @@ pub struct Store {
     columnar_after: Option<Duration>,
     /// Months (year * 12 + month - 1) whose partition is known to exist.
     partitions: Mutex<HashSet<i32>>,
+    /// Called inside every write transaction once its rows are written,
+    /// just before it commits (the sink's `sink.mid_batch` failpoint).
+    before_commit: Option<fn()>,
 }
 
 /// SQLSTATE of a unique-key violation.
@@ -368,7 +371,23 @@ impl Store {
             dialect: config.dialect,
             columnar_after: config.columnar_after,
             partitions: Mutex::new(HashSet::new()),
+            before_commit: None,
         })
+    }
+
+    /// Calls `hook` inside every write transaction once its rows are
+    /// written (the `COPY`, into the table or the staging table, and what
+    /// follows it), just before the commit: the sink passes its mid-batch
+    /// failpoint there.
+    pub fn with_before_commit(mut self, hook: fn()) -> Self {
+        self.before_commit = Some(hook);
+        self
+    }
+
+    fn before_commit(&self) {
+        if let Some(hook) = self.before_commit {
+            hook();
+        }
     }
 
     /// The table name.
@@ -502,6 +521,7 @@ impl Store {
             });
             self.upsert_rollups(&mut tx, numbers).await?;
         }
+        self.before_commit();
         tx.commit().await?;
         Ok(Written { added, corrected: 0 })
     }
@@ -556,6 +576,7 @@ impl Store {
                 self.recompute_rollups(&mut tx, &corrected).await?;
             }
         }
+        self.before_commit();
         tx.commit().await?;
         Ok(written)
     }

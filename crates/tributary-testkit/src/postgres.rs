@@ -22,6 +22,8 @@ const STOP: &[StopStep] = &[
     (libc::SIGINT, Duration::from_secs(30)),
     (libc::SIGQUIT, Duration::from_secs(10)),
 ];
+/// PostgreSQL's immediate shutdown: a crash, as far as the data is concerned.
+const IMMEDIATE: &[StopStep] = &[(libc::SIGQUIT, Duration::from_secs(10))];
 
 /// A PostgreSQL server child process with trust authentication on loopback
 /// for user `postgres`.
@@ -123,6 +125,15 @@ impl Postgres {
     pub async fn stop(&mut self) -> Result<()> {
         let process = self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
         stop_off_runtime(process, STOP, "stopping PostgreSQL").await
+    }
+
+    /// Immediate shutdown (SIGQUIT), as `pg_ctl stop -m immediate`: every
+    /// backend quits at once without a checkpoint, and the next start
+    /// recovers from the WAL, as after a crash. Without blocking the async
+    /// runtime; a no-op when it is not running.
+    pub async fn stop_immediate(&mut self) -> Result<()> {
+        let process = self.process.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stop_off_runtime(process, IMMEDIATE, "stopping PostgreSQL immediately").await
     }
 
     /// Stops if running and starts again on the same port with the same

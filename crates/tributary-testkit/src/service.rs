@@ -157,6 +157,31 @@ impl ServiceProcess {
         Ok(status)
     }
 
+    /// Whether it has exited by itself: its status (reaped) once it has,
+    /// `None` while it runs. Never waits.
+    pub fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
+        let child = self.child.as_mut().context("not running")?;
+        let status = child.try_wait()?;
+        if status.is_some() {
+            self.child = None;
+        }
+        Ok(status)
+    }
+
+    /// Whether it is running (started and not known to have exited).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sets (`Some`) or removes (`None`) a variable for the next
+    /// [`ServiceProcess::restart`]; the running process keeps what it had.
+    pub fn set_env(&mut self, key: &str, value: Option<String>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value));
+        }
+    }
+
     /// Starts it again on the same port with the same settings (after a
     /// kill or an exit).
     pub fn restart(&mut self) -> Result<()> {

@@ -243,6 +243,7 @@ async fn accept(
             ),
             _ => ApiError::unavailable("stream_unavailable", 1, &e),
         })?;
+    tributary_runtime::failpoint::hit("producer.http_after_publish");
     let body = serde_json::json!({
         "status": "accepted",
         "id": msg_id,

@@ -415,6 +415,7 @@ async fn ack_in_order(
             },
             Some(done) = pending.next() => {
                 if let Some(publish) = done {
+                    tributary_runtime::failpoint::hit("producer.mqtt_after_publish");
                     metrics::counter!("tributary_ingest_requests_total", "transport" => "mqtt", "outcome" => "accepted").increment(1);
                     if let Err(error) = client.ack(&publish).await {
                         tracing::warn!(%error, "MQTT PUBACK could not be queued");

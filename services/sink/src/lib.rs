@@ -45,7 +45,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     config.validate().map_err(Error::Config)?;
     let (listener, addr) = tributary_runtime::server::bind(config.listen).await?;
     let (client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-sink").await?;
-    let store = Arc::new(Store::connect_lazy(&config.store_config())?);
+    // A test failpoint (tributary_runtime::failpoint): rows written, not committed.
+    let mid_batch = || {
+        tributary_runtime::failpoint::hit("sink.mid_batch");
+    };
+    let store = Arc::new(Store::connect_lazy(&config.store_config())?.with_before_commit(mid_batch));
 
     let mut service = Supervisor::new("sink", shutdown.clone());
     let readiness = service.readiness().clone();

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use tributary_runtime::CancellationToken;
+use tributary_runtime::{CancellationToken, failpoint};
 use tributary_schema::{Message as _, MetricBatch, MetricEvent, Value};
 use tributary_store::{Row, RowValue, Store, StoreError, Transient as _};
 
@@ -227,6 +227,16 @@ impl Pipeline {
     /// with progress acks); a batch the database refuses for good is halved
     /// until the refused events are isolated and dead-lettered.
     async fn flush(&self, mut batch: Batch, shutdown: &CancellationToken) {
+        if failpoint::hit("sink.ack_before_commit") {
+            // Broken on purpose, for the chaos ledger's own test: the
+            // batch is acknowledged and never written.
+            self.ack_all(batch.messages.iter().map(|t| &t.message)).await;
+            tracing::warn!(
+                rows = batch.rows.len(),
+                "test failpoint: acknowledged a batch and dropped it"
+            );
+            return;
+        }
         let started = Instant::now();
         let mut written = Written::default();
         // Ranges of rows still to write; the first half of a split is written first.
@@ -275,6 +285,7 @@ impl Pipeline {
             }
         }
         self.db_ok.store(true, Ordering::Relaxed);
+        failpoint::hit("sink.after_commit");
         let held = batch.messages.iter().filter(|t| t.hold).count();
         self.ack_all(batch.messages.iter().filter(|t| !t.hold).map(|t| &t.message))
             .await;

@@ -449,6 +449,7 @@ impl Pipeline {
             tracing::warn!("test failpoint: leaving a transformed raw message unacknowledged");
             return;
         }
+        tributary_runtime::failpoint::hit("transformer.after_publish");
         match entry.message.ack().await {
             Ok(()) => {
                 state.tally.transformed += 1;

@@ -1,0 +1,99 @@
+//! What the clients saw: every attempt to send a payload, as ok (`202` or
+//! PUBACK), failed (a definite `4xx`) or unknown (a timeout, a reset, a
+//! refused connection, a `503`: it may or may not have been stored).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Ok,
+    Failed,
+    Unknown,
+}
+
+/// What became of one payload, as far as its client knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fate {
+    /// Some attempt was acknowledged.
+    pub acked: bool,
+    /// Some attempt was refused for good.
+    pub failed: bool,
+    /// Attempts whose outcome was unknown.
+    pub unknown: u32,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The record of every payload's attempts, shared by the senders.
+#[derive(Debug)]
+pub struct Ledger {
+    fates: Mutex<Vec<Fate>>,
+    /// Payloads handed to a sender so far (the fault schedule follows it).
+    dispatched: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new(payloads: usize) -> Self {
+        Self {
+            fates: Mutex::new(vec![Fate::default(); payloads]),
+            dispatched: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one attempt of payload `index`.
+    pub fn record(&self, index: usize, attempt: Attempt) {
+        let mut fates = self.fates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fate = &mut fates[index];
+        fate.attempts += 1;
+        match attempt {
+            Attempt::Ok => fate.acked = true,
+            Attempt::Failed => fate.failed = true,
+            Attempt::Unknown => fate.unknown += 1,
+        }
+    }
+
+    /// A payload is on its way (its first attempt starts now).
+    pub fn dispatched(&self) {
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dispatched_count(&self) -> u64 {
+        self.dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Every payload's fate, in plan order.
+    pub fn fates(&self) -> Vec<Fate> {
+        self.fates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_attempts_per_payload() {
+        let ledger = Ledger::new(3);
+        ledger.record(0, Attempt::Unknown);
+        ledger.record(0, Attempt::Unknown);
+        ledger.record(0, Attempt::Ok);
+        ledger.record(2, Attempt::Failed);
+        let fates = ledger.fates();
+        assert_eq!(
+            fates[0],
+            Fate {
+                acked: true,
+                failed: false,
+                unknown: 2,
+                attempts: 3
+            }
+        );
+        assert_eq!(fates[1], Fate::default());
+        assert!(fates[2].failed && !fates[2].acked);
+    }
+}

@@ -1,0 +1,90 @@
+//! `tributary-chaos` (`just chaos`): see the crate's documentation and
+//! README.md, "Reliability: the chaos ledger". Prints one summary line on
+//! stdout; exits 1 when anything was lost, doubled or unexpected (with the
+//! seed that reproduces the run), 2 when the run itself could not be made.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = tributary_chaos::Args::parse();
+    // Logs on stderr: stdout is for the summary line alone.
+    let filter = std::env::var("TRIBUTARY_LOG").unwrap_or_else(|_| "info,sqlx=error,async_nats=error".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // The same seed for the plan and the schedule, and for the message below.
+    let args = tributary_chaos::Args {
+        seed: Some(args.seed()),
+        ..args
+    };
+    match tributary_chaos::run(&args).await {
+        Ok(outcome) => {
+            report(&outcome);
+            if outcome.verdict.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            complain(&format!("tributary-chaos (seed {}): {error:#}", args.seed()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "the summary line is the program's output")]
+fn report(outcome: &tributary_chaos::Outcome) {
+    let verdict = &outcome.verdict;
+    let faults = &outcome.faults;
+    let mut lines = vec![format!("took {:.0} s", outcome.elapsed.as_secs_f64())];
+    lines.push(format!("faults by kind: {:?}", faults.executed));
+    lines.push(format!("failpoint exits by point: {:?}", faults.failpoint_exits));
+    if faults.unscheduled_failpoint_exits > 0 {
+        lines.push(format!("--failpoint exits: {}", faults.unscheduled_failpoint_exits));
+    }
+    for (what, list) in [
+        (
+            "armed failpoints never reached",
+            faults.failpoint_misses.iter().map(|s| s.to_string()).collect(),
+        ),
+        ("unclean exits after SIGTERM", faults.unclean_sigterms.clone()),
+        ("services that exited by themselves", faults.crashes.clone()),
+        ("slow recoveries", faults.slow_recoveries.clone()),
+    ] {
+        let list: Vec<String> = list;
+        if !list.is_empty() {
+            lines.push(format!("{what}: {}", list.join("; ")));
+        }
+    }
+    if faults.held_after_sigterm.values().any(|n| *n > 0) {
+        lines.push(format!(
+            "messages left unacknowledged by services that exited after SIGTERM (redelivered): {:?}",
+            faults.held_after_sigterm
+        ));
+    }
+    lines.extend(verdict.details.iter().cloned());
+    if let Some(dir) = &outcome.kept {
+        lines.push(format!("logs and data kept in {}", dir.display()));
+    }
+    if !verdict.passed() {
+        lines.push(format!(
+            "FAILED: reproduce with `just chaos --seed {} --events {}` and the same other flags",
+            verdict.seed, verdict.events
+        ));
+    }
+    complain(&lines.join("\n"));
+    println!("{verdict}");
+}
+
+#[expect(
+    clippy::print_stderr,
+    reason = "details go to stderr, the summary line alone to stdout"
+)]
+fn complain(text: &str) {
+    eprintln!("{text}");
+}
