@@ -124,21 +124,38 @@ async fn publish(
     // Header values must be one line.
     headers.insert(headers::DLQ_ERROR, error.replace(['\r', '\n'], " ").as_str());
     headers.insert(headers::DLQ_ORIGINAL_SUBJECT, message.subject.as_str());
-    if let Some(id) = message.headers.as_ref().and_then(|h| h.get(headers::MSG_ID)) {
+    let original_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(headers::MSG_ID))
+        .map(|id| id.as_str().to_owned());
+    if let Some(id) = &original_id {
         headers.insert(headers::DLQ_ORIGINAL_MSG_ID, id.as_str());
     }
     if let Some(part) = part {
         headers.insert(headers::DLQ_ORIGINAL_PART, part.to_string().as_str());
     }
-    if let Ok(info) = message.info() {
+    let info = message.info().ok();
+    if let Some(info) = &info {
         headers.insert(
             headers::DLQ_ORIGINAL_SEQUENCE,
             info.stream_sequence.to_string().as_str(),
         );
-        // A redelivery of the same stream message is the same dead letter.
+    }
+    // One dead letter per message, however often it is delivered, and even
+    // when a nats-server that crashed forgot its duplicate window and stored
+    // the message twice: keyed by the message's own id (our publishers
+    // always set one), else by its place in the stream. The dead-letter
+    // stream keeps its messages, so its own window survives a restart.
+    let key = match (original_id, &info) {
+        (Some(id), _) => Some(id),
+        (None, Some(info)) => Some(format!("{}:{}", info.stream, info.stream_sequence)),
+        (None, None) => None,
+    };
+    if let Some(key) = key {
         let id = match part {
-            None => format!("{stage}:{}:{}", info.stream, info.stream_sequence),
-            Some(part) => format!("{stage}:{}:{}:{part}", info.stream, info.stream_sequence),
+            None => format!("{stage}:{key}"),
+            Some(part) => format!("{stage}:{key}:{part}"),
         };
         headers.insert(headers::MSG_ID, id.as_str());
     }

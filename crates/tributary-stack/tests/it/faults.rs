@@ -320,3 +320,41 @@ async fn a_blackholed_database_connection_is_abandoned_and_the_writes_retried() 
     assert_eq!(h.rows().await?, 20);
     h.stop().await
 }
+
+/// nats-server rebuilds its duplicate window after a restart only from the
+/// messages it still stores, and the raw stream deletes what the
+/// transformer acknowledged: a client's retry with the same Idempotency-Key
+/// after a crash is stored a second time (found by the chaos ledger). Its
+/// dead letter is still written once: keyed by the message's own id in a
+/// stream that keeps its messages.
+#[tokio::test]
+async fn a_bad_payload_stored_again_after_a_nats_restart_is_dead_lettered_once() -> Result<()> {
+    let mut h = Harness::start().await?;
+    let post = |h: &Harness| {
+        h.http
+            .post(format!("{}/v1/ingest/plant-7", h.services.producer.url()))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "the-same-bad-payload")
+            .body("{not json")
+            .send()
+    };
+    assert_eq!(post(&h).await?.status(), 202);
+    h.wait_drained().await?;
+    assert_eq!(h.dead_letters().await?.len(), 1);
+
+    h.servers.nats.restart().await?;
+    // The retry, once the producer is connected again.
+    tributary_testkit::wait_until(DEADLINE, "the retry accepted", || async {
+        post(&h).await.is_ok_and(|r| r.status() == 202)
+    })
+    .await?;
+    h.wait_drained().await?;
+    let mut raw = h.js.get_stream("TELEMETRY_RAW").await?;
+    assert_eq!(
+        raw.info().await?.state.last_sequence,
+        2,
+        "the restarted server stored the retry again (if not, this test shows nothing)"
+    );
+    assert_eq!(h.dead_letters().await?.len(), 1, "dead-lettered once");
+    h.stop().await
+}
