@@ -226,6 +226,18 @@ mod tests {
             .collect()
     }
 
+    /// The events an `Events` of `limit` cuts from the chunks it is fed.
+    fn events_of(limit: usize) -> impl FnMut(&[&[u8]]) -> Vec<Cut> {
+        move |chunks| {
+            let mut events = Events::new(limit);
+            let mut out = Vec::new();
+            for chunk in chunks {
+                events.push(chunk, &mut out);
+            }
+            out
+        }
+    }
+
     /// Feeds `text` in every possible split into two chunks, and byte by byte.
     fn each_split(text: &[u8], mut run: impl FnMut(&[&[u8]]) -> Vec<Cut>) -> Vec<Cut> {
         let whole = run(&[text]);
@@ -289,14 +301,7 @@ mod tests {
         let text = b": keep-alive\n\nid: 7\nevent: tweet\ndata: {\"a\":1}\n\n\
                      data: line one\ndata:line two\n\n\
                      id: 9\ndata\n\nretry: 10\n\nid\ndata: x\r\n\r\ndata: never ended\n";
-        let cuts = each_split(text, |chunks| {
-            let mut events = Events::new(100);
-            let mut out = Vec::new();
-            for chunk in chunks {
-                events.push(chunk, &mut out);
-            }
-            out
-        });
+        let cuts = each_split(text, events_of(100));
         assert_eq!(
             records(&cuts),
             [
@@ -345,14 +350,7 @@ mod tests {
         let unknown = "x".repeat(100);
         let data = "d".repeat(100);
         let text = format!("{padding}\ndata: a\n\n{unknown}\n\ndata: {data}\nid: 5\n\ndata: b\n\n");
-        let cuts = each_split(text.as_bytes(), |chunks| {
-            let mut events = Events::new(20);
-            let mut out = Vec::new();
-            for chunk in chunks {
-                events.push(chunk, &mut out);
-            }
-            out
-        });
+        let cuts = each_split(text.as_bytes(), events_of(20));
         assert_eq!(
             records(&cuts),
             [
