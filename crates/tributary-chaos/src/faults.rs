@@ -36,10 +36,11 @@ pub enum Kind {
     Blackhole,
     Reset,
     Sigterm,
+    StreamFull,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::KillProducer,
         Kind::KillTransformer,
         Kind::KillSink,
@@ -51,6 +52,7 @@ impl Kind {
         Kind::Blackhole,
         Kind::Reset,
         Kind::Sigterm,
+        Kind::StreamFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +68,7 @@ impl Kind {
             Kind::Blackhole => "proxy-blackhole",
             Kind::Reset => "proxy-reset",
             Kind::Sigterm => "sigterm",
+            Kind::StreamFull => "stream-full",
         }
     }
 }
@@ -123,6 +126,8 @@ pub fn schedule(seed: u64, per_kind: u32, transports: &[Transport]) -> Vec<Fault
                 Kind::KillSink => (SINK, ""),
                 Kind::Failpoint => points[(first_point + n) % points.len()],
                 Kind::Sigterm => (n % SERVICES.len(), ""),
+                // Which buffer fills: the raw stream (0) or the metrics stream (1).
+                Kind::StreamFull => (n % 2, ""),
                 _ => (0, ""),
             };
             let link = links[(rng.next_u64() % links.len() as u64) as usize];
@@ -130,6 +135,7 @@ pub fn schedule(seed: u64, per_kind: u32, transports: &[Transport]) -> Vec<Fault
                 Kind::Latency => millis(&mut rng, 1_000, 3_000),
                 Kind::Blackhole => millis(&mut rng, 1_000, 4_000),
                 Kind::Reset => millis(&mut rng, 100, 1_000),
+                Kind::StreamFull => millis(&mut rng, 1_000, 4_000),
                 Kind::NatsKill | Kind::PostgresStop | Kind::MosquittoRestart => millis(&mut rng, 0, 2_000),
                 _ => Duration::ZERO,
             };
@@ -270,6 +276,7 @@ fn target(fault: &Fault) -> String {
         ),
         Kind::Blackhole | Kind::Reset => format!("{} for {:?}", fault.link.name(), fault.window),
         Kind::NatsKill | Kind::PostgresStop | Kind::MosquittoRestart => format!("down {:?}", fault.window),
+        Kind::StreamFull => format!("{} for {:?}", FULL_STREAMS[fault.service], fault.window),
         _ => String::new(),
     }
 }
@@ -385,7 +392,29 @@ async fn inject(cluster: &mut Cluster, fault: &Fault, report: &mut Report) -> Re
             tokio::time::sleep(fault.window).await;
             proxy.set(Mode::Pass);
         }
+        Kind::StreamFull => fill(&cluster.js, FULL_STREAMS[fault.service], fault.window).await?,
     }
+    Ok(())
+}
+
+/// The buffers a stream-full fault fills.
+const FULL_STREAMS: [&str; 2] = ["TELEMETRY_RAW", "TELEMETRY_METRICS"];
+
+/// A stream-full fault: the stream's byte limit drops to what it holds
+/// (with discard-new retention nats-server keeps what it has and refuses
+/// what comes), so publishers are refused until the consuming service's
+/// trimming makes room, for `window`; then the limit is put back.
+async fn fill(js: &async_nats::jetstream::Context, name: &str, window: Duration) -> Result<()> {
+    let mut stream = js.get_stream(name).await?;
+    let info = stream.info().await?.clone();
+    let mut full = info.config.clone();
+    full.max_bytes = i64::try_from(info.state.bytes.max(1)).unwrap_or(i64::MAX);
+    js.update_stream(full).await?;
+    tokio::time::sleep(window).await;
+    // A service restarted meanwhile may have put the limit back already.
+    let mut restored = stream.info().await?.config.clone();
+    restored.max_bytes = info.config.max_bytes;
+    js.update_stream(restored).await?;
     Ok(())
 }
 

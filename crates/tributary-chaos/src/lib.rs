@@ -7,7 +7,7 @@
 //! producer, transformer and sink as processes on real servers behind fault
 //! proxies ([`cluster`]). Meanwhile faults are injected on a seeded schedule
 //! ([`faults`]): SIGKILLs, failpoint exits, server kills and restarts,
-//! network windows, SIGTERM under load. Afterwards the pipeline drains and
+//! network windows, SIGTERM under load, a full stream. Afterwards the pipeline drains and
 //! everything is compared ([`verdict`]): the rows and their rollups, every
 //! message the metrics stream stored ([`observe`]), the dead letters.
 //!
@@ -51,7 +51,7 @@ pub struct Args {
     /// Events (rows) to send, 1 to 6 per payload.
     #[arg(long, default_value_t = 200_000)]
     pub events: u64,
-    /// Faults of each kind (there are 11 kinds).
+    /// Faults of each kind (there are 12 kinds).
     #[arg(long, default_value_t = 20)]
     pub faults_per_kind: u32,
     /// Which way the payloads travel.

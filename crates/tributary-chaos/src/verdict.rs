@@ -30,10 +30,6 @@ pub struct Verdict {
     pub lost: u64,
     /// Counted twice where that can still happen, or changed.
     pub duplicated: u64,
-    /// Of `duplicated`: metric batches `TELEMETRY_METRICS` stored twice (a
-    /// re-send after a nats-server restart forgot the duplicate window; the
-    /// open defect of issue 13, which rows and rollups absorb).
-    pub metrics_batch_copies: u64,
     /// Rows no payload sent.
     pub unexpected: u64,
     /// Bad payloads sent, and how many of them are in the dead letters.
@@ -222,7 +218,6 @@ pub async fn judge(
     for ((raw, device, chunk), copies) in &observed.batches {
         if copies.len() > 1 {
             verdict.duplicated += copies.len() as u64 - 1;
-            verdict.metrics_batch_copies += copies.len() as u64 - 1;
             problems.add(
                 "batches stored twice in TELEMETRY_METRICS (one raw message, one device)",
                 copies.len() as u64 - 1,

@@ -21,6 +21,7 @@ pub mod service;
 pub mod shutdown;
 pub mod streams;
 pub mod telemetry;
+pub mod trim;
 
 pub use admin::{Readiness, admin_router};
 pub use config::{LogArgs, NatsArgs, StreamArgs, parse_bytes, parse_duration};

@@ -86,24 +86,17 @@ fn consumer_is_transient(error: &jetstream::stream::ConsumerError) -> bool {
 fn stream_config(
     name: &str,
     subjects: &str,
-    retention: stream::RetentionPolicy,
+    discard: stream::DiscardPolicy,
     max_age: Duration,
     max_bytes: u64,
     duplicate_window: Duration,
     args: &StreamArgs,
 ) -> stream::Config {
-    // The raw and metrics streams are buffers: they hold what is not yet
-    // consumed, bounded in bytes, and refuse more when full (back-pressure to
-    // the producer). The dead letters are a record: the oldest go first.
-    let discard = match retention {
-        stream::RetentionPolicy::Limits => stream::DiscardPolicy::Old,
-        _ => stream::DiscardPolicy::New,
-    };
     stream::Config {
         name: name.to_owned(),
         subjects: vec![subjects.to_owned()],
         storage: stream::StorageType::File,
-        retention,
+        retention: stream::RetentionPolicy::Limits,
         discard,
         max_age,
         max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
@@ -117,20 +110,24 @@ fn stream_config(
 /// Creates the raw, metrics and dead-letter streams, or updates them to the
 /// wanted configuration. Safe to call from any number of services at once.
 ///
-/// - raw: work-queue retention: a message is removed once the transformer
-///   acknowledges it, so the stream's size is the transformer's backlog;
-/// - metrics: interest retention: a message is removed once every durable
-///   consumer (the sink, and any other) has acknowledged it; a message
-///   published while the stream has no consumer at all is dropped, which is
-///   why the transformer waits for one ([`has_durable_consumer`]);
-/// - dead letters: kept for their age, oldest dropped past the byte limit.
+/// - raw and metrics: buffers. A message stays until every consumer that
+///   acknowledges has acknowledged it and it is older than the stream's
+///   duplicate window; the consuming service trims it then
+///   ([`crate::trim::trim_consumed`]), so a restarted nats-server still
+///   knows every id of the window. Bounded in bytes, they refuse more when
+///   full (discard new): back-pressure to the producer, never loss;
+/// - dead letters: a record, kept for their age, oldest dropped past the
+///   byte limit.
+///
+/// All three use limits retention; a stream made by an older Tributary
+/// with work-queue retention is refused (NATS cannot change it in place).
 pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Result<(), ProvisionError> {
-    use stream::RetentionPolicy::{Interest, Limits, WorkQueue};
+    use stream::DiscardPolicy::{New, Old};
     let wanted = [
         stream_config(
             &args.raw,
             RAW_SUBJECTS,
-            WorkQueue,
+            New,
             args.max_age,
             args.raw_max_bytes,
             args.duplicate_window,
@@ -139,7 +136,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
         stream_config(
             &args.metrics,
             METRICS_SUBJECTS,
-            Interest,
+            New,
             args.max_age,
             args.metrics_max_bytes,
             args.metrics_duplicate_window,
@@ -148,7 +145,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
         stream_config(
             &args.dlq,
             DLQ_SUBJECTS,
-            Limits,
+            Old,
             args.dlq_max_age,
             args.dlq_max_bytes,
             args.duplicate_window,
@@ -180,8 +177,10 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
 }
 
 /// Whether `stream_name` has at least one durable consumer with explicit
-/// acknowledgements. On an interest-retention stream a message published
-/// while there is none is dropped at once, so publishers check this first.
+/// acknowledgements. The transformer publishes only while the metrics
+/// stream has one: with none, nothing would ever be acknowledged and
+/// trimmed, and the batches would fill the stream for a reader that may
+/// never come (the raw stream holds them as well meanwhile).
 pub async fn has_durable_consumer(js: &jetstream::Context, stream_name: &str) -> Result<bool, ProvisionError> {
     use futures::TryStreamExt;
     let error = |e: &dyn std::fmt::Display, transient: bool| ProvisionError {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tributary_runtime::streams::ConsumerSettings;
+use tributary_runtime::trim::trim_consumed;
 use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 use tributary_store::Store;
 
@@ -82,6 +83,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let Some(consumer) = provisioned.await? else {
             return Ok(());
         };
+        // What every reader acknowledged goes once its duplicate window passed.
+        let window = config.streams.metrics_duplicate_window;
+        tokio::spawn(trim_consumed(js.clone(), stream.clone(), window, shutdown.clone()));
         consuming.store(true, Ordering::Relaxed);
         let pipeline = pipeline::Pipeline {
             js,

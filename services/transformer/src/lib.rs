@@ -17,6 +17,7 @@ mod pipeline;
 use std::sync::atomic::Ordering;
 
 use tributary_runtime::streams::ConsumerSettings;
+use tributary_runtime::trim::trim_consumed;
 use tributary_runtime::{CancellationToken, ServiceError, ServiceHandle, Supervisor};
 
 pub use config::Config;
@@ -51,8 +52,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     let nats_client = client.clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
     let consuming = readiness.flag("consumer");
-    // The metrics stream drops what is published while it has no durable
-    // consumer (interest retention): publish only while the sink's exists.
+    // Publish only while the metrics stream has a durable consumer (the
+    // sink's): with none, nothing would read and trim the batches.
     let downstream = readiness.flag("metrics_consumer");
     service.spawn("metrics-consumer-watch", {
         let watch = tributary_runtime::streams::watch_durable_consumers(
@@ -80,6 +81,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let Some(consumer) = provisioned.await? else {
             return Ok(());
         };
+        // What was transformed goes once its duplicate window passed.
+        let window = config.streams.duplicate_window;
+        tokio::spawn(trim_consumed(js.clone(), stream.clone(), window, shutdown.clone()));
         let routes = std::sync::Arc::new(config.route_table().map_err(Error::Config)?);
         let sparkplug = routes
             .routes()

@@ -60,11 +60,12 @@ async fn a_stream_nats_will_not_convert_is_a_permanent_error_and_a_missing_serve
     let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")
         .await
         .unwrap();
-    // An older Tributary made the raw stream with limits retention; NATS
-    // cannot change that in place, and asking again will not help.
+    // An older Tributary made the raw stream with work-queue retention;
+    // NATS cannot change that in place, and asking again will not help.
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "TELEMETRY_RAW".into(),
         subjects: vec!["raw.>".into()],
+        retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
         ..Default::default()
     })
     .await
@@ -163,4 +164,77 @@ async fn a_durable_consumer_is_seen_by_has_durable_consumer() {
     ensure_pull_consumer(&js, "TELEMETRY_METRICS", &settings).await.unwrap();
     let has = tributary_runtime::streams::has_durable_consumer(&js, "TELEMETRY_METRICS").await;
     assert!(has.unwrap(), "the sink's durable consumer");
+}
+
+/// nats-server rebuilds its duplicate window after a restart only from the
+/// messages it still stores: an acknowledged message is kept (and then
+/// trimmed) so that a re-send after a crash is still recognised.
+#[tokio::test]
+async fn an_acknowledged_message_outlives_a_restart_for_the_duplicate_window_and_is_trimmed_after() {
+    use async_nats::jetstream::message::PublishMessage;
+    let mut nats = NatsServer::start().unwrap();
+    let (_client, js) = tributary_runtime::nats::connect(&NatsArgs::with_url(nats.url()), "test")
+        .await
+        .unwrap();
+    let window = Duration::from_secs(6);
+    let args = StreamArgs {
+        duplicate_window: window,
+        ..StreamArgs::default()
+    };
+    ensure_streams(&js, &args).await.unwrap();
+    let settings = ConsumerSettings {
+        durable: "worker".into(),
+        filter_subject: String::new(),
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 100,
+    };
+    let consumer = ensure_pull_consumer(&js, "TELEMETRY_RAW", &settings).await.unwrap();
+    let shutdown = tributary_runtime::CancellationToken::new();
+    let trimming = tokio::spawn(tributary_runtime::trim::trim_consumed(
+        js.clone(),
+        "TELEMETRY_RAW".into(),
+        window,
+        shutdown.clone(),
+    ));
+    let publish = |id: &'static str| {
+        let js = js.clone();
+        async move {
+            js.send_publish("raw.http.src", PublishMessage::build().payload(id.into()).message_id(id))
+                .await?
+                .await
+        }
+    };
+    // "consumed" is taken and acknowledged; "waiting" never is.
+    assert_eq!(publish("consumed").await.unwrap().sequence, 1);
+    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+    taken.next().await.unwrap().unwrap().double_ack().await.unwrap();
+    assert_eq!(publish("waiting").await.unwrap().sequence, 2);
+
+    nats.restart().await.unwrap();
+    let resent = tributary_testkit::wait_until(Duration::from_secs(10), "the client reconnected", || async {
+        publish("consumed").await.is_ok()
+    });
+    resent.await.unwrap();
+    let again = publish("consumed").await.unwrap();
+    assert!(again.duplicate, "the restarted server still knows the consumed message's id: {again:?}");
+    let mut raw = js.get_stream("TELEMETRY_RAW").await.unwrap();
+    assert_eq!(raw.info().await.unwrap().state.last_sequence, 2, "nothing stored twice");
+
+    // Past the window the acknowledged message goes, the waiting one stays.
+    tributary_testkit::wait_until(Duration::from_secs(30), "the consumed message trimmed", || {
+        let js = js.clone();
+        async move {
+            let Ok(mut raw) = js.get_stream("TELEMETRY_RAW").await else {
+                return false;
+            };
+            raw.info().await.is_ok_and(|i| i.state.first_sequence == 2)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw.info().await.unwrap().state.messages, 1);
+    let left = raw.get_raw_message(2).await.unwrap();
+    assert_eq!(left.payload.as_ref(), b"waiting");
+    shutdown.cancel();
+    trimming.await.unwrap();
 }

@@ -122,6 +122,11 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
                 ("TRIBUTARY_NATS_USER", name.to_owned()),
                 ("TRIBUTARY_NATS_PASSWORD", password.to_owned()),
                 ("TRIBUTARY_DATABASE_URL", db.url().to_owned()),
+                // Short windows, so the trimming (a purge) is tried here.
+                ("TRIBUTARY_DUPLICATE_WINDOW", "4s".to_owned()),
+                ("TRIBUTARY_METRICS_DUPLICATE_WINDOW", "4s".to_owned()),
+                ("TRIBUTARY_ACK_WAIT", "3s".to_owned()),
+                ("TRIBUTARY_WRITE_TIMEOUT", "2s".to_owned()),
             ],
         )
     };
@@ -183,6 +188,12 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
     };
     let dead_letters = count("TELEMETRY_DLQ").await?;
     assert_eq!(dead_letters, 1);
+    // The transformer and the sink trim what they acknowledged.
+    tributary_testkit::wait_until(DEADLINE, "the raw and metrics streams trimmed", || async {
+        matches!((count("TELEMETRY_RAW").await, count("TELEMETRY_METRICS").await), (Ok(0), Ok(0)))
+    })
+    .await
+    .with_context(|| format!("refused by NATS: {:#?}", violations(&nats)))?;
 
     // A stranger: no credentials, no connection.
     let anonymous = async_nats::ConnectOptions::new()
@@ -261,6 +272,14 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
         .await;
     assert!(next.is_err(), "the sink pulled the transformer's messages: {next:?}");
     refused(&mut sink_events, "$JS.API.CONSUMER.MSG.NEXT.TELEMETRY_RAW.transformer").await?;
+    // Each consuming service trims (purges) its own input stream only.
+    let purge: Result<serde_json::Value, _> = as_sink.request("STREAM.PURGE.TELEMETRY_RAW", &()).await;
+    assert!(purge.is_err(), "the sink purged the raw stream: {purge:?}");
+    refused(&mut sink_events, "$JS.API.STREAM.PURGE.TELEMETRY_RAW").await?;
+    let (as_transformer, mut transformer_events) = connect_as(&nats, "transformer").await?;
+    let purge: Result<serde_json::Value, _> = as_transformer.request("STREAM.PURGE.TELEMETRY_METRICS", &()).await;
+    assert!(purge.is_err(), "the transformer purged the metrics stream: {purge:?}");
+    refused(&mut transformer_events, "$JS.API.STREAM.PURGE.TELEMETRY_METRICS").await?;
 
     // Nobody but the operator reads everything.
     for service in ["producer", "transformer", "sink", "query-api"] {
@@ -281,14 +300,21 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
         "\"raw.http.evil\"",
         "\"metrics.evil\"",
         "STREAM.PURGE.TELEMETRY_DLQ\"",
+        "STREAM.PURGE.TELEMETRY_RAW\"",
+        "STREAM.PURGE.TELEMETRY_METRICS\"",
         "STREAM.DELETE.TELEMETRY_RAW\"",
         "STREAM.CREATE.EVIL\"",
         "CONSUMER.MSG.NEXT.TELEMETRY_RAW.transformer\"",
         "\">\"",
     ];
+    // (A purge of its own input stream is the trimming: never refused.)
+    let own_purge = |line: &String| {
+        (line.contains("tributary-transformer") && line.contains("PURGE.TELEMETRY_RAW"))
+            || (line.contains("tributary-sink") && line.contains("PURGE.TELEMETRY_METRICS"))
+    };
     let unexpected: Vec<String> = violations(&nats)
         .into_iter()
-        .filter(|line| !attempts.iter().any(|a| line.contains(a)))
+        .filter(|line| own_purge(line) || !attempts.iter().any(|a| line.contains(a)))
         .collect();
     assert!(unexpected.is_empty(), "refused what a service needs: {unexpected:#?}");
     for service in &mut services {
