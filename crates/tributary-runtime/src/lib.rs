@@ -1,5 +1,7 @@
 //! What every Tributary service shares at run time: the NATS connection,
-//! idempotent provisioning of streams and durable consumers, dead-lettering,
+//! idempotent provisioning of streams and durable consumers, pulling their
+//! messages so that a service can stop without leaving any delivered and
+//! unacknowledged, dead-lettering,
 //! telemetry (logs and Prometheus metrics), the admin HTTP router
 //! (`/healthz`, `/readyz`, `/metrics`), JSON HTTP errors, and turning
 //! SIGINT/SIGTERM into a graceful shutdown with a deadline.
@@ -15,6 +17,7 @@ pub mod dlq;
 pub mod failpoint;
 pub mod http_error;
 pub mod nats;
+pub mod pull;
 pub mod retry;
 pub mod server;
 pub mod service;

@@ -85,7 +85,8 @@ impl Trimmer {
 /// the acknowledgement floor of every consumer that acknowledges.
 async fn stream_state(stream: &mut jetstream::stream::Stream) -> Result<StreamState, String> {
     let info = stream.info().await.map_err(|e| e.to_string())?;
-    let nearly_full = info.config.max_bytes > 0 && info.state.bytes as f64 >= info.config.max_bytes as f64 * NEARLY_FULL;
+    let nearly_full =
+        info.config.max_bytes > 0 && info.state.bytes as f64 >= info.config.max_bytes as f64 * NEARLY_FULL;
     let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
     let mut floor: Option<u64> = None;
     let mut consumers = stream.consumers();
@@ -174,7 +175,10 @@ mod tests {
         assert_eq!(trimmer.keep_from(t0 + WINDOW / 2, state(1, 200, Some(200))), None);
         // A window after the first note, what was stored by then may go.
         assert_eq!(trimmer.keep_from(t0 + WINDOW, state(1, 300, Some(300))), Some(101));
-        assert_eq!(trimmer.keep_from(t0 + WINDOW * 3 / 2, state(101, 300, Some(300))), Some(201));
+        assert_eq!(
+            trimmer.keep_from(t0 + WINDOW * 3 / 2, state(101, 300, Some(300))),
+            Some(201)
+        );
         // Purged already: nothing more to ask for.
         assert_eq!(trimmer.keep_from(t0 + WINDOW * 3 / 2, state(201, 300, Some(300))), None);
     }

@@ -16,6 +16,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
+use tributary_runtime::pull::Pull;
 use tributary_runtime::{CancellationToken, failpoint};
 use tributary_schema::{Message as _, MetricBatch, MetricEvent, Value};
 use tributary_store::{Row, RowValue, Store, StoreError, Transient as _};
@@ -27,6 +28,9 @@ const WRITES_IN_FLIGHT: usize = 2;
 
 /// The stage name in dead-letter subjects and headers.
 const STAGE: &str = "sink";
+
+/// How long the acknowledgements sent at shutdown may take to reach NATS.
+const FLUSH_WITHIN: Duration = Duration::from_secs(2);
 
 /// The metrics stream's messages stopped coming before shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -73,40 +77,33 @@ struct Written {
 }
 
 impl Pipeline {
-    /// Consumes until `shutdown`; then writes and acknowledges the batch it
-    /// is gathering and returns Ok. If the message stream ends before that
-    /// (its consumer was deleted, say), it writes what it holds and returns
-    /// the reason: the service cannot go on without it.
+    /// Consumes until `shutdown`; then asks for no more messages, writes and
+    /// acknowledges every one already delivered to it (those in the batch
+    /// being gathered and those still on their way) and returns Ok. If the
+    /// message stream ends before that (its consumer was deleted, say), it
+    /// writes what it holds and returns the reason: the service cannot go on
+    /// without it.
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) -> Result<(), StreamEnded> {
         // Messages carry about ten events each: ask for enough to fill a batch.
         let pull = self.batch_size.div_ceil(10).clamp(1, 1000);
-        let messages = tributary_runtime::retry::until_ok("subscribing to the metrics stream", &shutdown, || async {
-            consumer
-                .stream()
-                .max_messages_per_batch(pull)
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(tributary_runtime::retry::Retryable)
-        })
-        .await;
-        // Retryable: only shutdown ends the retries.
-        let Ok(Some(mut messages)) = messages else {
-            return Ok(());
-        };
+        let mut messages = Pull::new(&self.js, consumer.clone(), pull);
         // The last error the stream yielded, and whether it has ended.
         let mut last_error: Option<String> = None;
         let mut over = false;
         // Batches being written while the next one is gathered (at most
         // WRITES_IN_FLIGHT): decoding overlaps the database's work.
         let mut writing = FuturesUnordered::new();
-        'consume: loop {
+        loop {
             // Wait for the first message of a batch, then fill it until it is
-            // full or the linger time has passed.
+            // full or the linger time has passed. On shutdown the stream is
+            // stopped and goes on until what was delivered has come out.
             let mut batch = Batch::default();
             let first = tokio::select! {
-                () = shutdown.cancelled() => break 'consume,
-                Some(()) = writing.next(), if !writing.is_empty() => continue 'consume,
+                () = shutdown.cancelled(), if !messages.is_stopped() => {
+                    messages.stop();
+                    continue;
+                }
+                Some(()) = writing.next(), if !writing.is_empty() => continue,
                 next = messages.next() => next,
             };
             let Some(first) = first else {
@@ -125,7 +122,7 @@ impl Pipeline {
             while batch.rows.len() < self.batch_size {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => break,
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled(), if !messages.is_stopped() => messages.stop(),
                     Some(()) = writing.next(), if !writing.is_empty() => {}
                     next = messages.next() => match next {
                         Some(Err(error)) if tributary_runtime::streams::consumer_is_gone(&consumer, &error).await => {
@@ -147,12 +144,13 @@ impl Pipeline {
                 }
                 writing.push(self.flush(batch, &shutdown));
             }
-            if shutdown.is_cancelled() || over {
+            if over {
                 break;
             }
         }
         // Every batch in hand is written (and acknowledged) before returning.
         while writing.next().await.is_some() {}
+        messages.flush(FLUSH_WITHIN).await;
         tracing::info!("sink pipeline stopped");
         if over && !shutdown.is_cancelled() {
             return Err(StreamEnded(
@@ -248,12 +246,14 @@ impl Pipeline {
                 continue;
             }
             let Some(result) = self.write_retrying(&batch, range.clone(), shutdown).await else {
-                // Shutting down with rows unwritten: leave the whole batch
-                // unacknowledged; it is redelivered to whichever replica runs next.
+                // Shutting down with rows unwritten: hand the whole batch
+                // back at once, for another replica (or the next start) to
+                // write, rather than after the ack wait.
                 tracing::warn!(
                     rows = batch.rows.len(),
                     "shutting down with an unwritten batch; it will be redelivered"
                 );
+                join_all(batch.messages.iter().map(|t| t.message.ack_with(AckKind::Nak(None)))).await;
                 return;
             };
             match result {

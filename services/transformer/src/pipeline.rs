@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tributary_formats::{Input, RouteTable, Transport};
 use tributary_runtime::CancellationToken;
+use tributary_runtime::pull::Pull;
 use tributary_schema::SourceKind;
 use tributary_schema::{Message as _, RawEnvelope, headers, metric_batch_msg_id, metric_subject};
 
@@ -33,6 +34,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 const PAUSED_RECHECK: Duration = Duration::from_millis(200);
 /// Room left in a NATS message for headers (the `Nats-Msg-Id`).
 const HEADER_ALLOWANCE: usize = 1024;
+/// How long the acknowledgements sent at shutdown may take to reach NATS.
+const FLUSH_WITHIN: Duration = Duration::from_secs(2);
 
 /// The raw stream's messages stopped coming before shutdown.
 #[derive(Debug, thiserror::Error)]
@@ -173,28 +176,19 @@ impl Pipeline {
         }
     }
 
-    /// Consumes until `shutdown`; then takes no new raw message, settles the
-    /// ones in hand (acked, or NAKed if a publish failed) and returns Ok. If
-    /// the message stream ends before that (its consumer was deleted, say),
-    /// it settles what it holds and returns the reason: the service cannot
-    /// go on without it.
+    /// Consumes until `shutdown`; then asks for no more raw messages,
+    /// transforms the ones already delivered to it (NAKs them at once if
+    /// the metrics stream has no consumer to publish to), settles everything
+    /// in hand (acked, or NAKed if a publish failed) and returns Ok. If the
+    /// message stream ends before that (its consumer was deleted, say), it
+    /// settles what it holds and returns the reason: the service cannot go
+    /// on without it.
     pub async fn run(&self, consumer: PullConsumer, shutdown: CancellationToken) -> Result<(), StreamEnded> {
-        let messages = tributary_runtime::retry::until_ok("subscribing to the raw stream", &shutdown, || async {
-            consumer
-                .stream()
-                .max_messages_per_batch(self.settings.pull_batch)
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await
-                .map_err(tributary_runtime::retry::Retryable)
-        })
-        .await;
-        // Retryable: only shutdown ends the retries.
-        let Ok(Some(mut messages)) = messages else {
-            return Ok(());
-        };
+        let mut messages = Pull::new(&self.js, consumer.clone(), self.settings.pull_batch);
         let mut state = InFlight::default();
+        // Shutdown has begun (`stopping`); no more messages will come (`drained`).
         let mut stopping = false;
+        let mut drained = false;
         let mut ended = None;
         let mut ended_early = false;
         loop {
@@ -202,33 +196,44 @@ impl Pipeline {
             if state.tally.settled() >= 256 || (state.is_idle() && state.tally.settled() > 0) {
                 state.tally.flush();
             }
-            if stopping && state.is_idle() {
+            if drained && state.is_idle() {
                 break;
             }
             let paused = !self.downstream.load(Ordering::Relaxed);
-            let room = !paused && state.queue.is_empty() && state.acks.len() < self.settings.window;
+            let room = state.queue.is_empty() && state.acks.len() < self.settings.window;
             tokio::select! {
                 biased;
                 Some((raw, result)) = state.acks.next() => self.settle(&mut state, raw, result).await,
-                () = shutdown.cancelled(), if !stopping => stopping = true,
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    messages.stop();
+                }
                 // Look again at the downstream flag now and then while paused.
                 () = tokio::time::sleep(PAUSED_RECHECK), if paused && !stopping => {}
-                next = messages.next(), if room && !stopping => match next {
+                next = messages.next(), if room && !drained && (!paused || stopping) => match next {
+                    Some(Ok(message)) if paused => {
+                        // Stopping with nowhere to publish: straight back to the stream.
+                        let _ = message.ack_with(AckKind::Nak(None)).await;
+                        state.tally.retried += 1;
+                    }
                     Some(Ok(message)) => self.take(&mut state, message).await,
                     Some(Err(error)) => {
                         tracing::warn!(%error, "pulling raw messages");
                         if tributary_runtime::streams::consumer_is_gone(&consumer, &error).await {
                             // Settle what is in hand, then report.
-                            stopping = true;
+                            drained = true;
                             ended_early = true;
                             ended = Some(format!("{error}: the durable consumer is gone"));
                         }
                     }
                     None => {
-                        // Settle what is in hand, then report.
-                        stopping = true;
-                        ended.get_or_insert_with(|| "the message stream ended".to_owned());
-                        ended_early = true;
+                        // After a stop, everything delivered has come out;
+                        // before one, settle what is in hand, then report.
+                        drained = true;
+                        if !stopping {
+                            ended.get_or_insert_with(|| "the message stream ended".to_owned());
+                            ended_early = true;
+                        }
                     }
                 },
                 else => break,
@@ -241,6 +246,7 @@ impl Pipeline {
                 "stopped with raw messages unsettled; JetStream redelivers them"
             );
         }
+        messages.flush(FLUSH_WITHIN).await;
         tracing::info!("transformer pipeline stopped");
         if ended_early {
             return Err(StreamEnded(ended.unwrap_or_default()));

@@ -199,9 +199,12 @@ async fn an_acknowledged_message_outlives_a_restart_for_the_duplicate_window_and
     let publish = |id: &'static str| {
         let js = js.clone();
         async move {
-            js.send_publish("raw.http.src", PublishMessage::build().payload(id.into()).message_id(id))
-                .await?
-                .await
+            js.send_publish(
+                "raw.http.src",
+                PublishMessage::build().payload(id.into()).message_id(id),
+            )
+            .await?
+            .await
         }
     };
     // "consumed" is taken and acknowledged; "waiting" never is.
@@ -216,7 +219,10 @@ async fn an_acknowledged_message_outlives_a_restart_for_the_duplicate_window_and
     });
     resent.await.unwrap();
     let again = publish("consumed").await.unwrap();
-    assert!(again.duplicate, "the restarted server still knows the consumed message's id: {again:?}");
+    assert!(
+        again.duplicate,
+        "the restarted server still knows the consumed message's id: {again:?}"
+    );
     let mut raw = js.get_stream("TELEMETRY_RAW").await.unwrap();
     assert_eq!(raw.info().await.unwrap().state.last_sequence, 2, "nothing stored twice");
 

@@ -190,7 +190,10 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
     assert_eq!(dead_letters, 1);
     // The transformer and the sink trim what they acknowledged.
     tributary_testkit::wait_until(DEADLINE, "the raw and metrics streams trimmed", || async {
-        matches!((count("TELEMETRY_RAW").await, count("TELEMETRY_METRICS").await), (Ok(0), Ok(0)))
+        matches!(
+            (count("TELEMETRY_RAW").await, count("TELEMETRY_METRICS").await),
+            (Ok(0), Ok(0))
+        )
     })
     .await
     .with_context(|| format!("refused by NATS: {:#?}", violations(&nats)))?;

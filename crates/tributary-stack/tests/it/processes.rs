@@ -172,6 +172,126 @@ async fn sigkilled_transformers_and_sinks_lose_and_double_nothing() -> Result<()
     producer.stop().await
 }
 
+/// The durable consumer `durable` on `stream`, as the server sees it now.
+async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<async_nats::jetstream::consumer::Info> {
+    let mut consumer = js
+        .get_stream(stream)
+        .await?
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(consumer.info().await?.clone())
+}
+
+/// Messages delivered on `durable` and not yet acknowledged, once any ack
+/// already on its way has had `settle` to land.
+async fn ack_pending_after(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+    settle: Duration,
+) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + settle;
+    loop {
+        let pending = consumer_info(js, stream, durable).await?.num_ack_pending as u64;
+        if pending == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(pending);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_under_load_leaves_nothing_unacknowledged() -> Result<()> {
+    let servers = Servers::start_temporary().await?;
+    let logs = tempfile::tempdir()?;
+    let producer = tributary_stack::start_producer(&servers, &Options::default()).await?;
+    // A long ack wait: what a stopped service left unacknowledged stays
+    // ack-pending well past its exit instead of coming back and hiding it.
+    let write_timeout = [("TRIBUTARY_WRITE_TIMEOUT", "5s".to_owned())];
+    let (mut transformer, mut sink) = spawn_workers_with(&servers, logs.path(), "30s", &write_timeout)?;
+    transformer.wait_ready(DEADLINE).await?;
+    sink.wait_ready(DEADLINE).await?;
+    producer.wait_ready(DEADLINE).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(servers.nats.url()).await?);
+
+    // A steady stream of payloads until both services have been through it.
+    let mut load = simulator::Config::http(&producer.url());
+    load.devices = 20;
+    load.metrics = 10;
+    load.rate = 300.0;
+    let stop_load = tributary_runtime::CancellationToken::new();
+    let sending = tokio::spawn(simulator::run(load, stop_load.clone()));
+
+    // The sink, then the transformer: each is frozen until a backlog waits
+    // for it, so that it is pulling as fast as it can when SIGTERM comes.
+    // Then, per service: messages delivered to it and never acknowledged.
+    let mut left = Vec::new();
+    for (process, stream, durable) in [
+        (&mut sink, "TELEMETRY_METRICS", "sink"),
+        (&mut transformer, "TELEMETRY_RAW", "transformer"),
+    ] {
+        process.pause()?;
+        tributary_testkit::wait_until(DEADLINE, "a backlog", || async {
+            consumer_info(&js, stream, durable)
+                .await
+                .is_ok_and(|info| info.num_pending >= 1_000)
+        })
+        .await?;
+        let floor = consumer_info(&js, stream, durable).await?.ack_floor.stream_sequence;
+        process.resume()?;
+        tributary_testkit::wait_until(DEADLINE, "work on the backlog", || async {
+            consumer_info(&js, stream, durable)
+                .await
+                .is_ok_and(|info| info.ack_floor.stream_sequence > floor)
+        })
+        .await?;
+        let status = process.terminate(DEADLINE).await?;
+        assert!(
+            status.success(),
+            "{durable} stops cleanly on SIGTERM: {status}; log:\n{}",
+            std::fs::read_to_string(process.log_path()).unwrap_or_default()
+        );
+        // Only acks already sent may still land: far less than the ack wait.
+        let pending = ack_pending_after(&js, stream, durable, Duration::from_secs(2)).await?;
+        left.push((durable, pending));
+        process.restart()?;
+        process.wait_ready(DEADLINE).await?;
+    }
+    assert_eq!(
+        left,
+        [("sink", 0), ("transformer", 0)],
+        "messages a service held unacknowledged when it exited after SIGTERM"
+    );
+
+    stop_load.cancel();
+    let report = sending.await??;
+    assert_eq!(report.failed, 0, "{report:?}");
+    drained(&js).await?;
+    let db = sqlx::PgPool::connect(&servers.database_url).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_events")
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(
+        stored as u64, report.metrics_sent,
+        "acknowledged metrics vs stored rows"
+    );
+    // Nothing was handed out twice: every message was acknowledged by the
+    // process it was first delivered to.
+    for (stream, durable) in [("TELEMETRY_RAW", "transformer"), ("TELEMETRY_METRICS", "sink")] {
+        assert_eq!(redeliveries(&js, stream, durable).await?, 0, "{durable}: redeliveries");
+    }
+    for process in [&mut transformer, &mut sink] {
+        let status = process.terminate(DEADLINE).await?;
+        assert!(status.success(), "{} stops cleanly: {status}", process.name());
+    }
+    producer.stop().await
+}
+
 #[tokio::test]
 async fn a_transformer_that_loses_its_consumer_answers_503_and_exits_non_zero() -> Result<()> {
     let servers = Servers::start_temporary().await?;
