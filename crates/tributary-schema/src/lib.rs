@@ -22,7 +22,9 @@ pub use subjects::{
     RAW_SUBJECTS, dlq_subject, metric_subject, raw_http_subject, raw_influx_subject, raw_mqtt_subject,
     raw_pull_subject, sanitize_token,
 };
-pub use v1::{MetricBatch, MetricEvent, RawEnvelope, SourceKind, metric_event::Value};
+pub use v1::{
+    AlertEvent, AlertSeverity, AlertState, MetricBatch, MetricEvent, RawEnvelope, SourceKind, metric_event::Value,
+};
 
 /// The two classes of failure the delivery rules (ARCHITECTURE.md) know:
 /// transient (a server briefly away, a timeout: retry with backoff and leave
