@@ -83,14 +83,24 @@ impl Trimmer {
 
 /// Reads what a trimming pass needs: the stream's sequences and fill, and
 /// the acknowledgement floor of every consumer that acknowledges.
+///
+/// The consumers are named first and then asked one by one: in a cluster,
+/// nats-server's consumer *list* leaves out a consumer whose leader did not
+/// answer in time, and a pass that missed the sink would purge what the
+/// sink has not acknowledged. Any consumer that cannot be read ends the
+/// pass without a purge.
 async fn stream_state(stream: &mut jetstream::stream::Stream) -> Result<StreamState, String> {
     let info = stream.info().await.map_err(|e| e.to_string())?;
     let nearly_full =
         info.config.max_bytes > 0 && info.state.bytes as f64 >= info.config.max_bytes as f64 * NEARLY_FULL;
     let (first_seq, last_seq) = (info.state.first_sequence, info.state.last_sequence);
+    let names: Vec<String> = stream.consumer_names().try_collect().await.map_err(|e| e.to_string())?;
     let mut floor: Option<u64> = None;
-    let mut consumers = stream.consumers();
-    while let Some(consumer) = consumers.try_next().await.map_err(|e| e.to_string())? {
+    for name in names {
+        let consumer = stream
+            .consumer_info(&name)
+            .await
+            .map_err(|e| format!("consumer {name}: {e}"))?;
         if consumer.config.ack_policy != AckPolicy::None {
             let at = consumer.ack_floor.stream_sequence;
             floor = Some(floor.map_or(at, |f| f.min(at)));

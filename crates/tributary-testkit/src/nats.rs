@@ -104,7 +104,9 @@ impl NatsServer {
 
     /// A JetStream cluster of `size` servers on loopback ports (named
     /// `node-1`…, each with its own temporary store, routes to all the
-    /// others), for streams with replicas. Each server stops, restarts,
+    /// others; clients are not told the peers' addresses, so a client that
+    /// reaches the cluster through a proxy stays behind it), for streams
+    /// with replicas. Each server stops, restarts,
     /// pauses and is killed on its own; [`NatsServer::cluster_url`] lists
     /// them all for a client.
     pub fn start_cluster(size: usize) -> Result<Vec<Self>> {
@@ -119,7 +121,7 @@ impl NatsServer {
                 .collect();
             let config = format!(
                 "jetstream {{ {TEST_STORE} }}\n\
-                 cluster {{\n  name: tributary-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n}}\n",
+                 cluster {{\n  name: tributary-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n  no_advertise: true\n}}\n",
                 others.join(", ")
             );
             let path = dir.path().join("nats.conf");
