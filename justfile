@@ -40,6 +40,14 @@ chaos *ARGS: check-servers
     cargo build --release --locked -p producer -p transformer -p sink -p tributary-chaos
     target/release/tributary-chaos --release {{ARGS}}
 
+# Every stream with three replicas (`--nats-cluster`): stream leaders killed
+# and nodes frozen (SIGSTOP/SIGCONT) join the faults. Too long for `just test`
+# (about 100 s for 4,000 events in debug builds); the defaults as `just chaos`.
+# The chaos ledger on a three-node NATS cluster (`just chaos-cluster --help`).
+chaos-cluster *ARGS: check-servers
+    cargo build --release --locked -p producer -p transformer -p sink -p tributary-chaos
+    target/release/tributary-chaos --release --nats-cluster {{ARGS}}
+
 # What decoding costs per row in each payload format (CPU only, no servers).
 bench-formats *ARGS:
     cargo build --release --locked -p tributary-bench --bin tributary-format-costs

@@ -67,7 +67,11 @@ pub async fn send(
             Err(_) => Attempt::Unknown,
         };
         ledger.record(index, attempt);
-        if attempt != Attempt::Unknown || started.elapsed() >= GIVE_UP_AFTER {
+        if attempt != Attempt::Unknown {
+            return;
+        }
+        if started.elapsed() >= GIVE_UP_AFTER {
+            ledger.gave_up(index);
             return;
         }
         tokio::time::sleep(backoff.next_delay()).await;

@@ -7,9 +7,11 @@
 //! producer, transformer and sink as processes on real servers behind fault
 //! proxies ([`cluster`]). Meanwhile faults are injected on a seeded schedule
 //! ([`faults`]): SIGKILLs, failpoint exits, server kills and restarts,
-//! network windows, SIGTERM under load, a full stream. Afterwards the pipeline drains and
-//! everything is compared ([`verdict`]): the rows and their rollups, every
-//! message the metrics stream stored ([`observe`]), the dead letters.
+//! network windows, SIGTERM under load, a full stream; on a three-node NATS
+//! cluster (`--nats-cluster`) also stream leaders killed and nodes frozen.
+//! Afterwards the pipeline drains and everything is compared ([`verdict`]):
+//! the rows and their rollups, every message the metrics stream stored
+//! ([`observe`]), the dead letters; and how long ingest stalled ([`stall`]).
 //!
 //! Never used by a service; it only drives them from outside, as clients
 //! and an orchestrator would.
@@ -21,6 +23,7 @@ pub mod ledger;
 pub mod mqtt;
 pub mod observe;
 pub mod plan;
+pub mod stall;
 pub mod verdict;
 
 use std::path::PathBuf;
@@ -51,7 +54,7 @@ pub struct Args {
     /// Events (rows) to send, 1 to 6 per payload.
     #[arg(long, default_value_t = 200_000)]
     pub events: u64,
-    /// Faults of each kind (there are 12 kinds).
+    /// Faults of each kind (there are 12 kinds, 14 with --nats-cluster).
     #[arg(long, default_value_t = 20)]
     pub faults_per_kind: u32,
     /// Which way the payloads travel.
@@ -69,6 +72,11 @@ pub struct Args {
     /// Keep the servers' data and the services' logs (their directory is printed).
     #[arg(long)]
     pub keep: bool,
+    /// Run NATS as a cluster of three nodes with every stream replicated
+    /// three times; adds the faults `nats-leader-kill` and `nats-pause`, and
+    /// `nats-kill` kills one node.
+    #[arg(long)]
+    pub nats_cluster: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,6 +108,7 @@ impl Args {
             release: false,
             rate: 400.0,
             keep: false,
+            nats_cluster: false,
         }
     }
 
@@ -121,6 +130,9 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Where the logs are, when kept.
     pub kept: Option<PathBuf>,
+    /// On a NATS cluster: consumer lists read during the run, and those
+    /// that left out one of the pipeline's consumers.
+    pub lists: Option<observe::Lists>,
 }
 
 /// Runs the ledger once: servers, services, load under faults, drain, verdict.
@@ -134,18 +146,20 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     }
     let transports = args.transport.transports();
     let plan = Arc::new(Plan::new(seed, args.events, &transports));
-    let schedule = faults::schedule(seed, args.faults_per_kind, &transports);
+    let schedule = faults::schedule(seed, args.faults_per_kind, &transports, args.nats_cluster);
     tracing::info!(
         seed,
         events = plan.events,
         payloads = plan.payloads.len(),
         faults = schedule.len(),
+        nats_cluster = args.nats_cluster,
         "starting the servers and the services"
     );
     let bin_dir = args.release.then(release_dir).transpose()?;
-    let cluster = Cluster::start(bin_dir.as_deref(), args.failpoint.as_deref()).await?;
+    let cluster = Cluster::start(bin_dir.as_deref(), args.failpoint.as_deref(), args.nats_cluster).await?;
     let (js, db) = (cluster.js.clone(), cluster.db.clone());
     let observer = observe::Observer::start(js.clone()).await?;
+    let lists = args.nats_cluster.then(|| observe::ListWatch::start(js.clone()));
     let ledger = Arc::new(Ledger::new(plan.payloads.len()));
     let gate = Arc::new(Gate::new(plan.payloads.len() as u64, schedule.len() as u64));
     let ingest: Arc<str> = cluster.ingest_url().into();
@@ -176,6 +190,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         let _ = injector.await;
         return Err(error);
     }
+    // Every payload answered or given up: nothing more to stall.
+    let stalls = ledger.stalls();
     tracing::info!(elapsed_s = started.elapsed().as_secs(), "every payload sent; draining");
     let fates = ledger.fates();
     let acked_rows: usize = plan
@@ -188,12 +204,25 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let drained = observe::drain(&js, &db, &gate.done, acked_rows as i64, Duration::from_secs(300)).await;
     tracing::info!(drain_s = drained.as_secs(), "drained");
     stop.cancel();
-    let (cluster, report) = injector.await.context("the fault task")??;
+    let (cluster, mut report) = injector.await.context("the fault task")??;
+    report.stalls = stall::summarize(stalls.0, &stalls.1, &report.windows);
+    for stretch in &stalls.1 {
+        tracing::debug!(
+            from_s = format!("{:.1}", stretch.start.duration_since(started).as_secs_f64()),
+            length = stall::seconds(stretch.length),
+            "ingest stalled"
+        );
+    }
     let observed = observer.finish().await?;
+    let lists = match lists {
+        Some(lists) => Some(lists.finish().await?),
+        None => None,
+    };
     let mut verdict = verdict::judge(&plan, &ledger.fates(), &db, &js, &observed).await?;
     verdict.seed = seed;
     verdict.faults = report.total();
     verdict.redelivered = observe::redelivered(&js).await;
+    verdict.stall = report.stalls.longest;
     // The servers and services stop here; their directory goes too unless kept.
     let kept = args.keep.then(|| cluster.dir.keep());
     Ok(Outcome {
@@ -201,6 +230,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         faults: report,
         elapsed: started.elapsed(),
         kept,
+        lists,
     })
 }
 

@@ -55,6 +55,11 @@ fn report(outcome: &tributary_chaos::Outcome) {
         ("unclean exits after SIGTERM", faults.unclean_sigterms.clone()),
         ("services that exited by themselves", faults.crashes.clone()),
         ("slow recoveries", faults.slow_recoveries.clone()),
+        (
+            "proxy faults that cut nothing (the service was connected to a NATS node directly)",
+            faults.bypassed_proxies.clone(),
+        ),
+        ("cluster faults that found no leader", faults.leaderless.clone()),
     ] {
         let list: Vec<String> = list;
         if !list.is_empty() {
@@ -65,6 +70,19 @@ fn report(outcome: &tributary_chaos::Outcome) {
         lines.push(format!(
             "messages left unacknowledged by services that exited after SIGTERM (redelivered): {:?}",
             faults.held_after_sigterm
+        ));
+    }
+    lines.extend(stalls(&faults.stalls));
+    if let Some(lists) = &outcome.lists {
+        lines.push(format!(
+            "consumer lists (as trimming reads them) that left out a consumer: {} of {}, {} of them naming another{}",
+            lists.gaps,
+            lists.reads,
+            lists.partial,
+            match lists.examples.is_empty() {
+                true => String::new(),
+                false => format!(", e.g. {}", lists.examples.join("; ")),
+            }
         ));
     }
     lines.extend(verdict.details.iter().cloned());
@@ -79,6 +97,36 @@ fn report(outcome: &tributary_chaos::Outcome) {
     }
     complain(&lines.join("\n"));
     println!("{verdict}");
+}
+
+/// The stall lines: the longest, what was under way, and the longest per fault kind.
+fn stalls(stalls: &tributary_chaos::stall::Summary) -> Vec<String> {
+    use tributary_chaos::stall::seconds;
+    let mut lines = vec![format!(
+        "longest ingest stall: {} during {}",
+        seconds(stalls.longest),
+        match stalls.longest_during.is_empty() {
+            true => "no fault".to_owned(),
+            false => stalls.longest_during.join(", "),
+        }
+    )];
+    if !stalls.by_kind.is_empty() {
+        let by_kind: Vec<String> = stalls
+            .by_kind
+            .iter()
+            .map(|(kind, longest)| format!("{kind} {}", seconds(*longest)))
+            .collect();
+        lines.push(format!("longest ingest stall by fault kind: {}", by_kind.join(", ")));
+    }
+    if stalls.outside_faults > 0 {
+        lines.push(format!(
+            "ingest stalls of {} or more outside any fault: {} (longest {})",
+            seconds(tributary_chaos::stall::NOTED),
+            stalls.outside_faults,
+            seconds(stalls.longest_outside_faults)
+        ));
+    }
+    lines
 }
 
 #[expect(

@@ -38,6 +38,9 @@ pub struct Copy {
 #[derive(Debug, Default)]
 pub struct Observed {
     pub batches: HashMap<BatchKey, BTreeMap<u64, Copy>>,
+    /// Every event key (device, metric, time) seen, with the stream
+    /// sequence of the first batch holding it: where a lost event got to.
+    pub events: HashMap<(String, String, i64), u64>,
     pub deliveries: u64,
 }
 
@@ -57,7 +60,10 @@ impl Observer {
             .create_consumer(pull::Config {
                 durable_name: Some(DURABLE.to_owned()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // An acknowledgement lost with a node is sent again soon (a
+                // copy seen twice is one stream sequence: it counts once),
+                // so the drain never waits long for it.
+                ack_wait: Duration::from_secs(5),
                 max_ack_pending: 20_000,
                 ..Default::default()
             })
@@ -111,6 +117,12 @@ async fn observe(consumer: jetstream::consumer::Consumer<pull::Config>, stop: Ca
                             .entry(key)
                             .or_default()
                             .insert(info.stream_sequence, copy);
+                        for event in &batch.events {
+                            observed
+                                .events
+                                .entry((event.device_id.clone(), event.metric.clone(), event.time_us))
+                                .or_insert(info.stream_sequence);
+                        }
                     }
                     if let Err(error) = message.ack().await {
                         tracing::debug!(%error, "acknowledging a metrics message (it comes again)");
@@ -187,6 +199,7 @@ pub async fn drain(
     let started = Instant::now();
     let mut last: Option<(i64, u64)> = None;
     let mut stable_since = Instant::now();
+    let mut last_told = Instant::now();
     while started.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if !faults_done.load(Ordering::Acquire) {
@@ -197,6 +210,14 @@ pub async fn drain(
             idle &= backlog(js, stream, durable).await == Some((0, 0));
         }
         let now = counts(js, db).await;
+        if !idle && last_told.elapsed() >= Duration::from_secs(5) {
+            last_told = Instant::now();
+            let mut backlogs = Vec::new();
+            for (stream, durable) in CONSUMERS.into_iter().chain([(METRICS_STREAM, DURABLE)]) {
+                backlogs.push(format!("{durable}: {:?}", backlog(js, stream, durable).await));
+            }
+            tracing::debug!(?backlogs, "draining: (pending, unacknowledged) per consumer");
+        }
         if !idle || now.is_none() || now != last {
             last = now;
             stable_since = Instant::now();
@@ -210,4 +231,103 @@ pub async fn drain(
     }
     tracing::warn!(?timeout, "the pipeline did not settle; judging it as it is");
     started.elapsed()
+}
+
+/// What [`ListWatch`] saw.
+#[derive(Debug, Default)]
+pub struct Lists {
+    /// Consumer lists read.
+    pub reads: u64,
+    /// Of those, lists that left out a consumer the pipeline has.
+    pub gaps: u64,
+    /// Of those, lists that named another consumer that acknowledges: a
+    /// trimming pass reading one would purge up to that consumer's floor,
+    /// past what the one left out had not acknowledged. (A list that names
+    /// none makes the pass trim nothing.)
+    pub partial: u64,
+    /// The first few gaps, partial ones first, as sentences.
+    pub examples: Vec<String>,
+}
+
+/// Reads the consumer lists of the buffer streams twice a second, as
+/// `tributary_runtime::trim` reads them (it purges up to the lowest
+/// acknowledgement floor among the consumers listed), and notes every list
+/// that leaves out one of the pipeline's durable consumers: in a cluster,
+/// nats-server lists a consumer whose replicas it cannot ask in time as
+/// `missing` instead, and async-nats drops that field, so a trimming pass
+/// would go by the other consumers' floors alone.
+pub struct ListWatch {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Lists>,
+}
+
+impl ListWatch {
+    /// Starts watching (after the ledger's own consumer exists).
+    pub fn start(js: jetstream::Context) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch_lists(js, stop.clone()));
+        Self { stop, task }
+    }
+
+    pub async fn finish(self) -> Result<Lists> {
+        self.stop.cancel();
+        Ok(self.task.await?)
+    }
+}
+
+async fn watch_lists(js: jetstream::Context, stop: CancellationToken) -> Lists {
+    // serde_json's `Value`, as sqlx re-exports it.
+    use sqlx::types::JsonValue;
+    let mut lists = Lists::default();
+    let watched = [
+        ("TELEMETRY_RAW", vec![CONSUMERS[0].1]),
+        (METRICS_STREAM, vec![CONSUMERS[1].1, DURABLE]),
+    ];
+    while !stop.is_cancelled() {
+        for (stream, durables) in &watched {
+            let subject = format!("CONSUMER.LIST.{stream}");
+            let request = js.request::<_, _, JsonValue>(subject, &());
+            let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(5), request).await else {
+                continue;
+            };
+            if answer.get("error").is_some() {
+                continue;
+            }
+            lists.reads += 1;
+            let listed: Vec<&str> = answer["consumers"]
+                .as_array()
+                .map(|all| all.iter().filter_map(|c| c["name"].as_str()).collect())
+                .unwrap_or_default();
+            let left_out: Vec<&&str> = durables.iter().filter(|d| !listed.contains(d)).collect();
+            if !left_out.is_empty() {
+                lists.gaps += 1;
+                let partial = !listed.is_empty();
+                if partial {
+                    lists.partial += 1;
+                    // Partial ones are the examples worth keeping.
+                    if lists.examples.len() >= 5
+                        && let Some(whole) = lists.examples.iter().position(|e| e.contains("listed []"))
+                    {
+                        lists.examples.remove(whole);
+                    }
+                }
+                if lists.examples.len() < 5 {
+                    lists.examples.push(format!(
+                        "{stream} at {}: listed {listed:?}, not {left_out:?} (missing: {})",
+                        crate::verdict::time_of_day(
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as i64)
+                        ),
+                        answer["missing"]
+                    ));
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    lists
 }

@@ -37,6 +37,9 @@ pub struct Verdict {
     pub dlq: u64,
     /// Deliveries beyond the first, transformer's and sink's consumers.
     pub redelivered: u64,
+    /// The longest ingest stall: time in which payloads were awaiting an
+    /// answer and none was accepted.
+    pub stall: std::time::Duration,
     /// Each problem, a sentence (the first of each kind, and their counts).
     pub details: Vec<String>,
 }
@@ -51,7 +54,7 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed={} events={} faults={} | ok={} unknown={} recovered={} failed={} | lost={} duplicated={} unexpected={} | bad={}→dlq={} | redelivered={}",
+            "seed={} events={} faults={} | ok={} unknown={} recovered={} failed={} | lost={} duplicated={} unexpected={} | bad={}→dlq={} | redelivered={} stall={}",
             self.seed,
             self.events,
             self.faults,
@@ -64,7 +67,8 @@ impl std::fmt::Display for Verdict {
             self.unexpected,
             self.bad,
             self.dlq,
-            self.redelivered
+            self.redelivered,
+            crate::stall::seconds(self.stall)
         )
     }
 }
@@ -173,6 +177,7 @@ pub async fn judge(
 
     // Every payload's events, by what its client was told.
     let dead_lettered = dead_letters(js, plan, &mut problems, &mut verdict).await?;
+    let mut lost_payloads = Vec::new();
     for ((index, payload), fate) in plan.payloads.iter().enumerate().zip(fates) {
         if payload.bad.is_some() {
             verdict.bad += 1;
@@ -194,14 +199,51 @@ pub async fn judge(
             verdict.ok += n;
             if present < n {
                 verdict.lost += n - present;
-                problems.add("acknowledged events missing from the rows", n - present, || {
+                // Where they got to: the metrics stream (the sink's side
+                // lost them) or not (the raw stream's or the transformer's).
+                let missing = payload
+                    .events
+                    .iter()
+                    .filter(|e| !stored.contains_key(&(payload.device.clone(), e.metric.clone(), e.time_us)));
+                let mut reached = Vec::new();
+                let mut short = 0;
+                for event in missing {
+                    match observed
+                        .events
+                        .get(&(payload.device.clone(), event.metric.clone(), event.time_us))
+                    {
+                        Some(seq) => reached.push(*seq),
+                        None => short += 1,
+                    }
+                }
+                let example = |sequences: &[u64]| {
                     format!(
-                        "payload {index} ({} attempts, {} unknown): {}",
+                        "payload {index} ({:?}, {} attempts, {} unknown{}): {}",
+                        payload.transport,
                         fate.attempts,
                         fate.unknown,
+                        match sequences.is_empty() {
+                            true => String::new(),
+                            false => format!(", metrics sequences {sequences:?}"),
+                        },
                         String::from_utf8_lossy(&payload.body)
                     )
-                });
+                };
+                if !reached.is_empty() {
+                    problems.add(
+                        "acknowledged events missing from the rows, though TELEMETRY_METRICS stored them",
+                        reached.len() as u64,
+                        || example(&reached),
+                    );
+                }
+                if short > 0 {
+                    problems.add(
+                        "acknowledged events missing from the rows, never stored in TELEMETRY_METRICS",
+                        short,
+                        || example(&[]),
+                    );
+                }
+                lost_payloads.push(index);
             }
         } else if fate.failed {
             verdict.failed += n;
@@ -212,6 +254,9 @@ pub async fn judge(
         }
     }
 
+    if !lost_payloads.is_empty() {
+        raw_whereabouts(js, plan, &lost_payloads, &mut problems).await;
+    }
     rollups(db, &stored, &mut problems, &mut verdict).await?;
 
     // More than one metrics-stream message for one raw message and device.
@@ -227,8 +272,8 @@ pub async fn judge(
                         .map(|(seq, c)| {
                             format!(
                                 "seq {seq} stored at {} from a payload accepted at {}",
-                                ms(c.stored_ms),
-                                ms(c.ingested_us / 1000)
+                                time_of_day(c.stored_ms),
+                                time_of_day(c.ingested_us / 1000)
                             )
                         })
                         .collect();
@@ -246,7 +291,7 @@ pub async fn judge(
 
 /// Milliseconds since the epoch as a UTC time of day, `hh:mm:ss.mmm`
 /// (to set beside the fault log's times).
-fn ms(unix_ms: i64) -> String {
+pub(crate) fn time_of_day(unix_ms: i64) -> String {
     let day_ms = unix_ms.rem_euclid(86_400_000);
     format!(
         "{:02}:{:02}:{:02}.{:03}",
@@ -311,6 +356,49 @@ async fn rollups(
     Ok(())
 }
 
+/// Whether the raw stream still holds the payloads whose events were lost
+/// (only what it kept for its duplicate window is there to find), as one
+/// sentence each: where the loss happened, for whoever reads the verdict.
+async fn raw_whereabouts(js: &async_nats::jetstream::Context, plan: &Plan, lost: &[usize], problems: &mut Problems) {
+    let wanted: HashMap<&[u8], usize> = lost.iter().map(|&i| (plan.payloads[i].body.as_slice(), i)).collect();
+    let Ok(mut stream) = js.get_stream("TELEMETRY_RAW").await else {
+        return;
+    };
+    let Ok(state) = stream.info().await.map(|i| i.state.clone()) else {
+        return;
+    };
+    let mut found: HashMap<usize, Vec<u64>> = HashMap::new();
+    if state.messages > 0 {
+        for sequence in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            if let Ok(envelope) = RawEnvelope::decode(message.payload.as_ref())
+                && let Some(&index) = wanted.get(envelope.payload.as_ref())
+            {
+                found.entry(index).or_default().push(sequence);
+            }
+        }
+    }
+    for &index in lost {
+        match found.get(&index) {
+            Some(sequences) => problems.add("payloads with lost events that TELEMETRY_RAW holds", 1, || {
+                format!("payload {index} at raw sequence {sequences:?}")
+            }),
+            None => problems.add(
+                "payloads with lost events that TELEMETRY_RAW does not hold (trimmed, or never stored)",
+                1,
+                || {
+                    format!(
+                        "payload {index} (raw sequences {}..={} kept)",
+                        state.first_sequence, state.last_sequence
+                    )
+                },
+            ),
+        }
+    }
+}
+
 /// The plan indexes of the bad payloads found in `TELEMETRY_DLQ`; sets
 /// `verdict.dlq`, and counts a bad payload dead-lettered twice as
 /// duplicated and a good one dead-lettered as a problem.
@@ -355,7 +443,7 @@ async fn dead_letters(
                         .map_or_else(|| "?".to_owned(), |v| v.as_str().to_owned());
                     found.entry(index).or_default().push(format!(
                         "dead letter {sequence} of raw message {original} accepted at {}",
-                        ms(envelope.received_at_us / 1000)
+                        time_of_day(envelope.received_at_us / 1000)
                     ));
                 }
                 Some(&index) => problems.add("good payloads dead-lettered", 1, || {
@@ -404,12 +492,13 @@ mod tests {
             bad: 12,
             dlq: 12,
             redelivered: 311,
+            stall: std::time::Duration::from_millis(2_340),
             ..Default::default()
         };
         assert_eq!(
             verdict.to_string(),
             "seed=7 events=4000 faults=22 | ok=3990 unknown=40 recovered=40 failed=0 \
-             | lost=0 duplicated=0 unexpected=0 | bad=12→dlq=12 | redelivered=311"
+             | lost=0 duplicated=0 unexpected=0 | bad=12→dlq=12 | redelivered=311 stall=2.3s"
         );
         assert!(verdict.passed());
         assert!(

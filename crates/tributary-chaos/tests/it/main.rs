@@ -4,7 +4,9 @@
 //! it must catch (acceptance 2). `just chaos` is the long run.
 //!
 //! The services are the debug builds next to this test (`just test` builds
-//! them first). `TRIBUTARY_CHAOS_SEED` replays another seed.
+//! them first). `TRIBUTARY_CHAOS_SEED` replays another seed. The ledger on
+//! a three-node NATS cluster is `just chaos-cluster`: its short run takes
+//! about 100 s in debug builds, more than `just test` can spare.
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +50,7 @@ async fn a_short_run_under_every_kind_of_fault_loses_and_doubles_nothing() -> Re
     eprintln!("{details}\ntook {:?}", started.elapsed());
     assert!(verdict.passed(), "the ledger found a problem:\n{details}");
     assert_eq!(verdict.events, 4_000);
-    for kind in Kind::ALL {
+    for kind in Kind::scheduled(false) {
         assert_eq!(faults.executed.get(kind.name()), Some(&2), "{kind:?}\n{details}");
     }
     // The armed failpoints were reached: the processes died where they were meant to.
