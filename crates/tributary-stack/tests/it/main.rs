@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, PostgreSQL and mosquitto (test kit),
 //! the four services in-process, traffic over real HTTP and MQTT.
 
+mod alerts;
 mod cluster;
 mod dashboard;
 mod database_tls;

@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tributary_runtime::service::main("alerter", alerter::run).await
+}
