@@ -717,24 +717,16 @@ fn show(value: &toml::Value) -> String {
 ///
 /// What is wrong with it.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("{text:?} is not a duration: expected a whole number and a unit, e.g. 250ms, 30s, 5m, 1h, 7d")
-    })?;
-    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
-    let duration = match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => return Err(format!("{text:?} is not a duration: units are ms, s, m, h, d")),
-    };
+    // Exactly as written: a file is not a command line.
+    if text.trim() != text {
+        return Err(format!("{text:?} is not a duration: no spaces around it"));
+    }
+    let duration = tributary_schema::parse_duration(text)?;
     // Kept in µs as an i64 by the engine: a century is plenty.
-    duration
-        .filter(|d| d.as_secs() <= 100 * 365 * 86_400)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    if duration.as_secs() > 100 * 365 * 86_400 {
+        return Err(format!("{text:?} is too long"));
+    }
+    Ok(duration)
 }
 
 /// The shortest way [`parse_duration`] reads back: `5m`, not `300s`.

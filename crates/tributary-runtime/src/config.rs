@@ -368,25 +368,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` (a whole number and a unit).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("{text:?} is not a duration: expected a whole number and a unit, e.g. 250ms, 5s, 2m, 1h, 7d")
-    })?;
-    let secs = |k: u64| n.checked_mul(k).map(Duration::from_secs);
-    let d = match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86_400),
-        _ => None,
-    };
-    d.ok_or_else(|| format!("{text:?} is not a duration: units are ms, s, m, h, d"))
-}
+/// Durations are written as everywhere in Tributary: `250ms`, `5s`, `2m`, `1h`, `7d`.
+pub use tributary_schema::parse_duration;
 
 #[cfg(test)]
 mod tests {

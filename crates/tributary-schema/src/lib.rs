@@ -6,6 +6,7 @@
 //! Never: no async runtime, no I/O, no NATS client. This crate is names and
 //! bytes only, so that every service (and any tool) can depend on it cheaply.
 
+mod durations;
 mod ids;
 mod subjects;
 
@@ -15,6 +16,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/tributary.v1.rs"));
 }
 
+pub use durations::parse_duration;
 pub use ids::{metric_batch_msg_id, raw_msg_id, raw_msg_id_from_key};
 pub use prost::Message;
 pub use subjects::{
