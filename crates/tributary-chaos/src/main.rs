@@ -75,7 +75,7 @@ fn report(outcome: &tributary_chaos::Outcome) {
     lines.extend(stalls(&faults.stalls));
     if let Some(lists) = &outcome.lists {
         lines.push(format!(
-            "consumer lists (as trimming reads them) that left out a consumer: {} of {}, {} of them naming another{}",
+            "consumer lists (the list API, which trimming no longer trusts) that left out a consumer: {} of {}, {} of them naming another{}",
             lists.gaps,
             lists.reads,
             lists.partial,

@@ -249,13 +249,13 @@ pub struct Lists {
     pub examples: Vec<String>,
 }
 
-/// Reads the consumer lists of the buffer streams twice a second, as
-/// `tributary_runtime::trim` reads them (it purges up to the lowest
-/// acknowledgement floor among the consumers listed), and notes every list
-/// that leaves out one of the pipeline's durable consumers: in a cluster,
-/// nats-server lists a consumer whose replicas it cannot ask in time as
-/// `missing` instead, and async-nats drops that field, so a trimming pass
-/// would go by the other consumers' floors alone.
+/// Reads the consumer lists of the buffer streams twice a second and notes
+/// every list that leaves out one of the pipeline's durable consumers: in a
+/// cluster, nats-server lists a consumer whose replicas it cannot ask in
+/// time as `missing` instead, and async-nats drops that field. Trimming
+/// once went by such a list and purged past the sink's floor; it now asks
+/// each consumer by name (`tributary_runtime::trim`), and this count shows
+/// how often the list alone would have misled it.
 pub struct ListWatch {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Lists>,
