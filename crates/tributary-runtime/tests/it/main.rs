@@ -209,8 +209,17 @@ async fn an_acknowledged_message_outlives_a_restart_for_the_duplicate_window_and
     };
     // "consumed" is taken and acknowledged; "waiting" never is.
     assert_eq!(publish("consumed").await.unwrap().sequence, 1);
-    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
-    taken.next().await.unwrap().unwrap().double_ack().await.unwrap();
+    // Waits for the message (a no-wait fetch may find the consumer not yet caught up).
+    let mut taken = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
+    let message = taken.next().await.expect("the consumed message delivered").unwrap();
+    assert_eq!(message.payload.as_ref(), b"consumed");
+    message.double_ack().await.unwrap();
     assert_eq!(publish("waiting").await.unwrap().sequence, 2);
 
     nats.restart().await.unwrap();
