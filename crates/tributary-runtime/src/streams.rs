@@ -110,7 +110,8 @@ fn stream_config(
 /// Creates the raw, metrics and dead-letter streams, or updates them to the
 /// wanted configuration. Safe to call from any number of services at once.
 ///
-/// - raw and metrics: buffers. A message stays until every consumer that
+/// - raw and metrics: buffers (metrics stored by partition,
+///   [`tributary_schema::METRICS_PARTITION_TRANSFORM`]). A message stays until every consumer that
 ///   acknowledges has acknowledged it and it is older than the stream's
 ///   duplicate window; the consuming service trims it then
 ///   ([`crate::trim::trim_consumed`]), so a restarted nats-server still
@@ -123,6 +124,22 @@ fn stream_config(
 /// with work-queue retention is refused (NATS cannot change it in place).
 pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Result<(), ProvisionError> {
     use stream::DiscardPolicy::{New, Old};
+    let mut metrics = stream_config(
+        &args.metrics,
+        METRICS_SUBJECTS,
+        New,
+        args.max_age,
+        args.metrics_max_bytes,
+        args.metrics_duplicate_window,
+        args,
+    );
+    // Stored as `metrics.<device>.<partition>`: a reader with per-device
+    // state (the alerter) splits the stream by partition between replicas.
+    let (source, destination) = tributary_schema::METRICS_PARTITION_TRANSFORM;
+    metrics.subject_transform = Some(stream::SubjectTransform {
+        source: source.to_owned(),
+        destination: destination.to_owned(),
+    });
     let wanted = [
         stream_config(
             &args.raw,
@@ -133,15 +150,7 @@ pub async fn ensure_streams(js: &jetstream::Context, args: &StreamArgs) -> Resul
             args.duplicate_window,
             args,
         ),
-        stream_config(
-            &args.metrics,
-            METRICS_SUBJECTS,
-            New,
-            args.max_age,
-            args.metrics_max_bytes,
-            args.metrics_duplicate_window,
-            args,
-        ),
+        metrics,
         stream_config(
             &args.dlq,
             DLQ_SUBJECTS,

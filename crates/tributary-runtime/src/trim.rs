@@ -102,7 +102,17 @@ async fn stream_state(stream: &mut jetstream::stream::Stream) -> Result<StreamSt
             .await
             .map_err(|e| format!("consumer {name}: {e}"))?;
         if consumer.config.ack_policy != AckPolicy::None {
-            let at = consumer.ack_floor.stream_sequence;
+            // A consumer with nothing to deliver and nothing unacknowledged
+            // has acknowledged all it matched up to `last_seq` (read
+            // before it), whatever its floor says: a consumer filtered on
+            // subjects that have seen nothing for a while (one of the
+            // alerter's partitions) keeps the floor of its last message.
+            let idle = consumer.num_pending == 0 && consumer.num_ack_pending == 0;
+            let at = if idle {
+                last_seq.max(consumer.ack_floor.stream_sequence)
+            } else {
+                consumer.ack_floor.stream_sequence
+            };
             floor = Some(floor.map_or(at, |f| f.min(at)));
         }
     }

@@ -20,9 +20,10 @@ pub use durations::parse_duration;
 pub use ids::{metric_batch_msg_id, raw_msg_id, raw_msg_id_from_key};
 pub use prost::Message;
 pub use subjects::{
-    DLQ_STREAM, DLQ_SUBJECTS, MAX_SUBJECT_LEN, MAX_TOKEN_LEN, METRICS_STREAM, METRICS_SUBJECTS, RAW_STREAM,
-    RAW_SUBJECTS, dlq_subject, metric_subject, raw_http_subject, raw_influx_subject, raw_mqtt_subject,
-    raw_pull_subject, sanitize_token,
+    ALERTS_STREAM, ALERTS_SUBJECTS, DLQ_STREAM, DLQ_SUBJECTS, MAX_SUBJECT_LEN, MAX_TOKEN_LEN,
+    METRICS_PARTITION_TRANSFORM, METRICS_PARTITIONS, METRICS_STREAM, METRICS_SUBJECTS, RAW_STREAM, RAW_SUBJECTS,
+    alert_subject, dlq_subject, metric_partition, metric_partition_subjects, metric_stored_subject, metric_subject,
+    raw_http_subject, raw_influx_subject, raw_mqtt_subject, raw_pull_subject, sanitize_token, token_partition,
 };
 pub use v1::{
     AlertEvent, AlertSeverity, AlertState, MetricBatch, MetricEvent, RawEnvelope, SourceKind, metric_event::Value,

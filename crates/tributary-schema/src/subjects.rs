@@ -12,6 +12,11 @@ pub const METRICS_SUBJECTS: &str = "metrics.>";
 pub const DLQ_STREAM: &str = "TELEMETRY_DLQ";
 /// Subjects of [`DLQ_STREAM`].
 pub const DLQ_SUBJECTS: &str = "dlq.>";
+/// Alert transitions (`AlertEvent`), one message each: created and written
+/// by the alerter, read by the query API.
+pub const ALERTS_STREAM: &str = "TELEMETRY_ALERTS";
+/// Subjects of [`ALERTS_STREAM`].
+pub const ALERTS_SUBJECTS: &str = "alerts.>";
 
 /// Longest token [`sanitize_token`] returns, in bytes.
 pub const MAX_TOKEN_LEN: usize = 128;
@@ -123,9 +128,61 @@ fn cut_subject(mut head: String, topic: &str) -> String {
     head
 }
 
-/// `metrics.<device>`: every `MetricBatch` of one device.
+/// `metrics.<device>`: every `MetricBatch` of one device, as published.
+/// [`METRICS_STREAM`] stores it as `metrics.<device>.<partition>`
+/// ([`METRICS_PARTITION_TRANSFORM`]).
 pub fn metric_subject(device_id: &str) -> String {
     format!("metrics.{}", sanitize_token(device_id))
+}
+
+/// How many partitions [`METRICS_STREAM`] splits devices into: a reader
+/// that keeps per-device state (the alerter) gives each replica some of
+/// them. Fixed: changing it moves devices between partitions.
+pub const METRICS_PARTITIONS: u32 = 16;
+
+/// The metrics stream's subject transform, source and destination: a
+/// message published on `metrics.<device>` is stored on
+/// `metrics.<device>.<partition>`, the partition nats-server's
+/// `partition()` mapping function computes from the device token
+/// ([`metric_partition`] computes the same).
+pub const METRICS_PARTITION_TRANSFORM: (&str, &str) = ("metrics.*", "metrics.{{wildcard(1)}}.{{partition(16,1)}}");
+
+/// `metrics.<device>.<partition>`: the subject [`METRICS_STREAM`] stores a
+/// device's batches on (for reading them back by subject).
+pub fn metric_stored_subject(device_id: &str) -> String {
+    let token = sanitize_token(device_id);
+    let partition = token_partition(&token);
+    format!("metrics.{token}.{partition}")
+}
+
+/// The subjects of one partition of the metrics stream, as stored.
+pub fn metric_partition_subjects(partition: u32) -> String {
+    format!("metrics.*.{partition}")
+}
+
+/// The partition nats-server stores a device's batches in: FNV-1a (32 bit)
+/// of its subject token, modulo [`METRICS_PARTITIONS`] (nats-server's
+/// `getHashPartition`).
+pub fn metric_partition(device_id: &str) -> u32 {
+    token_partition(&sanitize_token(device_id))
+}
+
+/// [`metric_partition`] of a device's subject token (already sanitised).
+pub fn token_partition(token: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in token.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % METRICS_PARTITIONS
+}
+
+/// `alerts.<rule>.<device>`: every transition of one rule for one device
+/// (all its metrics). A rule's name is a subject token as written (the
+/// alerter's rules file refuses any other); the device goes through
+/// [`sanitize_token`].
+pub fn alert_subject(rule: &str, device: &str) -> String {
+    format!("alerts.{}.{}", sanitize_token(rule), sanitize_token(device))
 }
 
 /// `dlq.<stage>.<reason>`.
@@ -136,6 +193,26 @@ pub fn dlq_subject(stage: &str, reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_are_nats_servers_fnv1a_and_the_transform_agrees() {
+        // FNV-1a 32 of "a" and of "foobar" (the algorithm's published test vectors).
+        assert_eq!(token_partition("a"), 0xe40c_292c % METRICS_PARTITIONS);
+        assert_eq!(token_partition("foobar"), 0xbf9c_f968 % METRICS_PARTITIONS);
+        assert_eq!(metric_partition("plant.7/pump"), token_partition("plant~2E7~2Fpump"));
+        let wanted = format!("{{{{partition({METRICS_PARTITIONS},1)}}}}");
+        assert!(METRICS_PARTITION_TRANSFORM.1.contains(&wanted), "{wanted}");
+        assert_eq!(metric_partition_subjects(3), "metrics.*.3");
+        assert_eq!(
+            metric_stored_subject("plant.7/pump"),
+            format!("metrics.plant~2E7~2Fpump.{}", metric_partition("plant.7/pump"))
+        );
+        let mut seen = [false; METRICS_PARTITIONS as usize];
+        for n in 0..1000 {
+            seen[metric_partition(&format!("device-{n}")) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "1,000 devices fall in every partition");
+    }
     use std::collections::HashMap;
 
     fn check(input: &str, expected: &str) {
@@ -215,6 +292,13 @@ mod tests {
         );
         assert_eq!(metric_subject("plant.7/pump"), "metrics.plant~2E7~2Fpump");
         assert_eq!(dlq_subject("transformer", "not_json"), "dlq.transformer.not_json");
+        assert_eq!(alert_subject("boiler-hot", "boiler-1"), "alerts.boiler-hot.boiler-1");
+        assert_eq!(
+            alert_subject("boiler-hot", "plant.7/boiler"),
+            "alerts.boiler-hot.plant~2E7~2Fboiler"
+        );
+        assert_eq!(alert_subject("boiler-hot", ""), "alerts.boiler-hot.~");
+        assert_eq!(alert_subject("boiler-hot", "*"), "alerts.boiler-hot.~2A");
     }
 
     /// A token of exactly `n` bytes that needs no escaping.

@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use tributary_alerts::RuleSet;
 use tributary_runtime::{LogArgs, NatsArgs, StreamArgs, parse_bytes, parse_duration};
+use tributary_schema::METRICS_PARTITIONS;
 
 use crate::subjects::{ALERTS_STREAM, STATE_BUCKET};
 
 /// Tributary alerter: evaluates alert rules on the metric stream and
 /// publishes each alert's transitions (pending, firing, resolved, cleared)
-/// once to the alerts stream. Run one replica (partitioning is not built yet).
+/// once to the alerts stream. Alerters split the metric stream's partitions
+/// between them: replica k of R evaluates the partitions p with p % R == k.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "tributary-alerter", version)]
 pub struct Config {
@@ -38,14 +40,24 @@ pub struct Config {
     /// after a pause no device is found silent whose points are still queued.
     #[arg(long, env = "TRIBUTARY_ALERT_TICK_BACKLOG", default_value_t = 1_000)]
     pub tick_backlog: u64,
-    /// Durable consumer name on the metrics stream.
+    /// Durable consumer names on the metrics stream: `<durable>-<p>`, one
+    /// per partition p (0 to 15), whichever replica evaluates it.
     #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "alerter")]
     pub durable: String,
+    /// This alerter's index, 0 to --alerter-replicas − 1 (in Kubernetes,
+    /// the StatefulSet pod's ordinal). Two alerters with one index would
+    /// split a partition's devices between them: give each its own.
+    #[arg(long = "alerter-replica", env = "TRIBUTARY_ALERTER_REPLICA", default_value_t = 0)]
+    pub replica: u32,
+    /// How many alerters share the partitions (at most 16). Every one must
+    /// be told the same number: change it on all of them together.
+    #[arg(long = "alerter-replicas", env = "TRIBUTARY_ALERTER_REPLICAS", default_value_t = 1)]
+    pub replica_count: u32,
     /// Metric messages asked for per pull request, and evaluated (then
     /// published, saved and acknowledged) together at most.
     #[arg(long, env = "TRIBUTARY_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
-    /// Unacknowledged metric messages allowed.
+    /// Unacknowledged metric messages allowed, per partition.
     #[arg(long, env = "TRIBUTARY_MAX_ACK_PENDING", default_value_t = 10_000)]
     pub max_ack_pending: i64,
     /// How long a metric message may stay unacknowledged before JetStream redelivers it.
@@ -74,6 +86,8 @@ pub struct Config {
     /// How long to finish what is in hand after SIGTERM before exiting anyway.
     #[arg(long, env = "TRIBUTARY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
@@ -132,6 +146,7 @@ impl Config {
         problems.extend(self.nats.validate().err().unwrap_or_default());
         problems.extend(self.log.validate().err().unwrap_or_default());
         problems.extend(self.streams.validate().err().unwrap_or_default());
+        problems.extend(self.notify.problems(self.shutdown_grace));
         problems.extend(tributary_runtime::config::consumer_problems(
             &self.durable,
             self.batch_size,
@@ -164,10 +179,27 @@ impl Config {
         if self.lateness > MAX_LATENESS {
             problems.push("--lateness must be at most 1h".to_owned());
         }
+        if self.replica_count == 0 || self.replica_count > METRICS_PARTITIONS {
+            problems.push(format!(
+                "--alerter-replicas must be between 1 and {METRICS_PARTITIONS} (the metric stream's partitions)"
+            ));
+        } else if self.replica >= self.replica_count {
+            problems.push(format!(
+                "--alerter-replica {} is not below --alerter-replicas {}: replicas count from 0",
+                self.replica, self.replica_count
+            ));
+        }
         if self.rules_poll < Duration::from_millis(100) {
             problems.push("--rules-poll must be at least 100ms".to_owned());
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The partitions this replica evaluates.
+    pub fn partitions(&self) -> Vec<u32> {
+        (0..METRICS_PARTITIONS)
+            .filter(|p| self.replica_count > 0 && p % self.replica_count == self.replica)
+            .collect()
     }
 }
 
@@ -182,6 +214,21 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn replicas_split_the_partitions_between_them() {
+        let config = |replica: u32, replicas: u32| {
+            let mut config = Config::for_nats("nats://127.0.0.1:1", "r.toml");
+            config.replica = replica;
+            config.replica_count = replicas;
+            config.partitions()
+        };
+        assert_eq!(config(0, 1), (0..16).collect::<Vec<_>>());
+        let mut all: Vec<u32> = (0..3).flat_map(|k| config(k, 3)).collect();
+        assert_eq!(config(1, 3), [1, 4, 7, 10, 13]);
+        all.sort_unstable();
+        assert_eq!(all, (0..16).collect::<Vec<_>>(), "each partition has one replica");
     }
 
     #[test]
@@ -224,12 +271,16 @@ mod tests {
             "2h",
             "--batch-size",
             "0",
+            "--alerter-replica",
+            "2",
+            "--alerter-replicas",
+            "2",
         ]);
         let problems = config.validate().unwrap_err();
         let from_file: Vec<&String> = problems.iter().filter(|p| p.starts_with("--rules ")).collect();
         assert_eq!(from_file.len(), 4, "{problems:?}");
         assert!(from_file.iter().all(|p| p.contains("bad.toml")), "{problems:?}");
-        assert_eq!(problems.len(), 8, "{problems:?}");
+        assert_eq!(problems.len(), 9, "{problems:?}");
 
         let missing = Config::for_nats("nats://127.0.0.1:1", "/nonexistent/rules.toml");
         assert!(missing.validate().unwrap_err()[0].contains("/nonexistent/rules.toml"));

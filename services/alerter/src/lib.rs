@@ -1,4 +1,4 @@
-//! The alerter: a durable pull consumer on the metrics stream that feeds
+//! The alerter: durable pull consumers on the metrics stream that feed
 //! every point to the alert rules' engine (`tributary-alerts`) and
 //! publishes each alert transition once to `alerts.<rule>.<device>` on the
 //! `TELEMETRY_ALERTS` stream, with the transition's deterministic id as
@@ -6,23 +6,29 @@
 //! key-value bucket, saved after the transitions are published and before
 //! the metric messages are acknowledged, so a crash or a restart loses no
 //! transition and doubles none. The rules file is read again on SIGHUP and
-//! when it changes.
+//! when it changes. A notifier (`notify.rs`) posts each firing and
+//! resolution to its rule's webhook, from a consumer of the alerts stream.
 //!
-//! One replica: two alerters on the same durable would each see part of a
-//! device's points (splitting the work by device is a later step).
+//! Replicas split the work by device: the metrics stream stores each
+//! device's batches in one of 16 partitions (`metrics.<device>.<p>`), each
+//! partition has its own durable consumer, and replica k of R evaluates the
+//! partitions p with p % R == k, one pipeline each.
 //!
 //! Never: no database, no HTTP API beyond the admin routes, no saved state
 //! ahead of its published transitions, no acknowledgement before the state
 //! is saved.
 
 pub mod config;
+mod notify;
 mod pipeline;
 mod publish;
 mod rules;
 mod state;
 pub mod subjects;
 
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tributary_alerts::Engine;
@@ -75,9 +81,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
     let readiness = service.readiness().clone();
     let nats_client = client.clone();
     readiness.add("nats", move || tributary_runtime::nats::is_connected(&nats_client));
-    let consuming = readiness.flag("consumer");
+    let partitions = config.partitions();
+    let consuming = Arc::new(AtomicUsize::new(0));
+    let owned = partitions.len();
+    let consumers = consuming.clone();
+    readiness.add("consumers", move || consumers.load(Ordering::Relaxed) == owned);
 
-    let (reloads_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let rule_set = std::sync::Arc::new(rule_set);
+    let (reloads_tx, mut reloads) = tokio::sync::watch::channel(rule_set.clone());
+    reloads.mark_unchanged();
+    let notifying = readiness.flag("notifier");
+    let notifier = notify::run(
+        &config,
+        js.clone(),
+        reloads_tx.subscribe(),
+        notifying.clone(),
+        shutdown.clone(),
+    );
+    service.spawn("notify", notifier);
     let watch = rules::watch(
         config.rules.clone(),
         config.rules_poll,
@@ -106,18 +127,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         if ready.await?.is_none() {
             return Ok(());
         }
-        let settings = ConsumerSettings {
-            durable: config.durable.clone(),
-            filter_subject: String::new(),
-            ack_wait: config.ack_wait,
-            max_ack_pending: config.max_ack_pending,
-        };
-        let stream = &config.streams.metrics;
-        let provisioned =
-            tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &settings, &shutdown);
-        let Some(consumer) = provisioned.await? else {
-            return Ok(());
-        };
+        // The notifier's consumer takes the transitions published once it
+        // exists: none is published before (the first start creates it).
+        while !notifying.load(Ordering::Relaxed) {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
         let bucket = &config.state_bucket;
         let opened = tributary_runtime::retry::until_ok("opening the alert state bucket", &shutdown, || {
             state::StateStore::open(client.clone(), &js, bucket, config.streams.replicas)
@@ -125,20 +142,58 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let Some(state) = opened.await? else {
             return Ok(());
         };
-        let engine = Engine::new(&rule_set, config.lateness);
+        // The saved state of this replica's partitions, read once.
+        let wanted: HashSet<u32> = partitions.iter().copied().collect();
+        let loading = tributary_runtime::retry::until_ok("loading the saved alert state", &shutdown, || {
+            state.load(|key| wanted.contains(&subjects::key_partition(key)))
+        });
+        let Some(loaded) = loading.await? else {
+            return Ok(());
+        };
+        let mut by_partition: HashMap<u32, Vec<state::Loaded>> = HashMap::new();
+        for device in loaded {
+            let partition = tributary_schema::metric_partition(&device.device);
+            by_partition.entry(partition).or_default().push(device);
+        }
         let settings = pipeline::Settings {
             lateness: config.lateness,
             batch: config.batch_size,
             tick_backlog: config.tick_backlog,
         };
-        let mut pipeline = pipeline::Pipeline::new(js, consumer, engine, state, settings, reloads);
-        if !pipeline.restore(&shutdown).await || !pipeline.await_redeliveries(config.ack_wait, &shutdown).await {
-            return Ok(());
-        }
-        consuming.store(true, Ordering::Relaxed);
-        let result = pipeline.run(shutdown).await;
-        consuming.store(false, Ordering::Relaxed);
-        Ok::<_, Error>(result?)
+        let config = &config;
+        let pipelines = partitions.iter().map(|&partition| {
+            let (js, state, shutdown, consuming) = (js.clone(), state.clone(), shutdown.clone(), consuming.clone());
+            let mut reloads = reloads.clone();
+            let loaded = by_partition.remove(&partition).unwrap_or_default();
+            async move {
+                let consumer = ConsumerSettings {
+                    durable: format!("{}-{partition}", config.durable),
+                    filter_subject: tributary_schema::metric_partition_subjects(partition),
+                    ack_wait: config.ack_wait,
+                    max_ack_pending: config.max_ack_pending,
+                };
+                let stream = &config.streams.metrics;
+                let provisioned =
+                    tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &consumer, &shutdown);
+                let Some(consumer) = provisioned.await? else {
+                    return Ok(());
+                };
+                let rules = reloads.borrow_and_update().clone();
+                let engine = Engine::new(&rules, config.lateness);
+                let mut pipeline = pipeline::Pipeline::new(partition, js, consumer, engine, state, settings, reloads);
+                if !pipeline.restore(loaded, &shutdown).await
+                    || !pipeline.await_redeliveries(config.ack_wait, &shutdown).await
+                {
+                    return Ok(());
+                }
+                consuming.fetch_add(1, Ordering::Relaxed);
+                let result = pipeline.run(shutdown).await;
+                consuming.fetch_sub(1, Ordering::Relaxed);
+                Ok::<_, Error>(result?)
+            }
+        });
+        futures::future::try_join_all(pipelines).await?;
+        Ok::<_, Error>(())
     });
     Ok(service.serve(listener, addr, axum::Router::new()))
 }

@@ -1,6 +1,9 @@
 //! consume metric batches → evaluate → publish transitions → save state → ack.
 //!
-//! One task owns the [`Engine`] and works in rounds. A round takes the
+//! One pipeline per partition of the metrics stream this replica evaluates
+//! (`metrics.*.<p>`, its own durable consumer): a partition's devices are
+//! evaluated by one task, in stream order, whichever replica runs it. The
+//! task owns the partition's [`Engine`] and works in rounds. A round takes the
 //! metric messages at hand (up to `--batch-size`), feeds their points to
 //! the engine, and then, in this order:
 //!
@@ -29,7 +32,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull::MessagesError};
 use futures::future::join_all;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::watch;
 use tributary_alerts::{DeviceState, Engine, Point, RuleSet, Stats, Transition};
 use tributary_runtime::pull::Pull;
 use tributary_runtime::retry::Backoff;
@@ -37,7 +42,7 @@ use tributary_runtime::{CancellationToken, dlq};
 use tributary_schema::{Message as _, MetricBatch};
 
 use crate::publish::{Published, publish};
-use crate::state::StateStore;
+use crate::state::{Loaded, StateStore};
 
 /// The stage name in dead-letter subjects and headers.
 const STAGE: &str = "alerter";
@@ -75,13 +80,15 @@ pub struct Settings {
 }
 
 pub struct Pipeline {
+    /// The partition of the metrics stream this pipeline evaluates.
+    partition: u32,
     js: jetstream::Context,
     consumer: PullConsumer,
     engine: Engine,
     state: StateStore,
     settings: Settings,
     /// New rules from the rules file's watcher.
-    reloads: mpsc::Receiver<RuleSet>,
+    reloads: watch::Receiver<Arc<RuleSet>>,
     /// A round could not be finished at shutdown: its effects are in the
     /// engine but not published, so nothing after it may be saved either.
     abandoned: bool,
@@ -104,14 +111,16 @@ struct Ended(Option<String>);
 
 impl Pipeline {
     pub fn new(
+        partition: u32,
         js: jetstream::Context,
         consumer: PullConsumer,
         engine: Engine,
         state: StateStore,
         settings: Settings,
-        reloads: mpsc::Receiver<RuleSet>,
+        reloads: watch::Receiver<Arc<RuleSet>>,
     ) -> Self {
         Self {
+            partition,
             js,
             consumer,
             engine,
@@ -126,24 +135,10 @@ impl Pipeline {
         }
     }
 
-    /// Loads every device's saved state into the engine (retrying until the
-    /// bucket answers), and publishes and saves what that ended (alerts of
-    /// rules removed or changed since). False if shutdown came first.
-    pub async fn restore(&mut self, shutdown: &CancellationToken) -> bool {
-        let mut backoff = Backoff::standard();
-        let loaded = loop {
-            match self.state.load_all().await {
-                Ok(loaded) => break loaded,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "loading the saved alert state failed; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        };
+    /// Puts the partition's saved device states into the engine, and
+    /// publishes and saves what that ended (alerts of rules removed or
+    /// changed since). False if shutdown came first.
+    pub async fn restore(&mut self, loaded: Vec<Loaded>, shutdown: &CancellationToken) -> bool {
         let now = now_us();
         let mut round = Round::default();
         let devices = loaded.len();
@@ -151,7 +146,12 @@ impl Pipeline {
             self.engine
                 .restore_device(&loaded.device, loaded.state, now, &mut round.transitions);
         }
-        tracing::info!(devices, ended = round.transitions.len(), "saved alert state restored");
+        tracing::info!(
+            partition = self.partition,
+            devices,
+            ended = round.transitions.len(),
+            "saved alert state restored"
+        );
         self.finish(round, shutdown).await;
         !self.abandoned
     }
@@ -160,9 +160,10 @@ impl Pipeline {
     /// JetStream hands them out again. It does so only after `ack_wait`,
     /// and then ahead of newer messages and in stream order; taken in the
     /// meantime, the newer points of their series would make theirs late
-    /// (ignored), and an alert they would have caused could be missed. With
-    /// one replica, every message delivered and unacknowledged at start
-    /// was the dead one's. False if shutdown came first.
+    /// (ignored), and an alert they would have caused could be missed. One
+    /// replica evaluates a partition: every message of its consumer
+    /// delivered and unacknowledged at start was held by a replica that is
+    /// gone. False if shutdown came first.
     pub async fn await_redeliveries(&self, ack_wait: Duration, shutdown: &CancellationToken) -> bool {
         let held = match self.consumer.get_info().await {
             Ok(info) => info.num_ack_pending,
@@ -177,6 +178,7 @@ impl Pipeline {
         // The server's redelivery timer may fire a little after the ack wait.
         let wait = ack_wait + TICK;
         tracing::info!(
+            partition = self.partition,
             held,
             wait_ms = wait.as_millis() as u64,
             "metric messages delivered before this start were never acknowledged: waiting for their redelivery, \
@@ -202,7 +204,8 @@ impl Pipeline {
                     messages.stop();
                     None
                 }
-                Some(rules) = self.reloads.recv(), if !messages.is_stopped() => {
+                Ok(()) = self.reloads.changed(), if !messages.is_stopped() => {
+                    let rules = self.reloads.borrow_and_update().clone();
                     self.reload(&rules, &shutdown).await;
                     None
                 }
@@ -223,7 +226,7 @@ impl Pipeline {
             }
         };
         messages.flush(FLUSH_WITHIN).await;
-        tracing::info!("alerter pipeline stopped");
+        tracing::info!(partition = self.partition, "alerter pipeline stopped");
         if !shutdown.is_cancelled() {
             return Err(StreamEnded(
                 ended.0.unwrap_or_else(|| "the message stream ended".to_owned()),
@@ -341,9 +344,8 @@ impl Pipeline {
         self.report();
         self.engine = engine;
         self.reported = Stats::default();
-        metrics::counter!("tributary_alerter_rule_reloads_total", "outcome" => "applied").increment(1);
-        metrics::gauge!("tributary_alerter_rules").set(rules.rules().len() as f64);
-        tracing::info!(
+        tracing::debug!(
+            partition = self.partition,
             rules = rules.rules().len(),
             ended = round.transitions.len(),
             "new rules in force"
@@ -471,7 +473,8 @@ impl Pipeline {
         }
         metrics::counter!("tributary_alerter_dropped_states_total")
             .increment(now.dropped_states.saturating_sub(last.dropped_states));
-        metrics::gauge!("tributary_alerter_devices").set(self.engine.device_count() as f64);
+        metrics::gauge!("tributary_alerter_devices", "partition" => self.partition.to_string())
+            .set(self.engine.device_count() as f64);
         self.reported = now;
     }
 }

@@ -1,14 +1,16 @@
 //! The rules file in force: read at start, then again on SIGHUP and
 //! whenever its contents change (checked every `--rules-poll`). A new file
 //! with problems is reported, every problem at once, and the rules in force
-//! stay; a good one is handed to the pipeline, which carries every alert's
+//! stay; a good one is handed to the pipelines, which carries every alert's
 //! state over to the new rules (`Engine::restore`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::signal::unix::Signal;
-use tokio::sync::mpsc;
+
+use tokio::sync::watch;
 use tributary_alerts::RuleSet;
 use tributary_runtime::CancellationToken;
 
@@ -28,13 +30,15 @@ pub fn read(path: &Path) -> Result<(String, RuleSet), Vec<String>> {
 
 /// Watches the rules file until `shutdown`: on SIGHUP (`hangup`) it is read
 /// again whatever it holds; every `poll` it is read and, if its text
-/// changed since it was last read, parsed. Good rules go to `apply`.
+/// changed since it was last read, parsed. Good rules replace the ones in
+/// `apply` (every reader sees the newest: the pipelines of each partition,
+/// the notifier). Returns when every reader is gone.
 pub async fn watch(
     path: PathBuf,
     poll: Duration,
     mut last: String,
     mut hangup: Option<Signal>,
-    apply: mpsc::Sender<RuleSet>,
+    apply: watch::Sender<Arc<RuleSet>>,
     shutdown: CancellationToken,
 ) {
     let mut unreadable = false;
@@ -68,9 +72,12 @@ pub async fn watch(
         match RuleSet::from_toml(&text) {
             Ok(rules) => {
                 tracing::info!(file = %path.display(), rules = rules.rules().len(), "rules file read; applying it");
-                if apply.send(rules).await.is_err() {
+                let count = rules.rules().len();
+                if apply.send(Arc::new(rules)).is_err() {
                     return;
                 }
+                metrics::counter!("tributary_alerter_rule_reloads_total", "outcome" => "applied").increment(1);
+                metrics::gauge!("tributary_alerter_rules").set(count as f64);
             }
             Err(problems) => {
                 metrics::counter!("tributary_alerter_rule_reloads_total", "outcome" => "refused").increment(1);

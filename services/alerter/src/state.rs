@@ -19,6 +19,7 @@
 //! most two sets of parts.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -149,13 +150,16 @@ pub struct Loaded {
     pub state: DeviceState,
 }
 
-/// The bucket, and which devices' states are in parts (and where).
+/// The bucket, and which devices' states are in parts (and where). Clones
+/// share both: each partition's pipeline holds one, and they never write
+/// the same device.
+#[derive(Clone)]
 pub struct StateStore {
     kv: kv::Store,
     client: async_nats::Client,
     bucket: String,
     /// Devices whose entry names parts: the slot it names, by key.
-    slots: HashMap<String, Slot>,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
 }
 
 impl StateStore {
@@ -190,7 +194,7 @@ impl StateStore {
             kv,
             client,
             bucket: bucket.to_owned(),
-            slots: HashMap::new(),
+            slots: Arc::default(),
         })
     }
 
@@ -206,10 +210,11 @@ impl StateStore {
         self.client.max_payload().max(MIN_PART)
     }
 
-    /// Reads every device's saved state. An entry that cannot be read back
-    /// (written by another program, or a newer alerter) is reported and
-    /// skipped: that device starts afresh.
-    pub async fn load_all(&mut self) -> Result<Vec<Loaded>, StateError> {
+    /// Reads the saved state of every device whose key `wanted` accepts
+    /// (the keys of this replica's partitions). An entry that cannot be
+    /// read back (written by another program, or a newer alerter) is
+    /// reported and skipped: that device starts afresh.
+    pub async fn load(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<Loaded>, StateError> {
         let keys: Vec<String> = match self.kv.keys().await {
             Ok(keys) => keys
                 .try_collect()
@@ -218,7 +223,7 @@ impl StateStore {
             Err(e) => return Err(self.error(format!("listing keys: {e}"))),
         };
         // A key with a dot is a part; the entries are the others.
-        let heads: Vec<String> = keys.into_iter().filter(|k| !k.contains('.')).collect();
+        let heads: Vec<String> = keys.into_iter().filter(|k| !k.contains('.') && wanted(k)).collect();
         let entries = get_all(&self.kv, heads).await.map_err(|e| self.error(e))?;
         let mut loaded = Vec::with_capacity(entries.len());
         let mut slots = HashMap::new();
@@ -270,13 +275,17 @@ impl StateStore {
             loaded.push(Loaded { device, state });
         }
         metrics::counter!("tributary_alerter_state_unreadable_total").increment(unreadable);
-        self.slots = slots;
+        self.slots().extend(slots);
         Ok(loaded)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes these devices' states, all at once. Returns the devices whose
     /// write failed (with the last error), to be written again.
-    pub async fn save_all(&mut self, states: &[(String, DeviceState)]) -> Vec<(usize, StateError)> {
+    pub async fn save_all(&self, states: &[(String, DeviceState)]) -> Vec<(usize, StateError)> {
         let limit = self.part_limit();
         // Not a stream of closures: their futures borrow `states`, which the
         // compiler cannot then prove `Send` for every lifetime.
@@ -289,7 +298,7 @@ impl StateStore {
                     break;
                 };
                 let key = state_key(device);
-                let current = self.slots.get(&key).copied();
+                let current = self.slots().get(&key).copied();
                 running.push(save_one(&self.kv, limit, key, device, state, current, index));
             }
             match running.next().await {
@@ -300,13 +309,14 @@ impl StateStore {
         drop(running);
         let bucket = &self.bucket;
         let mut failed = Vec::new();
+        let mut slots = self.slots();
         for (index, key, result) in results {
             match result {
                 Ok(Some(slot)) => {
-                    self.slots.insert(key, slot);
+                    slots.insert(key, slot);
                 }
                 Ok(None) => {
-                    self.slots.remove(&key);
+                    slots.remove(&key);
                 }
                 Err(message) => failed.push((
                     index,

@@ -1,22 +1,12 @@
-//! The alerter's names: its stream and subjects, and the keys of its state
-//! bucket. Kept here rather than in `tributary-schema` while the alerter is
-//! the only service that uses them.
+//! The alerter's names: its stream and subjects (from `tributary-schema`,
+//! since the query API reads them too), and the keys of its state bucket,
+//! which only the alerter uses.
 
 use tributary_schema::sanitize_token;
+pub use tributary_schema::{ALERTS_STREAM, ALERTS_SUBJECTS, alert_subject};
 
-/// Alert transitions (`AlertEvent`), one message each.
-pub const ALERTS_STREAM: &str = "TELEMETRY_ALERTS";
-/// Subjects of [`ALERTS_STREAM`].
-pub const ALERTS_SUBJECTS: &str = "alerts.>";
 /// The key-value bucket holding each device's rule state.
 pub const STATE_BUCKET: &str = "TRIBUTARY_ALERTER_STATE";
-
-/// `alerts.<rule>.<device>`: every transition of one rule for one device
-/// (all its metrics). A rule's name is a subject token as written (the rules
-/// file refuses any other); the device goes through [`sanitize_token`].
-pub fn alert_subject(rule: &str, device: &str) -> String {
-    format!("alerts.{}.{}", sanitize_token(rule), sanitize_token(device))
-}
 
 /// The state bucket's key for a device: its subject token with each `~`
 /// written `=`. Key-value keys allow letters, digits and `-/_=.` only; the
@@ -24,6 +14,11 @@ pub fn alert_subject(rule: &str, device: &str) -> String {
 /// with a `.` is never a device's (the state's parts use them).
 pub fn state_key(device: &str) -> String {
     sanitize_token(device).replace('~', "=")
+}
+
+/// The metrics stream's partition of the device a state key belongs to.
+pub fn key_partition(key: &str) -> u32 {
+    tributary_schema::token_partition(&key.replace('=', "~"))
 }
 
 #[cfg(test)]
@@ -45,6 +40,12 @@ mod tests {
         check("", "alerts.boiler-hot.~", "=");
         check("a=b", "alerts.boiler-hot.a~3Db", "a=3Db");
         check("*", "alerts.boiler-hot.~2A", "=2A");
+        for device in ["boiler-1", "plant.7/boiler", "", "a=b", "*"] {
+            assert_eq!(
+                key_partition(&state_key(device)),
+                tributary_schema::metric_partition(device)
+            );
+        }
     }
 
     #[test]

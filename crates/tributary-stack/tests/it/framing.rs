@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use tributary_schema::{Message as _, MetricBatch, headers, metric_batch_msg_id, metric_subject};
+use tributary_schema::{Message as _, MetricBatch, headers, metric_batch_msg_id, metric_stored_subject};
 
 use crate::{DEADLINE, Harness, SAMPLE};
 
@@ -105,21 +105,21 @@ async fn one_raw_message_becomes_one_batch_per_device_and_chunks_arrive_whole() 
         shape,
         vec![
             (
-                "metrics.dev-a".into(),
+                metric_stored_subject("dev-a"),
                 metric_batch_msg_id(&raw_id, "dev-a", 0),
                 vec!["dev-a/t".into(), "dev-a/u".into()],
                 0,
                 1
             ),
             (
-                "metrics.dev~2Eb".into(),
+                metric_stored_subject("dev.b"),
                 metric_batch_msg_id(&raw_id, "dev.b", 0),
                 vec!["dev.b/t".into()],
                 0,
                 1
             ),
             (
-                "metrics.dev~20c".into(),
+                metric_stored_subject("dev c"),
                 metric_batch_msg_id(&raw_id, "dev c", 0),
                 vec!["dev c/t".into(), "dev c/v".into()],
                 0,
@@ -136,7 +136,7 @@ async fn one_raw_message_becomes_one_batch_per_device_and_chunks_arrive_whole() 
     let chunks: Vec<MetricBatch> = metric_messages(&h)
         .await?
         .into_iter()
-        .filter(|(subject, _, _)| *subject == metric_subject("big"))
+        .filter(|(subject, _, _)| *subject == metric_stored_subject("big"))
         .map(|(_, _, batch)| batch)
         .collect();
     assert!(chunks.len() > 1, "{} chunk(s)", chunks.len());
@@ -218,7 +218,7 @@ async fn a_refused_event_is_dead_lettered_alone_and_its_batch_mates_are_stored()
     let (subject, headers, payload) = &letters[0];
     let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
     assert_eq!(subject, "dlq.sink.rejected_by_database");
-    assert_eq!(header(headers::DLQ_ORIGINAL_SUBJECT), "metrics.mixed");
+    assert_eq!(header(headers::DLQ_ORIGINAL_SUBJECT), metric_stored_subject("mixed"));
     assert_eq!(header(headers::DLQ_ORIGINAL_PART), "0", "the first event of its batch");
     let error = header(headers::DLQ_ERROR);
     assert!(error.contains("0x00"), "{error}");

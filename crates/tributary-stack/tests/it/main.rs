@@ -2,6 +2,7 @@
 //! the four services in-process, traffic over real HTTP and MQTT.
 
 mod alerts;
+mod alerts_query;
 mod cluster;
 mod dashboard;
 mod database_tls;
@@ -20,6 +21,7 @@ mod processes;
 mod query;
 mod rollups;
 mod sparkplug;
+mod webhooks;
 
 use std::time::Duration;
 

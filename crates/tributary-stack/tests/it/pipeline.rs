@@ -294,10 +294,10 @@ async fn the_sink_dead_letters_events_it_can_never_store_and_goes_on() -> Result
     found.sort();
     assert_eq!(found.len(), 2, "{found:?}");
     assert_eq!(found[0].0, "dlq.sink.bad_event");
-    assert_eq!(found[0].1, "metrics.garbage");
+    assert_eq!(found[0].1, tributary_schema::metric_stored_subject("garbage"));
     assert!(found[0].2.contains("not a MetricBatch"), "{:?}", found[0].2);
     assert_eq!(found[1].0, "dlq.sink.time_out_of_range");
-    assert_eq!(found[1].1, "metrics.early");
+    assert_eq!(found[1].1, tributary_schema::metric_stored_subject("early"));
     assert!(found[1].2.contains("outside"), "{:?}", found[1].2);
     h.services.sink.wait_ready(DEADLINE).await?;
     h.stop().await
