@@ -1,4 +1,4 @@
-// Tributary dashboard: health strip, live/history charts and a device map.
+// Tributary dashboard: health strip, live/history charts, alerts and a device map.
 // Plain ES2020, no dependencies; every chart is SVG drawn by the code below.
 'use strict';
 
@@ -35,6 +35,8 @@
     health: null, // {at, body}: last /v1/health answer and when it arrived
     rates: { ingest: null, stored: null },
     gen: 0, // bumped on every selection or mode change; older answers are dropped
+    alerts: new Map(), // alert key -> its latest transition seen (ended ones kept a while)
+    alertsStatus: null, // `status` of the last /v1/alerts answer
   };
   window.tributary = { state };
 
@@ -356,7 +358,7 @@
   }
 
   function openStream(gen) {
-    const url = '/v1/live?' + query({ device: state.device, metric: state.metrics.join(',') });
+    const url = '/v1/live?' + query({ device: state.device, metric: state.metrics.join(','), events: 'metric' });
     const es = new EventSource(url);
     source = es;
     setStatus('connecting…');
@@ -680,6 +682,119 @@
 
   const noData = (x, y, text) => `<text class="no-data" x="${x}" y="${y}" text-anchor="middle">${text}</text>`;
 
+  // ---------- alerts ----------
+
+  // The firing and pending alerts of every device: the initial list from
+  // /v1/alerts, then each transition from a live stream of alerts only. The
+  // stream is opened first and the list fetched once it is open, and the
+  // transitions that arrive meanwhile are applied on top in order, so none
+  // is lost between the two.
+  const ALERTS_RETRY_MS = 5000; // /v1/alerts again while the stream is missing or loading
+  const ENDED_KEEP_MS = 10 * 60 * 1000; // an ended alert is remembered this long (late duplicates)
+  const STATE_RANK = { pending: 0, firing: 1, resolved: 2, cleared: 2 };
+  const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
+  const isOpen = (a) => a.state === 'pending' || a.state === 'firing';
+  const alertKey = (a) => JSON.stringify([a.rule, a.device, a.metric ?? null]);
+
+  let alertSource = null;
+  let alertTimer = 0;
+  let alertBuffer = null; // transitions that arrive while /v1/alerts is being fetched
+
+  function openAlerts() {
+    clearTimeout(alertTimer);
+    if (alertSource) alertSource.close();
+    const es = new EventSource('/v1/live?events=alert');
+    alertSource = es;
+    es.onopen = () => loadAlerts();
+    es.addEventListener('alert', (ev) => {
+      const a = safeParse(ev.data);
+      if (!a || !a.rule) return;
+      if (alertBuffer) alertBuffer.push(a);
+      else applyAlert(a);
+      // A transition came, so the stream exists now: ask for the list's status again.
+      if (!alertBuffer && state.alertsStatus === 'stream_missing') loadAlerts();
+      renderAlerts();
+    });
+    es.addEventListener('end', () => {
+      // A new stream starts from now: the list is fetched again when it opens.
+      es.close();
+      alertTimer = setTimeout(openAlerts, END_RECONNECT_MS);
+    });
+    es.addEventListener('error', () => {
+      // The browser retries by itself (with Last-Event-ID) unless the answer was an HTTP error.
+      if (es.readyState === EventSource.CLOSED) alertTimer = setTimeout(openAlerts, FAIL_RECONNECT_MS);
+    });
+  }
+
+  async function loadAlerts() {
+    clearTimeout(alertTimer);
+    alertBuffer = [];
+    try {
+      const body = await fetchJSON('/v1/alerts?' + query({ state: 'pending,firing', limit: 10000 }));
+      state.alertsStatus = body.status || null;
+      const fresh = new Map();
+      for (const a of Array.isArray(body.current) ? body.current : []) fresh.set(alertKey(a), withTime(a));
+      state.alerts = fresh;
+      for (const a of alertBuffer) applyAlert(a);
+      if (body.status !== 'ready') alertTimer = setTimeout(loadAlerts, ALERTS_RETRY_MS);
+    } catch (e) {
+      report(e);
+      alertTimer = setTimeout(loadAlerts, ALERTS_RETRY_MS);
+    } finally {
+      alertBuffer = null;
+      renderAlerts();
+    }
+  }
+
+  const withTime = (a) => ({ ...a, t: Date.parse(a.time) || 0 });
+
+  // Keeps the latest transition of each alert: an older one (a stream that
+  // lags the list) never replaces a newer one.
+  function applyAlert(a) {
+    const next = withTime(a);
+    const known = state.alerts.get(alertKey(a));
+    if (known && (known.t > next.t || (known.t === next.t && STATE_RANK[known.state] >= STATE_RANK[next.state]))) return;
+    state.alerts.set(alertKey(a), next);
+  }
+
+  function renderAlerts() {
+    const now = Date.now();
+    for (const [key, a] of state.alerts) if (!isOpen(a) && now - a.t > ENDED_KEEP_MS) state.alerts.delete(key);
+    const open = [...state.alerts.values()].filter(isOpen).sort((a, b) =>
+      (b.state === 'firing') - (a.state === 'firing')
+      || (SEVERITY_RANK[a.severity] ?? 3) - (SEVERITY_RANK[b.severity] ?? 3)
+      || Date.parse(a.since) - Date.parse(b.since)
+      || alertKey(a).localeCompare(alertKey(b)));
+    const firing = open.filter((a) => a.state === 'firing').length;
+    $('#alerts-count').textContent = open.length ? `${firing} firing · ${open.length - firing} pending` : '';
+    const html = open.map(alertItem).join('');
+    // Rebuilt only when it changed, so a click on an item is never lost.
+    if ($('#alerts').dataset.html !== html) {
+      $('#alerts').dataset.html = html;
+      $('#alerts').innerHTML = html;
+    }
+    const notes = {
+      stream_missing: 'No alerts stream yet: the alerter makes it when it first runs.',
+      loading: 'Loading alerts…',
+      unavailable: 'Alerts may be out of date: NATS does not answer.',
+    };
+    $('#alerts-note').textContent = notes[state.alertsStatus] || (open.length ? '' : 'Nothing is firing.');
+  }
+
+  function alertItem(a) {
+    const what = a.metric != null ? `${a.device} · ${a.metric}` : a.device;
+    const value = a.value !== undefined ? ` = ${fmtValue(a.value)}` : '';
+    const since = Date.parse(a.since);
+    const when = Number.isFinite(since) ? `since ${ago(Date.now() - since)}` : '';
+    const title = `${a.rule} on ${what}: ${a.condition || ''}${value}\n${a.state} since ${a.since}`;
+    return (
+      `<li class="alert ${esc(a.state)} sev-${esc(a.severity)}" data-rule="${esc(a.rule)}" data-device="${esc(a.device)}"` +
+      ` data-metric="${esc(a.metric ?? '')}" data-state="${esc(a.state)}" title="${esc(title)}">` +
+      `<span class="badge">${esc(a.state)}</span> <strong>${esc(a.rule)}</strong> <span class="what">${esc(what)}</span>` +
+      `<span class="detail muted">${esc(a.severity)} · ${esc(a.condition || '')}${esc(value)} · ${esc(when)}</span></li>`
+    );
+  }
+
   // ---------- map ----------
 
   const MAP_W = 400;
@@ -733,6 +848,7 @@
       scheduleDraw(); // slide the time axis even when no point arrives
     }
     renderLastSeen();
+    renderAlerts(); // "since" keeps counting
   }
 
   function init() {
@@ -752,6 +868,10 @@
     for (const b of document.querySelectorAll('button[data-range]')) {
       b.addEventListener('click', () => setRange(b.dataset.range));
     }
+    $('#alerts').addEventListener('click', (e) => {
+      const item = e.target.closest('li.alert');
+      if (item && item.dataset.device !== state.device) selectDevice(item.dataset.device);
+    });
     $('#map').addEventListener('click', (e) => {
       const dot = e.target.closest('circle.device-dot');
       if (dot && dot.dataset.device !== state.device) selectDevice(dot.dataset.device);
@@ -762,6 +882,7 @@
     renderMap();
     poll(pollHealth, HEALTH_MS);
     poll(pollDevices, DEVICES_MS);
+    openAlerts();
     setInterval(tick, 1000);
   }
 

@@ -40,6 +40,15 @@ pub struct Config {
     /// full for 2 s is dropped as too slow.
     #[arg(long, env = "TRIBUTARY_LIVE_BUFFER", default_value_t = 4096)]
     pub live_buffer: usize,
+    /// The stream of alert transitions the alerter writes (`/v1/alerts` and
+    /// `event: alert` on `/v1/live`). The query API only reads it: while it
+    /// does not exist, `/v1/alerts` answers empty lists and says so.
+    #[arg(long, env = "TRIBUTARY_ALERTS_STREAM", default_value = tributary_schema::ALERTS_STREAM)]
+    pub alerts_stream: String,
+    /// Alert transitions `/v1/alerts` keeps in memory as `recent`, newest
+    /// first (the current alerts are kept whatever their age).
+    #[arg(long, env = "TRIBUTARY_ALERTS_RECENT", default_value_t = 1000)]
+    pub alerts_recent: usize,
     /// Longest a request may take before it is answered 503 `timeout`
     /// (a live stream's events are not bounded by it).
     #[arg(long = "request-timeout", env = "TRIBUTARY_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -63,6 +72,9 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+/// Most alert transitions `--alerts-recent` may keep (a few hundred bytes each).
+pub const MAX_ALERTS_RECENT: usize = 100_000;
 
 impl tributary_runtime::ServiceConfig for Config {
     fn log(&self) -> &LogArgs {
@@ -124,6 +136,12 @@ impl Config {
         if self.http_request_timeout.is_zero() || self.max_range.is_zero() {
             problems.push("--request-timeout and --max-range must be more than zero".to_owned());
         }
+        if !(1..=MAX_ALERTS_RECENT).contains(&self.alerts_recent) {
+            problems.push(format!("--alerts-recent must be from 1 to {MAX_ALERTS_RECENT}"));
+        }
+        if self.alerts_stream.is_empty() || self.alerts_stream.contains(['.', '*', '>', ' ']) {
+            problems.push(format!("--alerts-stream {:?} is not a stream name", self.alerts_stream));
+        }
         if self.max_points == 0 {
             problems.push("--max-points must be more than zero".to_owned());
         }
@@ -144,6 +162,8 @@ mod tests {
     #[test]
     fn reports_every_problem() {
         let config = Config::parse_from(["q", "--database-url", "x", "--max-points", "0"]);
+        assert_eq!(config.validate().unwrap_err().len(), 2);
+        let config = Config::parse_from(["q", "--alerts-recent", "0", "--alerts-stream", "a.b"]);
         assert_eq!(config.validate().unwrap_err().len(), 2);
         assert!(Config::for_database("postgres://127.0.0.1/x").validate().is_ok());
     }

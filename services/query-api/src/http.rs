@@ -1,6 +1,7 @@
 //! The read API: devices, their metrics, series (keyset-paginated),
 //! time buckets, latest values, the pipeline's health, the OpenAPI document
-//! and the dashboard's files. `/v1/live` is in `live.rs`.
+//! and the dashboard's files. `/v1/live` is in `live.rs`, `/v1/alerts` in
+//! `alerts.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct AppState {
     /// NATS, for `/v1/live` and `/v1/health` (`None`: not configured).
     pub js: Option<async_nats::jetstream::Context>,
     pub live: Arc<crate::live::LiveLimits>,
+    /// The alerts view (`/v1/alerts`), and the alerts stream for `/v1/live`.
+    pub alerts: Arc<crate::alerts::Alerts>,
     pub streams: tributary_runtime::StreamArgs,
     /// Read tokens (`--auth-tokens`); `None`: the API is open.
     pub tokens: Option<Arc<Tokens>>,
@@ -48,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/latest", get(latest))
         .route("/v1/health", get(health))
         .route("/v1/live", get(crate::live::live))
+        .route("/v1/alerts", get(crate::alerts::list))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_read_token));
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))

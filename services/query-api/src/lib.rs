@@ -1,12 +1,15 @@
 //! The query API: HTTP reads over the events the sink stored (devices,
-//! series, time buckets from the rollups, latest values), a live stream of
-//! new events straight from `TELEMETRY_METRICS`, the pipeline's health, an
-//! OpenAPI document at `/openapi.json` and the dashboard at `/`. Errors are
-//! JSON with a stable code.
+//! series, time buckets from the rollups, latest values), the alerts the
+//! alerter published (`TELEMETRY_ALERTS`, kept in memory), a live stream of
+//! new events and alert transitions straight from the streams, the
+//! pipeline's health, an OpenAPI document at `/openapi.json` and the
+//! dashboard at `/`. Errors are JSON with a stable code.
 //!
 //! Never: no writes to the events table (it only runs the idempotent
-//! migrations, so any start order works), no NATS publishing.
+//! migrations, so any start order works), no NATS publishing, and no
+//! stream it does not own made (the alerts stream is the alerter's).
 
+mod alerts;
 pub mod config;
 pub mod http;
 mod live;
@@ -77,11 +80,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         });
     }
     let (_client, js) = tributary_runtime::nats::connect(&config.nats, "tributary-query-api").await?;
+    // The alerts view: read from the alerts stream in the background,
+    // waiting for the stream while it does not exist.
+    let alerts = Arc::new(alerts::Alerts::new(config.alerts_stream.clone(), config.alerts_recent));
+    service.spawn("alerts", alerts.clone().follow(js.clone(), service.shutdown().clone()));
     let state = http::AppState {
         store,
         max_points: config.max_points,
         max_range: config.max_range,
         js: Some(js),
+        alerts,
         live: Arc::new(live::LiveLimits::new(config.max_live_clients, config.live_buffer)),
         streams: config.streams.clone(),
         tokens,

@@ -75,6 +75,18 @@ impl Params {
         items
     }
 
+    /// A list (as [`Params::list`]) whose every item must be one of `allowed`.
+    pub fn choices(&self, name: &str, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+        let items = self.list(name);
+        if let Some(other) = items.iter().find(|i| !allowed.contains(&i.as_str())) {
+            return Err(invalid(format!(
+                "parameter {name:?} takes {}, not {other:?}",
+                allowed.join(", ")
+            )));
+        }
+        Ok(items)
+    }
+
     /// A time (the forms payloads take), or `default` when absent.
     pub fn time(&self, name: &str, default: i64) -> Result<i64, ApiError> {
         match self.one(name)? {
@@ -174,6 +186,21 @@ mod tests {
             "invalid_parameter",
             "not a single value"
         );
+    }
+
+    #[test]
+    fn choices_are_lists_of_known_words() {
+        let p = Params::parse(
+            Some("state=firing,pending&state=firing&bad=x,firing"),
+            &["state", "bad"],
+        )
+        .unwrap();
+        assert_eq!(
+            p.choices("state", &["pending", "firing"]).unwrap(),
+            ["firing", "pending"]
+        );
+        assert!(p.choices("none", &["pending"]).unwrap().is_empty());
+        assert_eq!(p.choices("bad", &["firing"]).unwrap_err().code, "invalid_parameter");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The dashboard in a real browser (issue 11, acceptance 3): headless
 //! Chromium, driven through ChromeDriver's WebDriver protocol (plain HTTP
 //! and JSON), loads the page from a running stack, sees a point posted after
-//! the page loaded reach the chart, switches to the historical view, and
-//! saves a screenshot (`target/tmp/dashboard.png`).
+//! the page loaded reach the chart, sees an alert published after the page
+//! loaded (the alerts stream made only then) appear as firing and go once
+//! resolved, switches to the historical view, and saves a screenshot
+//! (`target/tmp/dashboard.png`).
 
 use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -234,6 +236,75 @@ async fn the_dashboard_draws_live_points_and_a_history_in_a_real_browser() -> Re
             "return !!document.querySelector('circle.device-dot[data-device=\"pump-1\"]')",
         )
         .await?;
+
+    // Alerts: none while no alerter has made the stream; a firing one shows
+    // up live, and goes when resolved (a pending one of another rule stays).
+    {
+        use crate::alerts_query::{alert, create_alerts_stream, publish_alert};
+        use tributary_schema::{AlertSeverity, AlertState};
+        browser
+            .wait_for(
+                "the note that there is no alerts stream",
+                "return document.querySelector('#alerts-note').textContent.includes('No alerts stream')",
+            )
+            .await?;
+        create_alerts_stream(&h.js).await?;
+        let hot = |state| alert("pump-hot", "pump-1", Some("temp"), state, AlertSeverity::Critical, 10);
+        publish_alert(&h.js, &hot(AlertState::Firing)).await?;
+        let slow = alert(
+            "pump-slow",
+            "pump-1",
+            Some("rpm"),
+            AlertState::Pending,
+            AlertSeverity::Warning,
+            11,
+        );
+        publish_alert(&h.js, &slow).await?;
+        let item = |rule: &str, state: &str| {
+            format!("document.querySelector('#alerts li.alert[data-rule=\"{rule}\"][data-state=\"{state}\"]')")
+        };
+        browser
+            .wait_for(
+                "the firing alert in the panel",
+                &format!(
+                    "return !!{} && !!{} && document.querySelector('#alerts-count').textContent === '1 firing · 1 pending' \
+                     && !document.querySelector('#alerts-note').textContent.includes('No alerts stream')",
+                    item("pump-hot", "firing"),
+                    item("pump-slow", "pending")
+                ),
+            )
+            .await?;
+        let shown = browser
+            .run(&format!("return {}.textContent", item("pump-hot", "firing")))
+            .await?;
+        assert!(
+            shown
+                .as_str()
+                .is_some_and(|t| t.contains("pump-1 · temp") && t.contains("91.5")),
+            "{shown}"
+        );
+        publish_alert(&h.js, &hot(AlertState::Resolved)).await?;
+        browser
+            .wait_for(
+                "the resolved alert gone",
+                &format!(
+                    "return !{} && !!{}",
+                    item("pump-hot", "firing"),
+                    item("pump-slow", "pending")
+                ),
+            )
+            .await?;
+        // Firing again (a new alert, later), for the screenshot.
+        let again = alert(
+            "pump-hot",
+            "pump-1",
+            Some("temp"),
+            AlertState::Firing,
+            AlertSeverity::Critical,
+            20,
+        );
+        publish_alert(&h.js, &again).await?;
+    }
 
     // The historical view: buckets from the aggregate endpoint.
     browser

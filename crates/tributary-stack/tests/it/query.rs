@@ -248,6 +248,7 @@ async fn every_endpoint_answers_and_every_bad_request_has_a_stable_code() -> Res
         "/v1/latest",
         "/v1/live",
         "/v1/health",
+        "/v1/alerts",
         "/openapi.json",
     ]
     .into();
