@@ -14,7 +14,7 @@ use tributary_schema::{AlertEvent, AlertSeverity, AlertState, Message as _};
 use tributary_stack::Part;
 use tributary_testkit::{NatsServer, TestDb};
 
-use crate::DEADLINE;
+use crate::{DEADLINE, SseReader};
 
 /// Makes `TELEMETRY_ALERTS` as the alerter does (`publish::AlertsStream::ensure`
 /// with its defaults: 30 days, 1 GiB, a 10-minute duplicate window).
@@ -332,65 +332,6 @@ async fn alerts_are_empty_while_the_stream_is_missing_then_current_and_recent_fo
     query.stop().await
 }
 
-/// One server-sent event.
-#[derive(Debug, Default)]
-struct Sse {
-    event: String,
-    id: Option<String>,
-    data: Value,
-}
-
-/// Reads server-sent events from a streaming response.
-struct SseReader {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl SseReader {
-    async fn open(s: &Setup, query: &Part, params: &str, last_event_id: Option<&str>) -> Result<Self> {
-        let mut request = s.http.get(format!("{}/v1/live?{params}", query.url()));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await?;
-        anyhow::ensure!(response.status() == 200, "live: {}", response.status());
-        Ok(Self {
-            response,
-            buffer: String::new(),
-        })
-    }
-
-    /// The next event (comments and keep-alives skipped), within `DEADLINE`.
-    async fn next(&mut self) -> Result<Sse> {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                if let Some(end) = self.buffer.find("\n\n") {
-                    let block: String = self.buffer.drain(..end + 2).collect();
-                    let (mut event, mut data) = (Sse::default(), String::new());
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("event:") {
-                            event.event = v.trim().to_owned();
-                        } else if let Some(v) = line.strip_prefix("id:") {
-                            event.id = Some(v.trim().to_owned());
-                        } else if let Some(v) = line.strip_prefix("data:") {
-                            data.push_str(v.trim());
-                        }
-                    }
-                    if !event.event.is_empty() {
-                        event.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-                        return Ok(event);
-                    }
-                    continue;
-                }
-                let chunk = self.response.chunk().await?.context("the live stream ended")?;
-                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-            }
-        })
-        .await
-        .context("waiting for a live event")?
-    }
-}
-
 #[tokio::test]
 async fn alert_transitions_reach_the_live_stream_by_device_and_survive_a_reconnect() -> Result<()> {
     use AlertSeverity::Warning;
@@ -399,7 +340,7 @@ async fn alert_transitions_reach_the_live_stream_by_device_and_survive_a_reconne
     let query = s.query_api(1000).await?;
 
     // Opened before the alerts stream exists: its transitions come once it does.
-    let mut live = SseReader::open(&s, &query, "device=b1&metric=temp", None).await?;
+    let mut live = SseReader::open(&s.http, &query.url(), "device=b1&metric=temp", None).await?;
     create_alerts_stream(&s.js).await?;
     publish_alert(&s.js, &alert("hot", "b2", Some("temp"), Firing, Warning, 1)).await?;
     publish_alert(&s.js, &alert("hot", "b1", Some("rpm"), Firing, Warning, 2)).await?;
@@ -457,7 +398,7 @@ async fn alert_transitions_reach_the_live_stream_by_device_and_survive_a_reconne
     publish_alert(&s.js, &alert("hot", "b1", Some("temp"), Firing, Warning, 4)).await?;
     publish_alert(&s.js, &alert("silent", "b1", None, Firing, Warning, 5)).await?;
     publish_alert(&s.js, &alert("hot", "b1", Some("temp"), Resolved, Warning, 6)).await?;
-    let mut live = SseReader::open(&s, &query, "device=b1&metric=temp", Some(&id)).await?;
+    let mut live = SseReader::open(&s.http, &query.url(), "device=b1&metric=temp", Some(&id)).await?;
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let event = live.next().await?;
@@ -476,7 +417,7 @@ async fn alert_transitions_reach_the_live_stream_by_device_and_survive_a_reconne
     );
 
     // A stream of alerts only, for every device, from now on.
-    let mut alerts_only = SseReader::open(&s, &query, "events=alert", None).await?;
+    let mut alerts_only = SseReader::open(&s.http, &query.url(), "events=alert", None).await?;
     s.js.publish(tributary_schema::metric_subject("b1"), batch.encode_to_vec().into())
         .await?
         .await?;

@@ -201,3 +201,64 @@ pub async fn publish_acknowledged(
     let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
     Ok(())
 }
+
+/// One server-sent event.
+#[derive(Debug, Default)]
+pub struct Sse {
+    pub event: String,
+    pub id: Option<String>,
+    /// Its data as JSON (a JSON string if it is not JSON).
+    pub data: Value,
+}
+
+/// Reads server-sent events from a streaming response.
+pub struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    /// Opens `<base>/v1/live?<params>`, resuming after `last_event_id`.
+    pub async fn open(http: &reqwest::Client, base: &str, params: &str, last_event_id: Option<&str>) -> Result<Self> {
+        let mut request = http.get(format!("{base}/v1/live?{params}"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await?;
+        anyhow::ensure!(response.status() == 200, "live: {}", response.status());
+        Ok(Self {
+            response,
+            buffer: String::new(),
+        })
+    }
+
+    /// The next event (comments and keep-alives skipped), within `DEADLINE`.
+    pub async fn next(&mut self) -> Result<Sse> {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let block: String = self.buffer.drain(..end + 2).collect();
+                    let (mut event, mut data) = (Sse::default(), String::new());
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            event.event = v.trim().to_owned();
+                        } else if let Some(v) = line.strip_prefix("id:") {
+                            event.id = Some(v.trim().to_owned());
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push_str(v.trim());
+                        }
+                    }
+                    if !event.event.is_empty() {
+                        event.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                        return Ok(event);
+                    }
+                    continue;
+                }
+                let chunk = self.response.chunk().await?.context("the live stream ended")?;
+                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+        .await
+        .context("waiting for a live event")?
+    }
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
-use crate::{DEADLINE, Harness, SAMPLE, SAMPLE_DEVICE};
+use crate::{DEADLINE, Harness, SAMPLE, SAMPLE_DEVICE, SseReader};
 
 /// An items payload of `device` at `h:m:s` on 2017-09-30 (whole values:
 /// sums are exact whatever the order of addition).
@@ -259,68 +259,10 @@ async fn every_endpoint_answers_and_every_bad_request_has_a_stable_code() -> Res
     h.stop().await
 }
 
-/// One server-sent event.
-#[derive(Debug, Clone, Default)]
-struct Sse {
-    event: String,
-    id: Option<String>,
-    data: String,
-}
-
-/// Reads server-sent events from a streaming response.
-struct SseReader {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl SseReader {
-    async fn open(h: &Harness, query: &str, last_event_id: Option<&str>) -> Result<Self> {
-        let mut request = h.http.get(format!("{}/v1/live?{query}", h.services.query_api.url()));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await?;
-        anyhow::ensure!(response.status() == 200, "live: {}", response.status());
-        Ok(Self {
-            response,
-            buffer: String::new(),
-        })
-    }
-
-    /// The next event (comments and keep-alives skipped), within `DEADLINE`.
-    async fn next(&mut self) -> Result<Sse> {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                if let Some(end) = self.buffer.find("\n\n") {
-                    let block: String = self.buffer.drain(..end + 2).collect();
-                    let mut event = Sse::default();
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("event:") {
-                            event.event = v.trim().to_owned();
-                        } else if let Some(v) = line.strip_prefix("id:") {
-                            event.id = Some(v.trim().to_owned());
-                        } else if let Some(v) = line.strip_prefix("data:") {
-                            event.data.push_str(v.trim());
-                        }
-                    }
-                    if !event.event.is_empty() {
-                        return Ok(event);
-                    }
-                    continue;
-                }
-                let chunk = self.response.chunk().await?.context("the live stream ended")?;
-                self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-            }
-        })
-        .await
-        .context("waiting for a live event")?
-    }
-}
-
 #[tokio::test]
 async fn a_live_client_gets_only_its_device_and_misses_nothing_across_a_reconnect() -> Result<()> {
     let h = Harness::start().await?;
-    let mut live = SseReader::open(&h, "device=x1&metric=temp", None).await?;
+    let mut live = SseReader::open(&h.http, &h.services.query_api.url(), "device=x1&metric=temp", None).await?;
     // The consumer is made before the response starts: what is posted now arrives.
     let mut expected = Vec::new();
     for n in 0..5u32 {
@@ -338,7 +280,7 @@ async fn a_live_client_gets_only_its_device_and_misses_nothing_across_a_reconnec
     while seen.len() < 3 {
         let event = live.next().await?;
         assert_eq!(event.event, "metric", "{event:?}");
-        let data: Value = serde_json::from_str(&event.data)?;
+        let data = event.data.clone();
         assert_eq!(
             (data["device"].as_str(), data["metric"].as_str()),
             (Some("x1"), Some("temp")),
@@ -354,10 +296,16 @@ async fn a_live_client_gets_only_its_device_and_misses_nothing_across_a_reconnec
             .await?;
         expected.push(format!("2017-09-30T10:00:0{n}Z"));
     }
-    let mut live = SseReader::open(&h, "device=x1&metric=temp", last_id.as_deref()).await?;
+    let mut live = SseReader::open(
+        &h.http,
+        &h.services.query_api.url(),
+        "device=x1&metric=temp",
+        last_id.as_deref(),
+    )
+    .await?;
     while seen.len() < expected.len() {
         let event = live.next().await?;
-        let data: Value = serde_json::from_str(&event.data)?;
+        let data = event.data.clone();
         assert_eq!(data["device"], "x1", "{data}");
         seen.push(data["time"].as_str().unwrap_or_default().to_owned());
     }
@@ -365,7 +313,7 @@ async fn a_live_client_gets_only_its_device_and_misses_nothing_across_a_reconnec
     // Nothing more is waiting (no other device's events, no repeats).
     h.post_accepted("live", &payload("x1", (10, 0, 9), &[("temp", 9)]))
         .await?;
-    let next: Value = serde_json::from_str(&live.next().await?.data)?;
+    let next = live.next().await?.data;
     assert_eq!(next["time"], "2017-09-30T10:00:09Z");
     h.stop().await
 }
