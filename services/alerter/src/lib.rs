@@ -25,6 +25,7 @@ mod publish;
 mod rules;
 mod state;
 pub mod subjects;
+mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
