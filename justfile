@@ -24,7 +24,7 @@ test: install-servers
 
 # Benchmark the whole pipeline on real servers (release builds); `just bench --help` for options.
 bench *ARGS: check-servers
-    cargo build --release --locked -p producer -p transformer -p sink -p query-api -p tributary-bench
+    cargo build --release --locked -p producer -p transformer -p sink -p query-api -p alerter -p tributary-bench
     target/release/tributary-bench {{ARGS}}
 
 # Compare the sink's write shapes on one PostgreSQL (CPU per row, rows/s); `just bench-store --help`.
@@ -86,9 +86,9 @@ install-servers:
 check-servers:
     bash .ci/install-servers --check
 
-# Build the five container images, tributary-<target>:TAG (needs a Docker engine with BuildKit).
+# Build the six container images, tributary-<target>:TAG (needs a Docker engine with BuildKit).
 images TAG="dev":
-    for target in producer transformer sink query-api simulator; do \
+    for target in producer transformer sink query-api alerter simulator; do \
         docker build -f docker/Dockerfile --target "$target" -t "tributary-$target:{{TAG}}" . ; \
     done
 

@@ -21,11 +21,12 @@ async fn nats_runs_with_the_deploy_configuration() -> Result<()> {
     assert_eq!(varz["jetstream"]["config"]["sync_interval"], 1_000_000_000u64, "{varz}");
     // Room for a 1 MiB payload in its envelope.
     assert!(varz["max_payload"].as_u64().is_some_and(|n| n > 1 << 20), "{varz}");
-    // Room for the three streams at their default limits (4 + 4 + 1 GiB).
+    // Room for the four streams at their default limits (raw 4, metrics 4,
+    // dead letters 1, alert transitions 1 GiB).
     assert!(
         varz["jetstream"]["config"]["max_storage"]
             .as_u64()
-            .is_some_and(|n| n >= 9 << 30),
+            .is_some_and(|n| n >= 10 << 30),
         "{varz}"
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! The pipeline under `deploy/nats-auth.conf`, the least-privilege NATS
-//! users it ships with (issue 12): every service works with its own user,
-//! and what a stranger or a compromised service would try is refused.
+//! users it ships with (issue 12): every service works with its own user
+//! (the alerter of issue 14 included), and what a stranger or a compromised
+//! service would try is refused.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tributary_testkit::{NatsServer, ServiceProcess, TestDb};
 use crate::{DEADLINE, SAMPLE, SAMPLE_DEVICE};
 
 /// (service, its NATS user, the server's password variable, the password).
-const USERS: [(&str, &str, &str, &str); 5] = [
+const USERS: [(&str, &str, &str, &str); 6] = [
     (
         "producer",
         "tributary-producer",
@@ -30,6 +31,12 @@ const USERS: [(&str, &str, &str, &str); 5] = [
         "tributary-query-api",
         "TRIBUTARY_QUERY_API_NATS_PASSWORD",
         "qu3ry-pw",
+    ),
+    (
+        "alerter",
+        "tributary-alerter",
+        "TRIBUTARY_ALERTER_NATS_PASSWORD",
+        "al3rter-pw",
     ),
     (
         "operator",
@@ -107,11 +114,22 @@ async fn refused(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what
     .with_context(|| format!("a permissions violation for {what}"))?
 }
 
+/// The alerter's rule in this test: the sample's `snr` (7.2) fires it.
+const WEAK_SIGNAL: &str = r#"
+[[rule]]
+name = "snr-high"
+metrics = "snr"
+condition = { kind = "threshold", op = ">", value = 5 }
+severity = "info"
+"#;
+
 #[tokio::test]
 async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> {
     let nats = start_nats()?;
     let db = TestDb::create().await?;
     let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, WEAK_SIGNAL)?;
     let spawn = |service: &str| {
         let (name, password) = user(service);
         ServiceProcess::spawn(
@@ -127,18 +145,22 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
                 ("TRIBUTARY_METRICS_DUPLICATE_WINDOW", "4s".to_owned()),
                 ("TRIBUTARY_ACK_WAIT", "3s".to_owned()),
                 ("TRIBUTARY_WRITE_TIMEOUT", "2s".to_owned()),
+                // The alerter's (the others take no such setting): a point
+                // is evaluated as soon as it comes.
+                ("TRIBUTARY_ALERT_RULES", rules.display().to_string()),
+                ("TRIBUTARY_ALERT_LATENESS", "0s".to_owned()),
             ],
         )
     };
     let mut services = Vec::new();
-    for service in ["producer", "transformer", "sink", "query-api"] {
+    for service in ["producer", "transformer", "sink", "query-api", "alerter"] {
         services.push(spawn(service)?);
     }
     for service in &mut services {
         let ready = service.wait_ready(DEADLINE).await;
         ready.with_context(|| format!("refused by NATS: {:#?}", violations(&nats)))?;
     }
-    let [producer, _transformer, _sink, query] = &services[..] else {
+    let [producer, _transformer, _sink, query, _alerter] = &services[..] else {
         unreachable!()
     };
     let http = reqwest::Client::new();
@@ -186,8 +208,77 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
         let operator = operator.clone();
         async move { anyhow::Ok(operator.get_stream(stream).await?.info().await?.state.messages) }
     };
+
+    // The alerter consumed the sample's batch and published the alert; its
+    // notifier took the transition and acknowledged it (no webhook).
+    let alert_subject = format!("alerts.snr-high.{SAMPLE_DEVICE}");
+    let last_alert = || async {
+        let stream = operator.get_stream("TELEMETRY_ALERTS").await?;
+        anyhow::Ok(stream.get_last_raw_message_by_subject(&alert_subject).await?)
+    };
+    tributary_testkit::wait_until(DEADLINE, "the alerter's alert", || async { last_alert().await.is_ok() })
+        .await
+        .with_context(|| format!("refused by NATS: {:#?}", violations(&nats)))?;
+    let event = tributary_schema::AlertEvent::decode(last_alert().await?.payload.as_ref())?;
+    assert_eq!(
+        (event.rule.as_str(), event.device_id.as_str()),
+        ("snr-high", SAMPLE_DEVICE)
+    );
+    tributary_testkit::wait_until(DEADLINE, "the notifier to acknowledge the transitions", || async {
+        let Ok(stream) = operator.get_stream("TELEMETRY_ALERTS").await else {
+            return false;
+        };
+        let last = stream.cached_info().state.last_sequence;
+        match stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>("alerter-notify")
+            .await
+        {
+            Ok(mut notify) => notify
+                .info()
+                .await
+                .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0 && i.ack_floor.stream_sequence >= last),
+            Err(_) => false,
+        }
+    })
+    .await
+    .with_context(|| format!("refused by NATS: {:#?}", violations(&nats)))?;
+
+    // The query API's alerts: an ordered (ephemeral) consumer on the alerts stream.
+    let (as_query, _) = connect_as(&nats, "query-api").await?;
+    let mut read = as_query
+        .get_stream("TELEMETRY_ALERTS")
+        .await?
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: alert_subject.clone(),
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    let first = tokio::time::timeout(DEADLINE, futures::StreamExt::next(&mut read))
+        .await?
+        .context("the query API's alert consumer ended")??;
+    assert_eq!(first.subject.as_str(), alert_subject);
+    drop(read);
+
+    // A message that is no metric batch: the alerter, like the sink,
+    // dead-letters it under its own stage.
+    let garbage = operator.publish("metrics.not-a-batch", "\u{8}".into()).await?;
+    garbage.await?;
+    tributary_testkit::wait_until(DEADLINE, "the alerter's and the sink's dead letters", || async {
+        let Ok(stream) = operator.get_stream("TELEMETRY_DLQ").await else {
+            return false;
+        };
+        let mut found = true;
+        for subject in ["dlq.alerter.bad_event", "dlq.sink.bad_event"] {
+            found &= stream.get_last_raw_message_by_subject(subject).await.is_ok();
+        }
+        found
+    })
+    .await
+    .with_context(|| format!("refused by NATS: {:#?}", violations(&nats)))?;
     let dead_letters = count("TELEMETRY_DLQ").await?;
-    assert_eq!(dead_letters, 1);
+    assert_eq!(dead_letters, 3, "the transformer's, the alerter's and the sink's");
     // The transformer and the sink trim what they acknowledged.
     tributary_testkit::wait_until(DEADLINE, "the raw and metrics streams trimmed", || async {
         matches!(
@@ -237,9 +328,21 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
         "a forged metric batch was acknowledged"
     );
     refused(&mut producer_events, "metrics.evil").await?;
+    // A compromised alerter forges a metric batch too, or empties the metric
+    // stream under the sink (only the sink trims it).
+    let (as_alerter, mut alerter_events) = connect_as(&nats, "alerter").await?;
+    let sent = as_alerter.publish("metrics.evil", batch.encode_to_vec().into()).await;
+    assert!(
+        sent.is_err() || sent?.await.is_err(),
+        "the alerter's forged metric batch was acknowledged"
+    );
+    refused(&mut alerter_events, "metrics.evil").await?;
+    let purge: Result<serde_json::Value, _> = as_alerter.request("STREAM.PURGE.TELEMETRY_METRICS", &()).await;
+    assert!(purge.is_err(), "the alerter purged the metrics stream: {purge:?}");
+    refused(&mut alerter_events, "$JS.API.STREAM.PURGE.TELEMETRY_METRICS").await?;
 
     // No service purges the dead letters, deletes or creates a stream.
-    for service in ["producer", "transformer", "sink", "query-api"] {
+    for service in ["producer", "transformer", "sink", "query-api", "alerter"] {
         let (js, mut events) = connect_as(&nats, service).await?;
         let purge: Result<serde_json::Value, _> = js.request("STREAM.PURGE.TELEMETRY_DLQ", &()).await;
         assert!(purge.is_err(), "{service} purged the dead letters: {purge:?}");
@@ -275,6 +378,20 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
         .await;
     assert!(next.is_err(), "the sink pulled the transformer's messages: {next:?}");
     refused(&mut sink_events, "$JS.API.CONSUMER.MSG.NEXT.TELEMETRY_RAW.transformer").await?;
+    // The query API, allowed to pull its own ephemeral consumers on the
+    // metric stream, binds to one of the alerter's partitions: refused.
+    let next: Result<serde_json::Value, _> = as_query
+        .request(
+            "CONSUMER.MSG.NEXT.TELEMETRY_METRICS.alerter-0",
+            &serde_json::json!({"batch": 1, "expires": 1_000_000_000}),
+        )
+        .await;
+    assert!(next.is_err(), "the query API pulled the alerter's messages: {next:?}");
+    refused(
+        &mut query_events,
+        "$JS.API.CONSUMER.MSG.NEXT.TELEMETRY_METRICS.alerter-0",
+    )
+    .await?;
     // Each consuming service trims (purges) its own input stream only.
     let purge: Result<serde_json::Value, _> = as_sink.request("STREAM.PURGE.TELEMETRY_RAW", &()).await;
     assert!(purge.is_err(), "the sink purged the raw stream: {purge:?}");
@@ -285,7 +402,7 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
     refused(&mut transformer_events, "$JS.API.STREAM.PURGE.TELEMETRY_METRICS").await?;
 
     // Nobody but the operator reads everything.
-    for service in ["producer", "transformer", "sink", "query-api"] {
+    for service in ["producer", "transformer", "sink", "query-api", "alerter"] {
         let (js, mut events) = connect_as(&nats, service).await?;
         let _subscription = js.client().subscribe(">").await?;
         refused(&mut events, "Subscription to \">\"").await?;
@@ -308,6 +425,7 @@ async fn every_service_works_with_its_own_user_and_nothing_more() -> Result<()> 
         "STREAM.DELETE.TELEMETRY_RAW\"",
         "STREAM.CREATE.EVIL\"",
         "CONSUMER.MSG.NEXT.TELEMETRY_RAW.transformer\"",
+        "CONSUMER.MSG.NEXT.TELEMETRY_METRICS.alerter-0\"",
         "\">\"",
     ];
     // (A purge of its own input stream is the trimming: never refused.)

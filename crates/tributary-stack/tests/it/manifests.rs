@@ -161,6 +161,68 @@ fn planted_mistakes_are_reported() {
             "mountPath: /etc/tributary/tokens\n",
             &["TRIBUTARY_AUTH_TOKENS", "/etc/tributary/auth/tokens.toml"],
         ),
+        // Alerter replicas scaled without telling them: a partition would go unevaluated.
+        (
+            "deploy/k8s/base/alerter.yaml",
+            "  replicas: 2\n",
+            "  replicas: 3\n",
+            &[
+                "deploy/k8s/base/alerter.yaml",
+                "TRIBUTARY_ALERTER_REPLICAS is 2",
+                "runs 3 replica(s)",
+            ],
+        ),
+        // A replica index that is not the pod's stable ordinal.
+        (
+            "deploy/k8s/base/alerter.yaml",
+            "fieldPath: metadata.labels['apps.kubernetes.io/pod-index']",
+            "fieldPath: metadata.name",
+            &[
+                "deploy/k8s/base/alerter.yaml",
+                "StatefulSet alerter",
+                "apps.kubernetes.io/pod-index",
+            ],
+        ),
+        // Rules the alerter would refuse at start.
+        (
+            "deploy/k8s/base/config/alert-rules.toml",
+            "severity = \"warning\"",
+            "severity = \"loud\"",
+            &[
+                "deploy/k8s/base/config/alert-rules.toml",
+                "tributary-alerter refuses",
+                "severity",
+            ],
+        ),
+        (
+            "deploy/alert-rules.example.toml",
+            "severity = \"critical\"",
+            "severity = \"urgent\"",
+            &[
+                "deploy/compose.yaml",
+                "service alerter",
+                "deploy/alert-rules.example.toml",
+                "severity",
+            ],
+        ),
+        // The rules file mounted elsewhere than the alerter reads it.
+        (
+            "deploy/compose.yaml",
+            "        target: /etc/tributary/alert-rules.toml\n",
+            "        target: /etc/tributary/rules.toml\n",
+            &[
+                "deploy/compose.yaml",
+                "service alerter",
+                "TRIBUTARY_ALERT_RULES=/etc/tributary/alert-rules.toml",
+            ],
+        ),
+        // A second alerter in compose that believes it is alone.
+        (
+            "deploy/compose.yaml",
+            "    configs:\n      - source: alert-rules\n",
+            "    deploy:\n      replicas: 2\n    configs:\n      - source: alert-rules\n",
+            &["deploy/compose.yaml", "service alerter", "deploy.replicas 2"],
+        ),
     ];
     for (file, from, to, expected) in cases {
         let planted = files.replaced(file, from, to);
@@ -245,13 +307,14 @@ pub struct Service {
 
 type Validator = Box<dyn Fn(Vec<String>) -> Result<(), Vec<String>>>;
 
-/// The five images and their configurations.
+/// The six images and their configurations.
 pub fn services() -> Vec<Service> {
     vec![
         Service::new("producer", validator(producer::Config::validate)),
         Service::new("transformer", validator(transformer::Config::validate)),
         Service::new("sink", validator(sink::Config::validate)),
         Service::new("query-api", validator(query_api::Config::validate)),
+        Service::new("alerter", validator(alerter::Config::validate)),
         Service::new("simulator", validator(simulator::Config::validate)),
     ]
 }
@@ -364,6 +427,16 @@ impl Service {
             .get_default_values()
             .first()
             .map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// [`Service::setting`] of the argument that reads `var`.
+    pub fn setting_of(&self, var: &str, env: &Env) -> Result<Option<String>, String> {
+        let long = self
+            .env
+            .get(var)
+            .and_then(clap::Arg::get_long)
+            .ok_or_else(|| format!("{var} is not a setting of {}", self.binary))?;
+        self.setting(long, env)
     }
 
     /// The port it listens on (`--listen`), if it serves HTTP.

@@ -1,10 +1,12 @@
 //! `deploy/compose.yaml` and `deploy/.env.example`: every Tributary container
 //! configured only with settings its service has, probed on the port it
 //! listens on, given longer than its shutdown grace to stop, built from a
-//! Dockerfile target of its name; the servers at the pinned versions.
+//! Dockerfile target of its name, with the files its settings name mounted
+//! (the alerter's rules parsed as it would), each alerter its own replica
+//! index; the servers at the pinned versions.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_yaml::Value;
@@ -36,6 +38,8 @@ pub fn check(files: &Files, services: &[Service], dockerfile: &Dockerfile, probl
     let names: BTreeSet<String> = entries.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect();
     let versions = files.versions(problems);
     let mut listens: BTreeMap<String, u16> = BTreeMap::new();
+    // Each alerter service: (name, TRIBUTARY_ALERTER_REPLICA, TRIBUTARY_ALERTER_REPLICAS).
+    let mut alerters: Vec<(String, String, String)> = Vec::new();
 
     for (name, definition) in entries {
         let name = name.as_str().unwrap_or_default();
@@ -119,6 +123,46 @@ pub fn check(files: &Files, services: &[Service], dockerfile: &Dockerfile, probl
             problem("security_opt no-new-privileges is missing".to_owned());
         }
 
+        // A file a setting names is mounted there (and the alerter's rules
+        // are rules it takes).
+        for (var, value) in env.iter().filter(|(v, _)| v.starts_with("TRIBUTARY_")) {
+            let Some(value) = value.as_deref().filter(|v| v.starts_with('/')) else {
+                continue;
+            };
+            match mounted(files, compose, definition, value) {
+                Mounted::Nowhere => problem(format!("{var}={value}, but nothing is mounted there")),
+                Mounted::File(text, file) if var == "TRIBUTARY_ALERT_RULES" => {
+                    if let Err(why) = tributary_alerts::RuleSet::from_toml(&text) {
+                        problem(format!(
+                            "{var}={value} is {}, whose rules {} refuses: {}",
+                            file.display(),
+                            service.binary,
+                            why.join("; ")
+                        ));
+                    }
+                }
+                Mounted::File(..) | Mounted::Unreadable => {}
+            }
+        }
+
+        // Alerters: each its own replica index (compose cannot give copies of
+        // one service different ones).
+        if service.target == "alerter" {
+            let copies = at(definition, &["deploy", "replicas"]).and_then(scalar);
+            if copies.as_deref().is_some_and(|n| n != "1") {
+                problem(format!(
+                    "deploy.replicas {}: every copy would be the same alerter replica; run one service per replica, each with its own TRIBUTARY_ALERTER_REPLICA",
+                    copies.unwrap_or_default()
+                ));
+            }
+            let setting = |var: &str| service.setting_of(var, &env).ok().flatten().unwrap_or_default();
+            alerters.push((
+                name.to_owned(),
+                setting("TRIBUTARY_ALERTER_REPLICA"),
+                setting("TRIBUTARY_ALERTER_REPLICAS"),
+            ));
+        }
+
         let grace = service.shutdown_grace(&env);
         let stop = definition
             .get("stop_grace_period")
@@ -191,6 +235,24 @@ pub fn check(files: &Files, services: &[Service], dockerfile: &Dockerfile, probl
         }
     }
 
+    // The alerters split the partitions: replicas 0 to N - 1 of N.
+    let count = alerters.len().to_string();
+    let mut indexes: Vec<&str> = alerters.iter().map(|(_, index, _)| index.as_str()).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    for (name, index, replicas) in &alerters {
+        let valid = index.parse::<usize>().is_ok_and(|i| i < alerters.len());
+        if replicas != &count || !valid || indexes.len() != alerters.len() {
+            problems.at(
+                path,
+                format!(
+                    "service {name}: TRIBUTARY_ALERTER_REPLICA {index} of TRIBUTARY_ALERTER_REPLICAS {replicas}, \
+                     but {count} alerter service(s) here: each needs its own index below {count}, and the count {count}"
+                ),
+            );
+        }
+    }
+
     // The simulators post to the producer's port.
     for (name, definition) in entries {
         let env = environment(definition);
@@ -229,6 +291,76 @@ pub fn check(files: &Files, services: &[Service], dockerfile: &Dockerfile, probl
     }
 
     check_env_example(files, services, &variables, problems);
+}
+
+/// What a container finds at a path.
+enum Mounted {
+    /// A file this test can read: its text and where it comes from.
+    File(String, PathBuf),
+    /// Something is mounted there (a named volume, a file elsewhere).
+    Unreadable,
+    Nowhere,
+}
+
+/// What `definition`'s `configs` and `volumes` put at `path`.
+fn mounted(files: &Files, compose: &Value, definition: &Value, path: &str) -> Mounted {
+    let deploy = Path::new("deploy");
+    let read = |file: &str| {
+        let file = super::normalize(&deploy.join(file));
+        match files.text(&file) {
+            Some(text) => Mounted::File(text.to_owned(), file),
+            None => Mounted::Unreadable,
+        }
+    };
+    for config in seq_at(definition, &["configs"]) {
+        let (source, target) = match config {
+            Value::String(source) => (source.as_str(), format!("/{source}")),
+            _ => (
+                str_at(config, &["source"]).unwrap_or_default(),
+                str_at(config, &["target"]).map_or_else(
+                    || format!("/{}", str_at(config, &["source"]).unwrap_or_default()),
+                    str::to_owned,
+                ),
+            ),
+        };
+        if target != path {
+            continue;
+        }
+        let Some(top) = at(compose, &["configs", source]) else {
+            return Mounted::Nowhere;
+        };
+        return match (str_at(top, &["file"]), str_at(top, &["content"])) {
+            (Some(file), _) => read(file),
+            (None, Some(content)) => Mounted::File(content.to_owned(), PathBuf::from(COMPOSE)),
+            (None, None) => Mounted::Unreadable,
+        };
+    }
+    for volume in seq_at(definition, &["volumes"]) {
+        let (source, target) = match volume {
+            Value::String(spec) => {
+                let mut parts = spec.split(':');
+                (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+            }
+            _ => (
+                str_at(volume, &["source"]).unwrap_or_default(),
+                str_at(volume, &["target"]).unwrap_or_default(),
+            ),
+        };
+        let target = target.trim_end_matches('/');
+        let inside = match path.strip_prefix(target) {
+            Some("") => Some(""),
+            Some(rest) => rest.strip_prefix('/'),
+            None => None,
+        };
+        let Some(inside) = inside else { continue };
+        // A bind mount of this repository's files, or a named volume.
+        return if source.starts_with('.') {
+            read(&Path::new(source).join(inside).to_string_lossy())
+        } else {
+            Mounted::Unreadable
+        };
+    }
+    Mounted::Nowhere
 }
 
 /// nats, postgres and mosquitto: the versions the tests run against, and a health check.

@@ -179,6 +179,35 @@ fn assemble(files: &Files, dir: &Path, stack: &mut Stack, problems: &mut Problem
             let (key, value) = literal.split_once('=').unwrap_or((literal, ""));
             generated.insert(key.to_owned(), (value.to_owned(), path.clone()));
         }
+        // `key=path` or `path` (the key is then the file's name), relative
+        // to the kustomization, which kustomize keeps files within.
+        for entry in seq_at(generator, &["files"]).iter().filter_map(Value::as_str) {
+            let (key, file) = match entry.split_once('=') {
+                Some((key, file)) => (key.to_owned(), file),
+                None => (
+                    Path::new(entry)
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                    entry,
+                ),
+            };
+            let file_path = normalize(&dir.join(file));
+            if !file_path.starts_with(dir) {
+                problems.at(
+                    &path,
+                    format!(
+                        "ConfigMap {name}: {file} is outside {} (kustomize refuses it)",
+                        dir.display()
+                    ),
+                );
+            }
+            match files.text(&file_path) {
+                Some(text) => {
+                    generated.insert(key, (text.to_owned(), file_path));
+                }
+                None => problems.at(&path, format!("ConfigMap {name}: no file {file}")),
+            }
+        }
         match str_at(generator, &["behavior"]).unwrap_or("create") {
             "merge" => match stack.config_maps.get_mut(&name) {
                 Some(existing) => existing.extend(generated),

@@ -3,7 +3,9 @@
 //! service, and together a configuration its `validate()` takes), the port
 //! it listens on wherever it is named (container ports, probes, Services,
 //! scrape annotations), its grace period, its security context, the Secrets
-//! and files it reads, who sets its replica count, and what KEDA watches.
+//! and files it reads (the alerter's rules parsed as the alerter does), who
+//! sets its replica count (the alerter's: fixed, and told to each replica
+//! with its ordinal), and what KEDA watches.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -91,7 +93,7 @@ pub fn check_stack(
                 );
             }
             let container = resolve(stack, workload, spec, service, problems);
-            check_container(&container, templates, &clusters, problems);
+            check_container(stack, &container, templates, &clusters, problems);
             containers.push(container);
         }
     }
@@ -252,7 +254,13 @@ fn resolve<'a>(
     }
 }
 
-fn check_container(container: &Container<'_>, templates: &Templates, clusters: &[&str], problems: &mut Problems) {
+fn check_container(
+    stack: &Stack,
+    container: &Container<'_>,
+    templates: &Templates,
+    clusters: &[&str],
+    problems: &mut Problems,
+) {
     let label = container.label();
     let service = container.service;
     let workload = &container.workload.doc;
@@ -501,6 +509,25 @@ fn check_container(container: &Container<'_>, templates: &Templates, clusters: &
             );
             continue;
         };
+        // A ConfigMap's file: made here, with that key (and, for the
+        // alerter's rules, rules the alerter takes).
+        if at(volume, &["configMap"]).is_some() {
+            match config_map_entry(stack, source_name, key) {
+                None => problems.at(
+                    &container.workload.file,
+                    format!("{label}: {var}={value}, but ConfigMap {source_name} with a key {key} is not made here"),
+                ),
+                Some((text, file)) if var == "TRIBUTARY_ALERT_RULES" => {
+                    if let Err(why) = tributary_alerts::RuleSet::from_toml(&text) {
+                        problems.at(
+                            &file,
+                            format!("{label}: {} refuses these rules: {}", service.binary, why.join("; ")),
+                        );
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         if var == "TRIBUTARY_AUTH_TOKENS"
             && let Some(text) = templates.get(source_name).and_then(|t| t.get(key))
         {
@@ -533,6 +560,71 @@ fn check_container(container: &Container<'_>, templates: &Templates, clusters: &
                 format!("{label}: an MQTT bridge must be a StatefulSet whose TRIBUTARY_MQTT_CLIENT_ID is the pod's name (metadata.name)"),
             );
         }
+    }
+
+    if service.target == "alerter" {
+        check_alerter(stack, container, problems);
+    }
+}
+
+/// The text of `key` in the ConfigMap `name` of the stack (generated, or a
+/// ConfigMap resource), and the file it comes from.
+fn config_map_entry(stack: &Stack, name: &str, key: &str) -> Option<(String, PathBuf)> {
+    if let Some((text, file)) = stack.config_maps.get(name).and_then(|entries| entries.get(key)) {
+        return Some((text.clone(), file.clone()));
+    }
+    stack
+        .resources
+        .iter()
+        .filter(|r| r.kind() == "ConfigMap" && r.name() == name)
+        .find_map(|r| Some((str_at(&r.doc, &["data", key])?.to_owned(), r.file.clone())))
+}
+
+/// An alerter replica evaluates the partitions p with p % R == k: k must be
+/// the pod's stable ordinal, unique among the running pods (a StatefulSet's
+/// `apps.kubernetes.io/pod-index` label), and R the StatefulSet's own
+/// replica count, fixed by hand; otherwise some partition has two
+/// evaluators (each seeing part of its devices' points) or none.
+fn check_alerter(stack: &Stack, container: &Container<'_>, problems: &mut Problems) {
+    const POD_INDEX: &str = "metadata.labels['apps.kubernetes.io/pod-index']";
+    let label = container.label();
+    let workload = container.workload;
+    let file = &workload.file;
+    let from_pod_index = seq_at(container.spec, &["env"]).iter().any(|v| {
+        str_at(v, &["name"]) == Some("TRIBUTARY_ALERTER_REPLICA")
+            && str_at(v, &["valueFrom", "fieldRef", "fieldPath"]) == Some(POD_INDEX)
+    });
+    if workload.kind() != "StatefulSet" || !from_pod_index {
+        problems.at(
+            file,
+            format!("{label}: an alerter must be a StatefulSet whose TRIBUTARY_ALERTER_REPLICA is the pod's ordinal ({POD_INDEX})"),
+        );
+        return;
+    }
+    let replicas = int_at(&workload.doc, &["spec", "replicas"]).unwrap_or(1);
+    match container.service.setting_of("TRIBUTARY_ALERTER_REPLICAS", &container.values()) {
+        Ok(Some(count)) if count.parse::<i64>().ok() == Some(replicas) => {}
+        Ok(count) => problems.at(
+            file,
+            format!(
+                "{label}: TRIBUTARY_ALERTER_REPLICAS is {}, but the StatefulSet runs {replicas} replica(s): change both together",
+                count.unwrap_or_default()
+            ),
+        ),
+        Err(why) => problems.at(file, format!("{label}: TRIBUTARY_ALERTER_REPLICAS: {why}")),
+    }
+    for autoscaler in stack.resources.iter().filter(|r| {
+        matches!(r.kind(), "HorizontalPodAutoscaler" | "ScaledObject")
+            && str_at(&r.doc, &["spec", "scaleTargetRef", "name"]) == Some(workload.name())
+    }) {
+        problems.at(
+            &autoscaler.file,
+            format!(
+                "{} {}: scales {label}, whose replica count is fixed (TRIBUTARY_ALERTER_REPLICAS)",
+                autoscaler.kind(),
+                autoscaler.name()
+            ),
+        );
     }
 }
 
