@@ -1,6 +1,7 @@
 //! The whole pipeline in one process, on real servers: `nats-server`,
 //! PostgreSQL and `mosquitto` from the test kit, and the four services
-//! started in-process through their `start(config, shutdown)` functions.
+//! started in-process through their `start(config, shutdown)` functions,
+//! plus the alerter when [`Options::alert_rules`] names a rules file.
 //! `just dev` (the `tributary-dev` binary) and the end-to-end tests use it.
 //!
 //! Never used by a service, and never a place for pipeline logic: it only
@@ -128,6 +129,9 @@ pub struct Options {
     pub routes: Option<std::path::PathBuf>,
     /// The sink's `--retention` for rows (`None`: for ever).
     pub sink_retention: Option<Duration>,
+    /// The alerter's rules file: with one, [`Services::start`] starts the
+    /// alerter too; `None` (the default): no alerter.
+    pub alert_rules: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -144,6 +148,7 @@ impl Default for Options {
             streams: tributary_runtime::StreamArgs::default(),
             routes: None,
             sink_retention: None,
+            alert_rules: None,
         }
     }
 }
@@ -289,39 +294,64 @@ pub async fn start_query_api(servers: &Servers, options: &Options) -> Result<Par
     Ok(Part::new("query-api", handle))
 }
 
-/// The four services.
+/// Starts the alerter (one replica, the default) with the rules in `rules`,
+/// its stream and consumer limits from `options`.
+pub async fn start_alerter(servers: &Servers, options: &Options, rules: &Path) -> Result<Part> {
+    let mut config = alerter::Config::for_nats(&servers.nats.url(), rules);
+    config.streams = options.streams.clone();
+    config.ack_wait = options.ack_wait;
+    let handle = alerter::start(config, CancellationToken::new())
+        .await
+        .context("starting the alerter")?;
+    Ok(Part::new("alerter", handle))
+}
+
+/// The four services, and the alerter when asked for.
 pub struct Services {
     pub producer: Part,
     pub transformer: Part,
     pub sink: Part,
     pub query_api: Part,
+    /// Running when [`Options::alert_rules`] named a rules file.
+    pub alerter: Option<Part>,
 }
 
 impl Services {
-    /// Starts all four and waits until each reports ready.
+    /// Starts all four (and the alerter, with [`Options::alert_rules`]) and
+    /// waits until each reports ready.
     pub async fn start(servers: &Servers, options: &Options) -> Result<Self> {
         let services = Self {
             producer: start_producer(servers, options).await?,
             transformer: start_transformer(servers, options).await?,
             sink: start_sink(servers, options).await?,
             query_api: start_query_api(servers, options).await?,
+            alerter: match &options.alert_rules {
+                Some(rules) => Some(start_alerter(servers, options, rules).await?),
+                None => None,
+            },
         };
         for part in [
             &services.producer,
             &services.transformer,
             &services.sink,
             &services.query_api,
-        ] {
+        ]
+        .into_iter()
+        .chain(&services.alerter)
+        {
             part.wait_ready(Duration::from_secs(30)).await?;
         }
         Ok(services)
     }
 
-    /// Stops all four gracefully, the front door first.
+    /// Stops them all gracefully, the front door first.
     pub async fn stop(self) -> Result<()> {
         self.producer.stop().await?;
         self.transformer.stop().await?;
         self.sink.stop().await?;
+        if let Some(alerter) = self.alerter {
+            alerter.stop().await?;
+        }
         self.query_api.stop().await
     }
 }

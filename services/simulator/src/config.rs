@@ -144,6 +144,14 @@ pub struct Config {
     /// for reproducible runs. Default: now.
     #[arg(long, env = "TRIBUTARY_SIM_START_TIME")]
     pub start_time: Option<String>,
+    /// Scheduled incidents, for alert rules to find (`true` or `false`): from
+    /// 15 s after the first event time, every 60 s, one device's APFluid reads
+    /// about 150 bar for 20 s (a surge); from 45 s, every 60 s, one device
+    /// sends nothing for 25 s (a silence). --seed picks the devices; times are
+    /// event time, so with --start-time they are reproducible. Every other
+    /// reading is the same either way.
+    #[arg(long, env = "TRIBUTARY_SIM_INCIDENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub incidents: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -254,7 +262,9 @@ impl Config {
     }
 
     /// The fleet a run with this configuration sends from: with a set
-    /// --start-time, a test can regenerate exactly what was sent.
+    /// --start-time, a test can regenerate exactly what was sent
+    /// ([`crate::Fleet::next_message`] passes over the turns a silence
+    /// leaves out, as the run does).
     pub fn fleet(&self) -> Result<crate::Fleet, String> {
         Ok(crate::Fleet::with_format(
             self.devices,
@@ -264,7 +274,8 @@ impl Config {
             self.interval_us(),
             self.format,
             &self.topic_prefix,
-        ))
+        )
+        .with_incidents(self.incidents))
     }
 
     /// Event time of the first payload, microseconds since the epoch: from
@@ -340,6 +351,8 @@ mod tests {
         );
         assert_eq!(config.source, "simulator");
         assert_eq!(config.format, PayloadFormat::Items);
+        assert!(config.incidents);
+        assert!(!Config::parse_from(["s", "--incidents", "false"]).incidents);
         let config = Config::mqtt("localhost", 1884);
         assert_eq!(config.validate(), Ok(()));
         assert_eq!((config.transport, config.qos), (Transport::Mqtt, 1));

@@ -13,13 +13,16 @@
 //! where the drift is a slow mean-reverting random walk and the daily cycle
 //! is a sine over the device's local solar day (from its longitude) of event
 //! time. Now and then a metric is left out of a payload (a gap), as real
-//! devices do.
+//! devices do. With [`Fleet::with_incidents`], scheduled incidents are
+//! added on top: a device's pressure surges, or a device goes silent
+//! (`incidents.rs`).
 //!
 //! The output depends only on the constructor's arguments: the same seed,
 //! start time and interval give byte-identical payloads on every machine and
 //! every build, so a benchmark or a test can regenerate what was sent.
 
 use crate::config::PayloadFormat;
+use crate::incidents::{self, Schedule};
 use crate::rng::{Rng, mix};
 use crate::sparkplug;
 use crate::timestamp::{MILLIS_LEN, write_millis};
@@ -264,8 +267,11 @@ struct Device {
     topics: Option<(String, String)>,
     /// Event time of the device's first payload.
     first_time_us: i64,
-    /// Payloads generated so far.
+    /// Turns taken so far: payloads generated, and payloads a silence left out.
     sent: i64,
+    /// Payloads generated so far (a Sparkplug node's first is its NBIRTH,
+    /// and its sequence numbers count these).
+    emitted: i64,
     rng: Rng,
     series: Vec<Series>,
 }
@@ -290,6 +296,10 @@ pub struct Fleet {
     interval_us: i64,
     /// This payload's readings (metric index, value), gaps left out.
     readings: Vec<(usize, f64)>,
+    /// The seed, for the incident schedule.
+    seed: u64,
+    /// Scheduled incidents, when on.
+    incidents: Option<Schedule>,
 }
 
 impl Fleet {
@@ -372,6 +382,7 @@ impl Fleet {
                     topics,
                     first_time_us: start_time_us.saturating_add(stagger),
                     sent: 0,
+                    emitted: 0,
                     rng,
                     series,
                 }
@@ -410,7 +421,25 @@ impl Fleet {
             next: 0,
             interval_us,
             readings: Vec::with_capacity(metrics),
+            seed,
+            incidents: None,
         }
+    }
+
+    /// The same fleet with scheduled incidents (`on`) or without: from 15 s
+    /// after the first event time, every 60 s, one device's `APFluid` reads
+    /// about 150 bar for 20 s; from 45 s, every 60 s, one device is silent
+    /// for 25 s ([`crate::incidents`]). Call it before the first payload.
+    #[must_use]
+    pub fn with_incidents(mut self, on: bool) -> Self {
+        self.incidents = on.then(|| Schedule::new(self.seed, self.devices.len(), self.start_time_us()));
+        self
+    }
+
+    /// The fleet's incident number `k` (0 is the first), when it has
+    /// incidents.
+    pub fn incident(&self, k: u64) -> Option<incidents::Incident> {
+        self.incidents.map(|schedule| schedule.incident(k))
     }
 
     /// The next payload in order (round-robin over devices; each device's
@@ -421,8 +450,21 @@ impl Fleet {
     }
 
     /// Like [`Fleet::next_payload`], with the number of rows it makes, its
-    /// event time and topic.
+    /// event time and topic. Turns a silence leaves out are passed over:
+    /// this is the next payload actually sent.
     pub fn next_message(&mut self) -> Payload {
+        loop {
+            if let Some(payload) = self.next_turn() {
+                return payload;
+            }
+        }
+    }
+
+    /// The next device's turn (round-robin; each device's event time
+    /// advances by `interval_us` per round): its payload, or `None` when a
+    /// scheduled silence leaves it out. A sender paced per turn keeps every
+    /// other device's event time on the clock through a silence.
+    pub fn next_turn(&mut self) -> Option<Payload> {
         let index = self.next;
         self.next = (index + 1) % self.devices.len();
         let interval_us = self.interval_us;
@@ -430,11 +472,19 @@ impl Fleet {
         let time_us = device
             .first_time_us
             .saturating_add(device.sent.saturating_mul(interval_us));
-        let first = device.sent == 0;
         device.sent += 1;
+        let incident = self.incidents.and_then(|schedule| schedule.at(index, time_us));
         // A Sparkplug NBIRTH declares every metric: no gaps in it.
-        let birth = first && self.format == PayloadFormat::Sparkplug;
-        read(device, time_us, birth, &mut self.readings);
+        let birth = device.emitted == 0 && self.format == PayloadFormat::Sparkplug;
+        // Drawn even for a silent turn, so a silence changes no later reading.
+        let surge = incident == Some(incidents::Kind::Surge);
+        read(device, time_us, birth, surge, &mut self.readings);
+        if incident == Some(incidents::Kind::Silence) {
+            return None;
+        }
+        let device = &mut self.devices[index];
+        let seq = device.emitted;
+        device.emitted += 1;
 
         let mut body = Vec::with_capacity(self.capacity);
         let device = &self.devices[index];
@@ -509,18 +559,18 @@ impl Fleet {
                     metrics += 2;
                 }
                 // Sequence numbers run 0 (the NBIRTH) to 255, then wrap.
-                sparkplug::seq(&mut body, (device.sent - 1).rem_euclid(256) as u64);
+                sparkplug::seq(&mut body, seq.rem_euclid(256) as u64);
                 let (birth_topic, data_topic) = device.topics.as_ref().map_or(("", ""), |(b, d)| (b, d));
                 topic = Some(if birth { birth_topic } else { data_topic }.to_owned());
             }
         }
-        Payload {
+        Some(Payload {
             device_id: device.id.clone(),
             body,
             metrics,
             event_time_us: time_us,
             topic,
-        }
+        })
     }
 
     /// The fleet's `context`, the same in every payload.
@@ -545,8 +595,9 @@ impl Fleet {
 }
 
 /// A device's readings at `time_us` into `out` (metric index, value), the
-/// gaps left out unless `complete`.
-fn read(device: &mut Device, time_us: i64, complete: bool, out: &mut Vec<(usize, f64)>) {
+/// gaps left out unless `complete`; with `surge`, metric
+/// [`incidents::SURGE_METRIC`] reads the surge's level and its noise.
+fn read(device: &mut Device, time_us: i64, complete: bool, surge: bool, out: &mut Vec<(usize, f64)>) {
     out.clear();
     let day = time_us.rem_euclid(86_400_000_000) as f64 / 86_400_000_000.0;
     let last = device.series.len() - 1;
@@ -566,6 +617,9 @@ fn read(device: &mut Device, time_us: i64, complete: bool, out: &mut Vec<(usize,
         let mut value = series.base + series.drift + series.daily * sin_turns(day - series.phase) + p.noise * noise;
         if spike {
             value += spike_sign * spike_size * (series.daily + 3.0 * p.noise);
+        }
+        if surge && m == incidents::SURGE_METRIC {
+            value = incidents::SURGE_LEVEL + p.noise * noise;
         }
         let value = value.clamp(p.limits.0, p.limits.1);
         // Never send an empty payload: keep the last reading if every
@@ -863,6 +917,89 @@ mod tests {
         // One metric per payload: a gap would empty `items`, so none happen.
         let mut single = Fleet::new(1, 1, 5, START, 1_000_000);
         assert!((0..2000).all(|_| single.next_message().metrics == 1));
+    }
+
+    #[test]
+    fn incidents_surge_and_silence_on_schedule_and_change_nothing_else() {
+        // 4 devices, one turn every 250 ms: each device reads every second.
+        let plain = || Fleet::new(4, 10, 3, START, 1_000_000);
+        let mut with = plain().with_incidents(true);
+        let mut without = plain();
+        assert_eq!(without.incident(0), None);
+        let ids: Vec<String> = with.device_ids().map(str::to_owned).collect();
+        let incidents: Vec<incidents::Incident> = (0..6).map(|k| with.incident(k).expect("on")).collect();
+        let during = |device: &str, time_us: i64| {
+            incidents
+                .iter()
+                .find(|i| ids[i.device] == device && (i.start_us..i.end_us).contains(&time_us))
+                .map(|i| i.kind)
+        };
+        let (mut surged, mut silent) = (0, 0);
+        // 130 s of event time: four incidents, the last silence ending with it.
+        for _ in 0..4 * 130 {
+            let expected = without.next_message();
+            let json = |p: &Payload| -> serde_json::Value { serde_json::from_slice(&p.body).expect("JSON") };
+            let Some(got) = with.next_turn() else {
+                assert_eq!(
+                    during(&expected.device_id, expected.event_time_us),
+                    Some(incidents::Kind::Silence),
+                    "a turn left out outside a silence"
+                );
+                silent += 1;
+                continue;
+            };
+            assert_eq!(
+                (&got.device_id, got.event_time_us),
+                (&expected.device_id, expected.event_time_us)
+            );
+            let (mut got_json, mut expected_json) = (json(&got), json(&expected));
+            let pressure = |j: &mut serde_json::Value| j["items"].as_object_mut().expect("items").remove("APFluid");
+            let (got_pressure, expected_pressure) = (pressure(&mut got_json), pressure(&mut expected_json));
+            // Everything but the surging reading is as without incidents.
+            assert_eq!(got_json, expected_json);
+            assert_eq!(got_pressure.is_some(), expected_pressure.is_some(), "the same gaps");
+            let Some(text) = got_pressure.clone() else { continue };
+            let value: f64 = text.as_str().expect("a numeric string").parse().expect("a number");
+            match during(&got.device_id, got.event_time_us) {
+                Some(incidents::Kind::Surge) => {
+                    assert!((145.0..155.0).contains(&value), "{value}");
+                    surged += 1;
+                }
+                kind => {
+                    assert_eq!(kind, None, "a payload sent during a silence");
+                    assert!(value < 100.0, "{value} outside a surge");
+                    assert_eq!(got_pressure, expected_pressure);
+                }
+            }
+        }
+        // Two surges of 20 readings each, two silences of 25 (a gap may hide a surging reading).
+        assert!((36..=40).contains(&surged), "{surged}");
+        assert_eq!(silent, 50);
+    }
+
+    #[test]
+    fn a_silence_keeps_sparkplug_births_and_sequence_numbers_whole() {
+        use tributary_formats::sparkplug::decode_message;
+        // One device, one turn a second: silences 45, 105, 165 and 225 s in,
+        // then 285 s, after the 180th payload.
+        let mut fleet =
+            Fleet::with_format(1, 2, 1, START, 1_000_000, PayloadFormat::Sparkplug, "g").with_incidents(true);
+        let mut seqs = Vec::new();
+        while seqs.len() < 180 {
+            let payload = fleet.next_message();
+            let topic = payload.topic.expect("topic");
+            assert_eq!(topic.contains("/NBIRTH/"), seqs.is_empty(), "{topic}");
+            let message = decode_message(&topic, &payload.body).expect("decodes").expect("topic");
+            seqs.push((payload.event_time_us, message.payload.seq.expect("seq")));
+        }
+        // Contiguous sequence numbers over the silence, which shows as a jump in event time.
+        assert!(seqs.iter().enumerate().all(|(n, &(_, seq))| seq == n as u64 % 256));
+        let jumps: Vec<i64> = seqs
+            .windows(2)
+            .map(|w| w[1].0 - w[0].0)
+            .filter(|&d| d > 1_000_000)
+            .collect();
+        assert_eq!(jumps, [26_000_000; 4], "four silences of 25 turns");
     }
 
     #[test]

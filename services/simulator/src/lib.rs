@@ -4,7 +4,10 @@
 //! endpoint) or MQTT (`{topic-prefix}/{device id}`), at a set rate, and reports how many the
 //! pipeline acknowledged. The payloads are reproducible: the same seed and
 //! start time give the same bytes ([`Fleet`]), so a test or a benchmark can
-//! regenerate what the pipeline should have stored.
+//! regenerate what the pipeline should have stored. Unless turned off
+//! (`--incidents false`), scheduled incidents give alert rules something to
+//! find: a device's pressure surges, or a device goes silent
+//! ([`incidents`]).
 //!
 //! Never: no NATS, no database, no knowledge of the pipeline past the
 //! producer's front door. A payload counts as acknowledged only on what the
@@ -14,6 +17,7 @@ pub mod config;
 pub mod fleet;
 mod http;
 mod http1;
+pub mod incidents;
 mod mqtt;
 pub mod rng;
 mod sparkplug;
@@ -229,6 +233,7 @@ async fn simulate(config: Config, shutdown: CancellationToken) -> Result<Report,
         metrics = config.metrics,
         rate = config.rate,
         seed = config.seed,
+        incidents = config.incidents,
         start_time = %timestamp::format_millis(fleet.start_time_us()),
         "simulation starting"
     );
@@ -238,16 +243,37 @@ async fn simulate(config: Config, shutdown: CancellationToken) -> Result<Report,
     tokio::spawn(log_progress(tally.clone(), stop_progress.clone()));
     let deadline = config.duration.map(|d| started + d);
     let mut sent: u64 = 0;
+    // Turns taken: payloads sent, and turns a silence left out.
+    let mut turns: u64 = 0;
+    let mut next_incident = 0;
     loop {
         if config.count.is_some_and(|count| sent >= count) {
             break;
         }
-        // Payload k is due k / rate seconds after the start: computed from
+        // Turn k is due k / rate seconds after the start: computed from
         // the start rather than the last send, so delays do not accumulate,
         // and a run that fell behind catches up without sleeping.
-        let due = started + Duration::from_secs_f64(sent as f64 / config.rate);
+        let due = started + Duration::from_secs_f64(turns as f64 / config.rate);
         if deadline.is_some_and(|deadline| due >= deadline || Instant::now() >= deadline) {
             break;
+        }
+        turns += 1;
+        // A silent device's turn passes: the others keep their pace.
+        let Some(payload) = fleet.next_turn() else {
+            continue;
+        };
+        while let Some(incident) = fleet.incident(next_incident)
+            && incident.start_us <= payload.event_time_us
+        {
+            let device = fleet.device_ids().nth(incident.device).unwrap_or_default();
+            tracing::info!(
+                kind = %incident.kind,
+                device,
+                from = %timestamp::format_millis(incident.start_us),
+                secs = (incident.end_us - incident.start_us) / 1_000_000,
+                "scheduled incident"
+            );
+            next_incident += 1;
         }
         let permit = tokio::select! {
             biased;
@@ -261,7 +287,7 @@ async fn simulate(config: Config, shutdown: CancellationToken) -> Result<Report,
                 Err(_closed) => break,
             },
         };
-        sender.send(fleet.next_message(), permit).await;
+        sender.send(payload, permit).await;
         sent += 1;
     }
 
