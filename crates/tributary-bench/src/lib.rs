@@ -7,6 +7,7 @@
 //! Never used by a service; never asserts speed (numbers are recorded in
 //! BENCHMARKS.md, not checked in tests).
 
+pub mod alerter;
 pub mod limits;
 pub mod measure;
 pub mod nats_sync;

@@ -52,6 +52,14 @@ pub fn render(report: &Report) -> String {
         "sink rollups (per minute and per hour): {}",
         if a.rollups { "on" } else { "off" }
     );
+    if a.alerter {
+        let _ = writeln!(
+            out,
+            "alerter: in a last phase only (\"+ alerter\"), {} rules over that phase's fleet; the phases before run \
+             without it (--alerter false leaves it out)",
+            a.alerter_rules
+        );
+    }
     let _ = writeln!(out, "{}\n", headline(a));
     let _ = writeln!(
         out,
@@ -226,6 +234,42 @@ fn render_phase(out: &mut String, report: &Report, p: &Phase) {
         ratio(p.committed_per_s, l.rows_per_s(l.batch_consume_per_s)),
         ratio(p.committed_per_s, l.copy_rows_per_s),
     );
+    if let Some(alerter) = &p.alerter {
+        let share = |x: f64| {
+            if p.committed_per_s > 0.0 {
+                format!("{:.0}%", 100.0 * x / p.committed_per_s)
+            } else {
+                "n/a".to_owned()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  alerter           {} rules: {:.0} points/s evaluated = {} of the sink's {:.0} rows/s; {:.0} points/s \
+             taken in while loading ({}), all of them {}{}",
+            alerter.rules,
+            alerter.evaluated_per_s,
+            share(alerter.evaluated_per_s),
+            p.committed_per_s,
+            alerter.points_per_s,
+            share(alerter.points_per_s),
+            alerter.caught_up.map_or_else(
+                || "NOT by the end of the wait".to_owned(),
+                |d| format!("{:.1} s after the load stopped", d.as_secs_f64())
+            ),
+            if alerter.keeps_up(p.committed_per_s) {
+                " (keeps up)"
+            } else {
+                " (does NOT keep up)"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "                    {} transitions; evaluated counted over the load's length, {:.0} s later (its allowed \
+             lateness and a clock tick: a point waits that long by design)",
+            alerter.transitions,
+            (alerter.lateness + std::time::Duration::from_secs(1)).as_secs_f64(),
+        );
+    }
     let _ = writeln!(out, "  per process       CPU µs per committed row · peak RSS");
     let mut total = 0.0;
     for (name, cpu, rss) in &p.usage {
@@ -274,6 +318,7 @@ mod tests {
                 duplicates: 0,
             },
             usage: vec![("nats-server".into(), 10.0, 100 << 20)],
+            alerter: None,
         };
         Report {
             args,
@@ -331,6 +376,59 @@ mod tests {
         r.phases[0].transport = "mqtt".into();
         r.phases[0].accepted_per_s = 9_000.0;
         assert!(squashed(&r).contains("vs limits producer 10% of MQTT QoS 1 ·"));
+    }
+
+    #[test]
+    fn the_alerter_phase_reports_evaluated_points_against_the_sink() {
+        use crate::alerter::AlerterFigures;
+        let text = squashed(&report(&[]));
+        assert!(
+            text.contains("alerter: in a last phase only (\"+ alerter\"), 1000 rules over that phase's fleet"),
+            "{text}"
+        );
+        assert!(!text.contains("points/s evaluated"), "{text}");
+        assert!(!squashed(&report(&["--alerter", "false"])).contains("alerter:"));
+
+        let mut r = report(&[]);
+        r.phases[0].transport = "http + alerter".into();
+        r.phases[0].alerter = Some(AlerterFigures {
+            rules: 1000,
+            lateness: Duration::from_secs(5),
+            points_per_s: 19_950.0,
+            evaluated_per_s: 19_850.0,
+            caught_up: Some(Duration::from_millis(400)),
+            transitions: 12,
+        });
+        let text = squashed(&r);
+        for line in [
+            "── http + alerter at 2000 payloads/s for 20 s ──",
+            "alerter 1000 rules: 19850 points/s evaluated = 100% of the sink's 19900 rows/s; 19950 points/s taken in \
+             while loading (100%), all of them 0.4 s after the load stopped (keeps up)",
+            "12 transitions; evaluated counted over the load's length, 6 s later",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from\n{text}");
+        }
+        // Evaluated within the lateness, but taken in seconds behind: not keeping up.
+        r.phases[0].alerter = Some(AlerterFigures {
+            points_per_s: 15_000.0,
+            caught_up: Some(Duration::from_secs(3)),
+            ..r.phases[0].alerter.expect("set above")
+        });
+        let text = squashed(&r);
+        let line =
+            "15000 points/s taken in while loading (75%), all of them 3.0 s after the load stopped (does NOT keep up)";
+        assert!(text.contains(line), "{line:?} missing from\n{text}");
+        r.phases[0].alerter = Some(AlerterFigures {
+            evaluated_per_s: 9_000.0,
+            caught_up: None,
+            ..r.phases[0].alerter.expect("set above")
+        });
+        let text = squashed(&r);
+        assert!(text.contains("= 45% of the sink's 19900 rows/s"), "{text}");
+        assert!(
+            text.contains("all of them NOT by the end of the wait (does NOT keep up)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One benchmark run: servers, the four services as release processes, the
-//! machine's limits, then load phases driven by the simulator.
+//! machine's limits, then load phases driven by the simulator, and a last
+//! phase with the alerter running too.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use sqlx::PgPool;
 use tributary_runtime::{CancellationToken, parse_duration};
 use tributary_testkit::{Mosquitto, NatsServer, Postgres};
 
+use crate::alerter::{AlerterFigures, Counters};
 use crate::limits::{self, Limits, Targets};
 use crate::measure::{self, FramingCheck, Freshness, LossCheck};
 use crate::nats_sync::NatsSync;
@@ -75,9 +77,27 @@ pub struct Args {
     /// an extra HTTP phase while 200 queries/s go to the query API.
     #[arg(long)]
     pub queries: bool,
+    /// After the other phases, one more over HTTP (MQTT when only MQTT is loaded) at --rate (with --find-max: the
+    /// highest rate sustained) with the alerter running as well (release binary, --alerter-rules rules over that
+    /// phase's fleet): its evaluated points/s against the sink's rows/s, its CPU and memory. The other phases
+    /// run without it, as before. `true` or `false`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub alerter: bool,
+    /// Rules in the alerter's generated rules file (a mix of thresholds, aggregates, rates, equals and absence
+    /// over the fleet's devices and metrics).
+    #[arg(long, default_value_t = crate::alerter::DEFAULT_RULES, value_parser = rule_count)]
+    pub alerter_rules: usize,
     /// Where the release binaries are (default: next to this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+}
+
+/// `--alerter-rules`: 1 to 100,000.
+fn rule_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=100_000).contains(&n) => Ok(n),
+        _ => Err("expected a number of rules from 1 to 100000".to_owned()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +187,8 @@ pub struct Phase {
     pub loss: LossCheck,
     /// (process, CPU µs per committed row, peak RSS bytes)
     pub usage: Vec<(String, f64, u64)>,
+    /// The alerter's figures, in the phase it ran in.
+    pub alerter: Option<AlerterFigures>,
 }
 
 impl Phase {
@@ -190,7 +212,26 @@ struct Bench {
     db: PgPool,
     js: async_nats::jetstream::Context,
     services: Vec<ServiceProcess>,
+    /// Started for the alerter's phase only.
+    alerter: Option<Alerter>,
+    logs: PathBuf,
 }
+
+/// The alerter process and what it was started with.
+struct Alerter {
+    process: ServiceProcess,
+    rules: usize,
+    lateness: Duration,
+}
+
+/// The alerter's allowed lateness (`--lateness`): its default, set
+/// explicitly so that the figures' window and the process agree.
+const ALERTER_LATENESS: Duration = Duration::from_secs(5);
+/// How long the alerter may take to catch up with the metrics stream, before
+/// its phase and after the load.
+const ALERTER_CATCH_UP: Duration = Duration::from_secs(120);
+/// The alerter's clock tick: points waiting out the lateness are released on it.
+const ALERTER_TICK: Duration = Duration::from_secs(1);
 
 impl Bench {
     async fn start(bin_dir: &std::path::Path, args: &Args) -> Result<Self> {
@@ -278,7 +319,63 @@ impl Bench {
             db,
             js,
             services,
+            alerter: None,
+            logs,
         })
+    }
+
+    /// Starts the alerter with `rules` rules (the file's text) and waits
+    /// until it is ready and has taken in what the metrics stream still
+    /// holds of earlier phases (none of its rules match those fleets).
+    async fn start_alerter(&mut self, bin_dir: &std::path::Path, rules: &str, count: usize) -> Result<()> {
+        let path = self._dir.path().join("alert-rules.toml");
+        std::fs::write(&path, rules)?;
+        let mut process = ServiceProcess::spawn_from(
+            bin_dir,
+            "alerter",
+            &self.logs,
+            &[
+                ("TRIBUTARY_NATS_URL", self.nats.url()),
+                ("TRIBUTARY_ALERT_RULES", path.display().to_string()),
+                ("TRIBUTARY_ALERT_LATENESS", format!("{}s", ALERTER_LATENESS.as_secs())),
+            ],
+        )?;
+        process.wait_ready(Duration::from_secs(60)).await?;
+        let client = reqwest::Client::new();
+        let url = process.url();
+        // Idle: nothing has come in for 3 s.
+        let started = Instant::now();
+        let mut last = Counters::read(&client, &url).await?.points;
+        let mut since_change = Instant::now();
+        while since_change.elapsed() < Duration::from_secs(3) && started.elapsed() < ALERTER_CATCH_UP {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = Counters::read(&client, &url).await?.points;
+            if now != last {
+                last = now;
+                since_change = Instant::now();
+            }
+        }
+        tracing::info!(
+            rules = count,
+            earlier_points = last,
+            secs = started.elapsed().as_secs_f64(),
+            "alerter up; it has taken in what the metrics stream held"
+        );
+        self.alerter = Some(Alerter {
+            process,
+            rules: count,
+            lateness: ALERTER_LATENESS,
+        });
+        Ok(())
+    }
+
+    /// Stops the alerter (SIGTERM), which must exit cleanly.
+    async fn stop_alerter(&mut self) -> Result<()> {
+        if let Some(mut alerter) = self.alerter.take() {
+            let status = alerter.process.terminate(Duration::from_secs(30)).await?;
+            anyhow::ensure!(status.success(), "the alerter exited with {status}");
+        }
+        Ok(())
     }
 
     /// Every process that does the pipeline's work, and the load generator.
@@ -293,6 +390,9 @@ impl Bench {
             };
             all.push((name, procs::usage(service.pid().unwrap_or(0))));
         }
+        if let Some(alerter) = &self.alerter {
+            all.push(("alerter".into(), procs::usage(alerter.process.pid().unwrap_or(0))));
+        }
         let pid = |p: Option<u32>| p.unwrap_or(0);
         all.push(("nats-server".into(), procs::usage(pid(self.nats.pid()))));
         all.push(("postgres".into(), procs::usage_with_children(pid(self.postgres.pid()))));
@@ -304,7 +404,11 @@ impl Bench {
     /// Restarts every process's peak-RSS count: a phase reports its own peak.
     fn reset_peaks(&self) {
         let pid = |p: Option<u32>| p.unwrap_or(0);
-        let mut ok = self.services.iter().all(|s| procs::reset_peak(s.pid().unwrap_or(0)));
+        let mut ok = self
+            .services
+            .iter()
+            .chain(self.alerter.as_ref().map(|a| &a.process))
+            .all(|s| procs::reset_peak(s.pid().unwrap_or(0)));
         ok &= procs::reset_peak(pid(self.nats.pid()));
         ok &= procs::reset_peak_with_children(pid(self.postgres.pid()));
         ok &= procs::reset_peak(pid(self.mosquitto.pid()));
@@ -348,20 +452,70 @@ impl Bench {
         config.seed = seed;
         config.concurrency = 256;
 
+        // The load's shape is what it was before the simulator had incidents (a silent device sends less).
+        config.incidents = false;
+
+        let client = reqwest::Client::new();
+        let alerter_url = self.alerter.as_ref().map(|a| a.process.url());
+        let alerter_before = match &alerter_url {
+            Some(url) => Some(Counters::read(&client, url).await?),
+            None => None,
+        };
         let since = measure::now_us();
         let counts_before = measure::stream_counts(&self.js).await?;
         self.reset_peaks();
         let before = self.usage();
         let started = Instant::now();
+        // The alerter's counters once its allowed lateness and a clock tick have passed since the load began:
+        // where the window its evaluated points are counted in starts.
+        let alerter_shifted_start = match (&self.alerter, &alerter_url) {
+            (Some(alerter), Some(url)) => {
+                let at = tokio::time::Instant::from_std(started + alerter.lateness + ALERTER_TICK);
+                let (client, url) = (client.clone(), url.clone());
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    Counters::read(&client, &url).await
+                }))
+            }
+            _ => None,
+        };
         let sent = simulator::run(config, CancellationToken::new())
             .await
             .context("simulator")?;
         let load_elapsed = started.elapsed();
+        let alerter_at_end = match &alerter_url {
+            Some(url) => Some(Counters::read(&client, url).await?),
+            None => None,
+        };
         let committed_during_load = measure::stored_rows(&self.db, since).await?;
         let during_load = measure::stream_counts(&self.js).await?.since(&counts_before);
         measure::wait_drained(&self.js, Duration::from_secs(15)).await?;
         let drain = started.elapsed().saturating_sub(load_elapsed);
-        let after = self.usage();
+        let mut after = self.usage();
+        let alerter = match (&self.alerter, alerter_before, alerter_shifted_start, alerter_at_end) {
+            (Some(alerter), Some(before), Some(shifted_start), Some(at_end)) => {
+                let counters = AlerterCounters {
+                    before,
+                    shifted_start: shifted_start.await??,
+                    at_end,
+                };
+                let figures = alerter_figures(
+                    &client,
+                    alerter,
+                    started + load_elapsed,
+                    load_elapsed,
+                    sent.metrics_sent,
+                    counters,
+                )
+                .await?;
+                // Its CPU until it was done with the phase's points (the rest's: until the pipeline drained).
+                if let Some(entry) = after.iter_mut().find(|(name, _)| name == "alerter") {
+                    entry.1 = procs::usage(alerter.process.pid().unwrap_or(0));
+                }
+                Some(figures)
+            }
+            _ => None,
+        };
         let added = measure::stream_counts(&self.js).await?.since(&counts_before);
         let loss = measure::loss_check(&self.db, since, sent.metrics_sent).await?;
         let freshness = measure::freshness(&self.db, since).await?;
@@ -396,10 +550,12 @@ impl Bench {
             freshness,
             loss,
             usage,
+            alerter,
         })
     }
 
     async fn stop(mut self) -> Result<()> {
+        self.stop_alerter().await?;
         for service in &mut self.services {
             let status = service.terminate(Duration::from_secs(30)).await?;
             anyhow::ensure!(status.success(), "{} exited with {status}", service.name());
@@ -408,12 +564,75 @@ impl Bench {
     }
 }
 
+/// The alerter's counters at the moments a phase's figures are taken between.
+struct AlerterCounters {
+    /// Before the load began.
+    before: Counters,
+    /// Its allowed lateness and a clock tick after the load began.
+    shifted_start: Counters,
+    /// When the load ended.
+    at_end: Counters,
+}
+
+/// What the alerter did in a phase whose load ran for `load` until `load_end`, `points` of them acknowledged:
+/// points taken in per second while the load ran; points evaluated per second over a window as long as the
+/// load, starting and ending its allowed lateness and a clock tick later (a point waits that long by design,
+/// as a row waits for the sink's batch); when it had taken in every point; its transitions.
+async fn alerter_figures(
+    client: &reqwest::Client,
+    alerter: &Alerter,
+    load_end: Instant,
+    load: Duration,
+    points: u64,
+    counters: AlerterCounters,
+) -> Result<AlerterFigures> {
+    let AlerterCounters {
+        before,
+        shifted_start,
+        at_end,
+    } = counters;
+    let url = alerter.process.url();
+    let evaluated_by = load_end + alerter.lateness + ALERTER_TICK;
+    let mut evaluated = None;
+    let mut caught_up = None;
+    let mut last = at_end;
+    let mut last_change = Instant::now();
+    loop {
+        let now = Counters::read(client, &url).await?;
+        let at = Instant::now();
+        if now.points != last.points {
+            last_change = at;
+        }
+        last = now;
+        if caught_up.is_none() && now.points - before.points >= points as f64 {
+            caught_up = Some(at.saturating_duration_since(load_end));
+        }
+        if evaluated.is_none() && at >= evaluated_by {
+            evaluated = Some(now.evaluated - shifted_start.evaluated);
+        }
+        let stuck = last_change.elapsed() > Duration::from_secs(15);
+        if evaluated.is_some() && (caught_up.is_some() || stuck || at.duration_since(load_end) > ALERTER_CATCH_UP) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = load.as_secs_f64().max(1e-3);
+    Ok(AlerterFigures {
+        rules: alerter.rules,
+        lateness: alerter.lateness,
+        points_per_s: (at_end.points - before.points) / secs,
+        evaluated_per_s: evaluated.unwrap_or_default() / secs,
+        caught_up,
+        transitions: (last.transitions - before.transitions).max(0.0) as u64,
+    })
+}
+
 /// Runs the benchmark and returns its report.
 pub async fn run(args: Args) -> Result<Report> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(procs::default_bin_dir);
     let samples = Samples::new(args.metrics)?;
     let transports = args.transports()?;
-    let bench = Bench::start(&bin_dir, &args).await?;
+    let mut bench = Bench::start(&bin_dir, &args).await?;
     tracing::info!(nats_sync = %args.nats_sync, "servers and services up");
     let mut queries = None;
     if args.queries {
@@ -438,7 +657,7 @@ pub async fn run(args: Args) -> Result<Report> {
     let mut phases = Vec::new();
     let mut max_sustained = Vec::new();
     let mut seed = 100;
-    for transport in transports {
+    for &transport in &transports {
         if args.find_max {
             let step = args.phase_duration() / 3;
             let mut rate = args.rate;
@@ -490,6 +709,30 @@ pub async fn run(args: Args) -> Result<Report> {
         stop.cancel();
         figures.under_load = load.await?;
         phase.transport = "http + 200 queries/s".to_owned();
+        phases.push(phase);
+    }
+    if args.alerter {
+        // HTTP unless only MQTT is loaded; at the highest sustained rate with --find-max.
+        let transport = transports.first().copied().unwrap_or(simulator::Transport::Http);
+        let name = format!("{transport:?}").to_lowercase();
+        let rate = max_sustained
+            .iter()
+            .find(|(t, _)| *t == name)
+            .and_then(|(_, best)| best.map(|(rate, _)| rate))
+            .unwrap_or(args.rate);
+        seed += 1;
+        let (device_ids, metric_names) = crate::alerter::stored_names(args.format, args.devices, args.metrics, seed);
+        let rules = crate::alerter::rules(&device_ids, &metric_names, args.alerter_rules);
+        bench.start_alerter(&bin_dir, &rules, args.alerter_rules).await?;
+        tracing::info!(
+            ?transport,
+            rate,
+            rules = args.alerter_rules,
+            "load phase with the alerter"
+        );
+        let mut phase = bench.phase(transport, rate, args.phase_duration(), seed, &args).await?;
+        bench.stop_alerter().await?;
+        phase.transport = format!("{name} + alerter");
         phases.push(phase);
     }
     // The limits come after the load phases: their scratch streams briefly

@@ -105,7 +105,7 @@ async fn the_loss_check_reports_events_the_pipeline_dropped() -> Result<()> {
     transformer_drained(&js).await?;
     let fleet = simulator::Fleet::new(4, 10, 2, 0, 1_000_000);
     let victim = fleet.device_ids().next().expect("a device").to_owned();
-    let subject = tributary_schema::metric_subject(&victim);
+    let subject = tributary_schema::metric_stored_subject(&victim);
     let stream = js.get_stream("TELEMETRY_METRICS").await?;
     let (batches, events) = events_on(&stream, &subject).await?;
     assert!(batches > 0, "the victim device had events in flight");

@@ -1,0 +1,446 @@
+//! The alerter under the benchmark's load: a rules file of a realistic mix
+//! over the phase's simulated fleet, and what the alerter's own Prometheus
+//! counters say it consumed and evaluated.
+//!
+//! The rule mix is the one `tributary-alerts`' throughput example measures
+//! the engine alone with (`cargo run --release -p tributary-alerts --example
+//! throughput`), written over the simulator's device ids and metric names:
+//! 60% thresholds on one device and metric each, 20% aggregates and 10%
+//! rates on groups of about 16 devices, 4% fleet-wide bands (at least one
+//! per metric, so that every point has a rule to evaluate it), 5% equals,
+//! 1% absence. Every rule names the fleet's id prefix, so the points of
+//! other phases' fleets, still in the metrics stream when the alerter
+//! starts, match none.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Rules in the file unless `--alerter-rules` says otherwise.
+pub const DEFAULT_RULES: usize = 1000;
+
+/// Where a simulated metric's readings normally stay, and a typical change:
+/// (below, above, step). From the simulator's profiles (`fleet.rs`): bases,
+/// daily cycles and noise, with a margin, so that thresholds are crossed
+/// only now and then (the fleet's occasional spikes). Line protocol's
+/// `telemetry.` before the name is skipped.
+fn bounds(metric: &str) -> (f64, f64, f64) {
+    match metric.rsplit('.').next().unwrap_or(metric) {
+        "APFluid" => (10.0, 45.0, 1.0),
+        "AvTFluid" => (15.0, 80.0, 2.0),
+        "AvQvFluid" => (30.0, 420.0, 10.0),
+        "AvQmOil" => (10.0, 270.0, 5.0),
+        "AvQvnGas" => (300.0, 8500.0, 100.0),
+        "Adfld" => (0.75, 1.06, 0.005),
+        "Adgas" => (0.55, 0.96, 0.005),
+        "AvWater" => (2.0, 75.0, 1.0),
+        "rssi" => (-125.0, -65.0, 3.0),
+        "snr" => (-10.0, 15.0, 1.0),
+        // temp_1, temp_2, …: ambient °C.
+        _ => (5.0, 45.0, 2.0),
+    }
+}
+
+/// A TOML number that reads back as `x`.
+fn number(x: f64) -> String {
+    let text = format!("{x}");
+    if text.contains(['.', 'e', 'E']) {
+        text
+    } else {
+        format!("{text}.0")
+    }
+}
+
+/// The device ids and metric names the pipeline stores for the simulated
+/// fleet of `seed` with `devices` devices and `metrics` metrics, sent in
+/// `format` (Sparkplug B over MQTT with the simulator's default group).
+pub fn stored_names(
+    format: simulator::PayloadFormat,
+    devices: u32,
+    metrics: u32,
+    seed: u64,
+) -> (Vec<String>, Vec<String>) {
+    use simulator::PayloadFormat;
+    let group = simulator::Config::mqtt("127.0.0.1", 1883).topic_prefix;
+    let ids = simulator::Fleet::new(devices, metrics, seed, 0, 1_000_000)
+        .device_ids()
+        .map(|id| match format {
+            PayloadFormat::Sparkplug => format!("{group}/{id}"),
+            _ => id.to_owned(),
+        })
+        .collect();
+    let names = (0..metrics.max(1) as usize)
+        .map(|m| {
+            let name = simulator::fleet::metric_name(m);
+            match format {
+                PayloadFormat::Lineproto => format!("telemetry.{name}"),
+                _ => name,
+            }
+        })
+        .collect();
+    (ids, names)
+}
+
+/// `count` rules (at least one per metric) over the devices `device_ids`
+/// (one simulated fleet: ids alike but for a counter at their end) and the
+/// metrics `names`.
+pub fn rules(device_ids: &[String], names: &[String], count: usize) -> String {
+    let first = device_ids.first().map(String::as_str).unwrap_or_default();
+    // The fleet: what its ids have in common (another seed's ids differ there).
+    let common = device_ids.iter().fold(first.len(), |n, id| {
+        first
+            .bytes()
+            .zip(id.bytes())
+            .take(n)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    let fleet = format!("{}*", &first[..common]);
+    // Groups: the ids end in a hexadecimal counter, so ids alike but for
+    // the last character make groups of up to 16.
+    let mut groups: Vec<String> = device_ids
+        .iter()
+        .map(|id| format!("{}*", &id[..id.len().saturating_sub(1)]))
+        .collect();
+    groups.dedup();
+    if groups.is_empty() {
+        groups.push(fleet.clone());
+    }
+    let fallback = [simulator::fleet::metric_name(0)];
+    let names = if names.is_empty() { &fallback[..] } else { names };
+    let devices = device_ids.len().max(1);
+    let device = |i: usize| device_ids.get(i % devices).map_or(first, String::as_str);
+
+    // Shares of `count`, the fleet-wide ones at least one per metric.
+    let fleet_wide = (count * 4 / 100).max(names.len()).min(count);
+    let mut left = count - fleet_wide;
+    let mut take = |share: usize| {
+        let n = (count * share / 100).min(left);
+        left -= n;
+        n
+    };
+    let (aggregates, rates, equals, absent) = (take(20), take(10), take(5), take(1));
+    let thresholds = left;
+
+    let mut text = format!(
+        "# {count} rules generated by tributary-bench over the fleet {fleet} ({devices} devices, {} metrics).\n\n",
+        names.len()
+    );
+    let mut rule = |name: String, devices: &str, metrics: &str, condition: String, hold: &str, severity: &str| {
+        let _ = writeln!(
+            text,
+            "[[rule]]\nname = {name:?}\ndevices = {devices:?}\nmetrics = {metrics:?}\ncondition = {condition}\n\
+             for = {hold:?}\nseverity = {severity:?}\n"
+        );
+    };
+    for i in 0..thresholds {
+        let metric = &names[i % names.len()];
+        let (_, above, step) = bounds(metric);
+        let value = number(above + (i % 5) as f64 * step);
+        rule(
+            format!("limit-{i}"),
+            device(i),
+            metric,
+            format!("{{ kind = \"threshold\", op = \">\", value = {value} }}"),
+            ["0s", "10s", "30s"][i % 3],
+            "warning",
+        );
+    }
+    let functions = ["avg", "min", "max", "count"];
+    for i in 0..aggregates {
+        let metric = &names[i % names.len()];
+        let (below, above, _) = bounds(metric);
+        let range = above - below;
+        let function = functions[i % 4];
+        let (op, value) = match function {
+            "avg" => (">", number(above)),
+            "min" => ("<", number(below - range / 2.0)),
+            "max" => (">", number(above + range / 2.0)),
+            // Fewer readings than a device sends in a few seconds.
+            _ => ("<", "3".to_owned()),
+        };
+        rule(
+            format!("agg-{i}"),
+            &groups[i % groups.len()],
+            metric,
+            format!(
+                "{{ kind = \"aggregate\", function = \"{function}\", window = \"{}m\", op = \"{op}\", value = {value} }}",
+                1 + i % 5
+            ),
+            "1m",
+            "warning",
+        );
+    }
+    for i in 0..rates {
+        let metric = &names[i % names.len()];
+        let (below, above, _) = bounds(metric);
+        // A fifth of the normal range per second, over the window.
+        rule(
+            format!("rate-{i}"),
+            &groups[i % groups.len()],
+            metric,
+            format!(
+                "{{ kind = \"rate\", window = \"1m\", op = \">\", value = {} }}",
+                number((above - below) / 5.0)
+            ),
+            "10s",
+            "warning",
+        );
+    }
+    for i in 0..fleet_wide {
+        let metric = &names[i % names.len()];
+        let (below, above, step) = bounds(metric);
+        // Half the normal range beyond it: the end of the sensor's scale.
+        let widen = (above - below) / 2.0 + (i / names.len()) as f64 * step;
+        rule(
+            format!("fleet-{i}"),
+            &fleet,
+            metric,
+            format!(
+                "{{ kind = \"threshold\", op = \"outside\", band = [{}, {}] }}",
+                number(below - widen),
+                number(above + widen)
+            ),
+            "0s",
+            "critical",
+        );
+    }
+    for i in 0..equals {
+        // The bottom of the radio's scale (rssi): a lost signal.
+        let (metric, value) = match names.get(8) {
+            Some(rssi) => (rssi, "-130"),
+            None => (&names[i % names.len()], "0"),
+        };
+        rule(
+            format!("equals-{i}"),
+            device(i * 7),
+            metric,
+            format!("{{ kind = \"equals\", value = {value} }}"),
+            "0s",
+            "info",
+        );
+    }
+    for i in 0..absent {
+        let group = &groups[i % groups.len()];
+        if i % 2 == 0 {
+            rule(
+                format!("silent-{i}"),
+                group,
+                "*",
+                "{ kind = \"absent\" }".to_owned(),
+                "1m",
+                "critical",
+            );
+        } else {
+            rule(
+                format!("gone-{i}"),
+                group,
+                &names[i % names.len()],
+                "{ kind = \"absent\", per = \"metric\" }".to_owned(),
+                "2m",
+                "warning",
+            );
+        }
+    }
+    text
+}
+
+/// The alerter's counters (`/metrics`), summed over their labels.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    /// `tributary_alerter_points_total`: points fed to the engine.
+    pub points: f64,
+    /// `tributary_alerter_points_evaluated_total`: points evaluated (once
+    /// per series each; a point waits up to the allowed lateness first).
+    pub evaluated: f64,
+    /// `tributary_alerter_transitions_total`: alert transitions published.
+    pub transitions: f64,
+}
+
+impl Counters {
+    /// Reads them from a Prometheus text exposition.
+    pub fn parse(text: &str) -> Self {
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .fold(0.0, |a, b| a + b)
+        };
+        Self {
+            points: sum("tributary_alerter_points_total"),
+            evaluated: sum("tributary_alerter_points_evaluated_total"),
+            transitions: sum("tributary_alerter_transitions_total"),
+        }
+    }
+
+    /// Reads them from the alerter's admin listener at `url`.
+    pub async fn read(client: &reqwest::Client, url: &str) -> Result<Self> {
+        let text = client
+            .get(format!("{url}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .context("the alerter's /metrics")?
+            .text()
+            .await?;
+        Ok(Self::parse(&text))
+    }
+}
+
+/// What the alerter did in a phase.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlerterFigures {
+    /// Rules in its file.
+    pub rules: usize,
+    /// Its allowed lateness: a point is evaluated that long after its event
+    /// time at the latest (its series' next points, or the clock, release it).
+    pub lateness: Duration,
+    /// Points it took in per second of load, while the load ran.
+    pub points_per_s: f64,
+    /// Points it evaluated per second, over a window as long as the load
+    /// that starts and ends its lateness and one clock tick later.
+    pub evaluated_per_s: f64,
+    /// How long after the load stopped it had taken in every point of the
+    /// phase; `None`: it had not within the wait.
+    pub caught_up: Option<Duration>,
+    /// Transitions it made during the phase.
+    pub transitions: u64,
+}
+
+impl AlerterFigures {
+    /// Evaluated points per second as a share of the sink's committed rows
+    /// per second (one row per point).
+    pub fn ratio(&self, sink_rows_per_s: f64) -> Option<f64> {
+        (sink_rows_per_s > 0.0).then(|| self.evaluated_per_s / sink_rows_per_s)
+    }
+
+    /// Kept up with the sink, by the sink's own measure of keeping up with
+    /// the load: at least 90% of its rate evaluated and taken in while
+    /// loading, and every point taken in within 2 s after the load.
+    pub fn keeps_up(&self, sink_rows_per_s: f64) -> bool {
+        let at_least = 0.9 * sink_rows_per_s;
+        sink_rows_per_s > 0.0
+            && self.evaluated_per_s >= at_least
+            && self.points_per_s >= at_least
+            && self.caught_up.is_some_and(|d| d <= Duration::from_secs(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use simulator::PayloadFormat;
+
+    #[test]
+    fn the_rules_parse_and_cover_the_fleet_in_the_intended_mix() {
+        let (ids, names) = stored_names(PayloadFormat::Items, 200, 10, 7);
+        assert_eq!(names[0], "APFluid");
+        let text = rules(&ids, &names, DEFAULT_RULES);
+        let set = tributary_alerts::RuleSet::from_toml(&text).unwrap_or_else(|problems| panic!("{problems:#?}"));
+        assert_eq!(set.rules().len(), 1000);
+        let kind = |prefix: &str| set.rules().iter().filter(|r| r.name.starts_with(prefix)).count();
+        assert_eq!(
+            [
+                kind("limit-"),
+                kind("agg-"),
+                kind("rate-"),
+                kind("fleet-"),
+                kind("equals-"),
+                kind("silent-") + kind("gone-")
+            ],
+            [600, 200, 100, 40, 50, 10]
+        );
+        // Every series has a rule that evaluates its points, a few in all.
+        let mut watching = 0;
+        for id in &ids {
+            for name in &names {
+                let n = set.rules().iter().filter(|r| r.matches(id, name)).count();
+                assert!(n >= 1, "{id} {name}");
+                watching += n;
+            }
+        }
+        let per_series = watching as f64 / 2000.0;
+        assert!((2.0..10.0).contains(&per_series), "{per_series}");
+        // Another phase's fleet (another seed) matches none of them.
+        let (other, _) = stored_names(PayloadFormat::Items, 200, 10, 8);
+        assert!(
+            set.rules()
+                .iter()
+                .all(|r| other.iter().all(|id| names.iter().all(|m| !r.matches(id, m))))
+        );
+    }
+
+    #[test]
+    fn every_format_and_size_makes_a_valid_file_over_what_the_pipeline_stores() {
+        for format in [
+            PayloadFormat::Items,
+            PayloadFormat::Senml,
+            PayloadFormat::Lineproto,
+            PayloadFormat::Sparkplug,
+        ] {
+            for (devices, metrics, count) in [(1, 1, 1), (3, 2, 10), (20, 14, 1000), (200, 10, 5000)] {
+                let (ids, names) = stored_names(format, devices, metrics, 3);
+                let text = rules(&ids, &names, count);
+                let set = tributary_alerts::RuleSet::from_toml(&text)
+                    .unwrap_or_else(|problems| panic!("{format} {devices} {metrics} {count}: {problems:#?}"));
+                assert_eq!(
+                    set.rules().len(),
+                    count.max(metrics as usize),
+                    "{devices} {metrics} {count}"
+                );
+                for id in &ids {
+                    for name in &names {
+                        assert!(set.rules().iter().any(|r| r.matches(id, name)), "{format}: {id} {name}");
+                    }
+                }
+            }
+        }
+        let (ids, names) = stored_names(PayloadFormat::Sparkplug, 2, 1, 3);
+        assert!(ids[0].starts_with("devices/"), "{ids:?}");
+        let (_, names_lp) = stored_names(PayloadFormat::Lineproto, 2, 1, 3);
+        assert_eq!(
+            (names[0].as_str(), names_lp[0].as_str()),
+            ("APFluid", "telemetry.APFluid")
+        );
+    }
+
+    #[test]
+    fn reads_the_counters_whatever_their_labels() {
+        let text = "# TYPE tributary_alerter_points_total counter\n\
+                    tributary_alerter_points_total{partition=\"0\"} 10\n\
+                    tributary_alerter_points_total{partition=\"1\"} 5\n\
+                    tributary_alerter_points_evaluated_total 12\n\
+                    tributary_alerter_points_ignored_total{reason=\"late\"} 3\n\
+                    tributary_alerter_transitions_total{state=\"firing\"} 2\n\
+                    tributary_alerter_transitions_total{state=\"resolved\"} 1\n";
+        assert_eq!(
+            Counters::parse(text),
+            Counters {
+                points: 15.0,
+                evaluated: 12.0,
+                transitions: 3.0
+            }
+        );
+        assert_eq!(Counters::parse(""), Counters::default());
+        let figures = AlerterFigures {
+            rules: 1000,
+            lateness: Duration::from_secs(5),
+            points_per_s: 20_000.0,
+            evaluated_per_s: 19_000.0,
+            caught_up: Some(Duration::ZERO),
+            transitions: 0,
+        };
+        assert_eq!(figures.ratio(20_000.0), Some(0.95));
+        assert_eq!(figures.ratio(0.0), None);
+        assert!(figures.keeps_up(20_000.0));
+        assert!(!figures.keeps_up(0.0));
+        let behind = AlerterFigures {
+            caught_up: Some(Duration::from_secs(3)),
+            ..figures
+        };
+        assert!(!behind.keeps_up(20_000.0));
+    }
+}
