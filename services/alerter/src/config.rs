@@ -40,6 +40,12 @@ pub struct Config {
     /// after a pause no device is found silent whose points are still queued.
     #[arg(long, env = "TRIBUTARY_ALERT_TICK_BACKLOG", default_value_t = 1_000)]
     pub tick_backlog: u64,
+    /// Longest the messages of evaluated (and published) rounds wait before
+    /// the devices they changed are saved and they are acknowledged: one
+    /// save per device per checkpoint however many rounds changed it. At
+    /// most half of --ack-wait. A crash replays at most this much again.
+    #[arg(long, env = "TRIBUTARY_ALERT_CHECKPOINT_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
     /// Durable consumer names on the metrics stream: `<durable>-<p>`, one
     /// per partition p (0 to 15), whichever replica evaluates it.
     #[arg(long, env = "TRIBUTARY_DURABLE", default_value = "alerter")]
@@ -188,6 +194,13 @@ impl Config {
                 "--alerter-replica {} is not below --alerter-replicas {}: replicas count from 0",
                 self.replica, self.replica_count
             ));
+        }
+        if self.checkpoint_interval < Duration::from_millis(10) || self.checkpoint_interval * 2 > self.ack_wait {
+            problems.push(
+                "--checkpoint-interval must be at least 10ms and at most half of --ack-wait (held messages are \
+                 acknowledged at the checkpoint)"
+                    .to_owned(),
+            );
         }
         if self.rules_poll < Duration::from_millis(100) {
             problems.push("--rules-poll must be at least 100ms".to_owned());

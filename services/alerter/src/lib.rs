@@ -160,6 +160,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
             lateness: config.lateness,
             batch: config.batch_size,
             tick_backlog: config.tick_backlog,
+            checkpoint: config.checkpoint_interval,
         };
         let config = &config;
         let pipelines = partitions.iter().map(|&partition| {

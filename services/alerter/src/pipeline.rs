@@ -5,12 +5,18 @@
 //! evaluated by one task, in stream order, whichever replica runs it. The
 //! task owns the partition's [`Engine`] and works in rounds. A round takes the
 //! metric messages at hand (up to `--batch-size`), feeds their points to
-//! the engine, and then, in this order:
+//! the engine, and publishes every transition they caused, waiting until
+//! the alerts stream has acknowledged each one. Its messages are then held
+//! for the next checkpoint, taken every `--checkpoint-interval` (or once
+//! [`CHECKPOINT_MESSAGES`] are held, or at shutdown), which
 //!
-//! 1. publishes every transition they caused, and waits until the alerts
-//!    stream has acknowledged each one;
-//! 2. saves the state of every device they changed ([`StateStore`]);
-//! 3. acknowledges the messages (ARCHITECTURE.md, delivery rule 1).
+//! 1. saves the state of every device changed since the last one
+//!    ([`StateStore`]), once however many rounds changed it;
+//! 2. acknowledges the held messages (ARCHITECTURE.md, delivery rule 1).
+//!
+//! Saving each device's whole state after every round cost most of the
+//! alerter's CPU (encoding windows of points again and again) and a
+//! key-value write per device and round on nats-server (BENCHMARKS.md).
 //!
 //! A crash anywhere in between leaves the saved state older than what was
 //! published: the next start restores it, the unacknowledged messages come
@@ -77,7 +83,12 @@ pub struct Settings {
     pub batch: usize,
     /// Ticks are held back while more messages than this wait.
     pub tick_backlog: u64,
+    /// Longest a published round's messages wait for the next checkpoint.
+    pub checkpoint: Duration,
 }
+
+/// Messages held for a checkpoint, at most, before it is taken anyway.
+const CHECKPOINT_MESSAGES: usize = 2_000;
 
 pub struct Pipeline {
     /// The partition of the metrics stream this pipeline evaluates.
@@ -92,6 +103,10 @@ pub struct Pipeline {
     /// A round could not be finished at shutdown: its effects are in the
     /// engine but not published, so nothing after it may be saved either.
     abandoned: bool,
+    /// Messages of published rounds, acknowledged at the next checkpoint
+    /// (with the states they changed saved first), and since when.
+    held: Vec<jetstream::Message>,
+    held_since: Option<tokio::time::Instant>,
     /// The engine's counters when they were last turned into metrics.
     reported: Stats,
 }
@@ -131,6 +146,8 @@ impl Pipeline {
             },
             reloads,
             abandoned: false,
+            held: Vec::new(),
+            held_since: None,
             reported: Stats::default(),
         }
     }
@@ -153,6 +170,7 @@ impl Pipeline {
             "saved alert state restored"
         );
         self.finish(round, shutdown).await;
+        self.checkpoint(shutdown).await;
         !self.abandoned
     }
 
@@ -210,6 +228,10 @@ impl Pipeline {
                     None
                 }
                 _ = ticks.tick(), if !messages.is_stopped() => self.tick(&mut messages, &shutdown).await,
+                () = checkpoint_due(self.held_since, self.settings.checkpoint), if !self.held.is_empty() => {
+                    self.checkpoint(&shutdown).await;
+                    None
+                }
                 next = messages.next() => {
                     let Some(first) = next else { break Ended(None) };
                     let mut round = Round::default();
@@ -225,6 +247,7 @@ impl Pipeline {
                 break ended;
             }
         };
+        self.checkpoint(&shutdown).await;
         messages.flush(FLUSH_WITHIN).await;
         tracing::info!(partition = self.partition, "alerter pipeline stopped");
         if !shutdown.is_cancelled() {
@@ -303,13 +326,15 @@ impl Pipeline {
         }
         // The clock as the server is asked: whatever the metrics stream held
         // by then is counted in the answer until this alerter has evaluated
-        // it and acknowledged it (between rounds it holds nothing evaluated
-        // and unacknowledged): not yet delivered, or delivered and not yet
+        // it and acknowledged it: not yet delivered, or delivered and not yet
         // in hand (the server answers and delivers on separate paths), or
-        // in hand (taken below, before the tick).
+        // in hand (taken below, before the tick), or evaluated and held for
+        // the checkpoint (not backlog: those are subtracted; acknowledgements
+        // still on their way only make the count larger).
         let asked_at = now_us();
+        let held = self.held.len() as u64;
         let backlog = match tokio::time::timeout(BACKLOG_WITHIN, self.consumer.get_info()).await {
-            Ok(Ok(info)) => info.num_pending + info.num_ack_pending as u64,
+            Ok(Ok(info)) => info.num_pending + (info.num_ack_pending as u64).saturating_sub(held),
             Ok(Err(error)) => {
                 tracing::debug!(%error, "no consumer info: tick held back");
                 u64::MAX
@@ -335,6 +360,9 @@ impl Pipeline {
 
     /// New rules: every device's state carried over to an engine for them.
     async fn reload(&mut self, rules: &RuleSet, shutdown: &CancellationToken) {
+        // The new engine does not know which devices changed since the last
+        // checkpoint: take it first.
+        self.checkpoint(shutdown).await;
         if self.abandoned {
             return;
         }
@@ -351,27 +379,19 @@ impl Pipeline {
             "new rules in force"
         );
         self.finish(round, shutdown).await;
+        self.checkpoint(shutdown).await;
     }
 
-    /// Publishes the round's transitions, saves the devices it changed,
-    /// acknowledges its messages: each step only once the one before has
-    /// succeeded. Failures are retried (the messages kept alive with
-    /// progress acknowledgements) until they pass or shutdown comes; then
-    /// the round is abandoned and its messages handed back.
+    /// Publishes the round's transitions and holds its messages for the
+    /// next checkpoint, taking it now if one is due. Failures are retried
+    /// (the messages kept alive with progress acknowledgements) until they
+    /// pass or shutdown comes; then the round is abandoned and its messages
+    /// (and the held ones) handed back.
     async fn finish(&mut self, round: Round, shutdown: &CancellationToken) {
         if self.abandoned {
             join_all(round.messages.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
             return;
         }
-        let states: Vec<(String, DeviceState)> = self
-            .engine
-            .take_changed()
-            .into_iter()
-            .filter_map(|device| {
-                let state = self.engine.device_state(&device)?;
-                Some((device, state))
-            })
-            .collect();
         let mut published = Published::default();
         let mut from = 0;
         let mut backoff = Backoff::standard();
@@ -381,35 +401,11 @@ impl Pipeline {
                 Err((index, error)) => {
                     from += index;
                     let retry = format!("publishing alert transitions failed ({error})");
-                    if !self.pause(&round, &mut backoff, &retry, shutdown).await {
+                    if !self.pause(&round.messages, &mut backoff, &retry, shutdown).await {
                         return self.abandon(round).await;
                     }
                 }
             }
-        }
-        let mut unsaved = states;
-        let devices = unsaved.len();
-        let mut backoff = Backoff::standard();
-        while !unsaved.is_empty() {
-            let failed = self.state.save_all(&unsaved).await;
-            let Some((_, error)) = failed.first() else { break };
-            let retry = format!("saving the state of {} devices failed ({error})", failed.len());
-            let again: Vec<usize> = failed.iter().map(|(index, _)| *index).collect();
-            unsaved = unsaved
-                .into_iter()
-                .enumerate()
-                .filter(|(index, _)| again.contains(index))
-                .map(|(_, state)| state)
-                .collect();
-            if !self.pause(&round, &mut backoff, &retry, shutdown).await {
-                return self.abandon(round).await;
-            }
-        }
-        let acks = join_all(round.messages.iter().map(|m| m.ack())).await;
-        let failed = acks.iter().filter(|r| r.is_err()).count();
-        if failed > 0 {
-            // Saved already: their points come again and change nothing.
-            tracing::warn!(failed, "acknowledging metric batches failed; they will be redelivered");
         }
         for transition in &round.transitions {
             metrics::counter!("tributary_alerter_transitions_total", "state" => transition.state.as_str()).increment(1);
@@ -426,17 +422,79 @@ impl Pipeline {
         metrics::counter!("tributary_alerter_publishes_total", "outcome" => "duplicate")
             .increment(published.duplicates);
         metrics::counter!("tributary_alerter_publishes_total", "outcome" => "refused").increment(published.refused);
-        metrics::counter!("tributary_alerter_state_writes_total").increment(devices as u64);
-        metrics::counter!("tributary_alerter_messages_total").increment(round.messages.len() as u64);
+        if !round.messages.is_empty() {
+            self.held_since.get_or_insert_with(tokio::time::Instant::now);
+            self.held.extend(round.messages);
+        }
+        let due = self
+            .held_since
+            .is_some_and(|since| since.elapsed() >= self.settings.checkpoint);
+        if due || self.held.len() >= CHECKPOINT_MESSAGES {
+            self.checkpoint(shutdown).await;
+        }
         self.report();
     }
 
-    /// Waits before a retry, keeping the round's messages from being
-    /// redelivered meanwhile. False if shutdown came first.
-    async fn pause(&self, round: &Round, backoff: &mut Backoff, what: &str, shutdown: &CancellationToken) -> bool {
+    /// Saves every device changed since the last checkpoint, then
+    /// acknowledges the held messages. A save that keeps failing until
+    /// shutdown abandons them (handed back, to be evaluated again from the
+    /// saved state).
+    async fn checkpoint(&mut self, shutdown: &CancellationToken) {
+        if self.abandoned {
+            return;
+        }
+        let mut unsaved: Vec<(String, DeviceState)> = self
+            .engine
+            .take_changed()
+            .into_iter()
+            .filter_map(|device| {
+                let state = self.engine.device_state(&device)?;
+                Some((device, state))
+            })
+            .collect();
+        let devices = unsaved.len();
+        let mut backoff = Backoff::standard();
+        while !unsaved.is_empty() {
+            let failed = self.state.save_all(&unsaved).await;
+            let Some((_, error)) = failed.first() else { break };
+            let retry = format!("saving the state of {} devices failed ({error})", failed.len());
+            let again: Vec<usize> = failed.iter().map(|(index, _)| *index).collect();
+            unsaved = unsaved
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| again.contains(index))
+                .map(|(_, state)| state)
+                .collect();
+            if !self.pause(&self.held, &mut backoff, &retry, shutdown).await {
+                return self.abandon(Round::default()).await;
+            }
+        }
+        let held = std::mem::take(&mut self.held);
+        self.held_since = None;
+        let acks = join_all(held.iter().map(|m| m.ack())).await;
+        let failed = acks.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            // Saved already: their points come again and change nothing.
+            tracing::warn!(failed, "acknowledging metric batches failed; they will be redelivered");
+        }
+        metrics::counter!("tributary_alerter_state_writes_total").increment(devices as u64);
+        metrics::counter!("tributary_alerter_checkpoints_total").increment(1);
+        metrics::counter!("tributary_alerter_messages_total").increment(held.len() as u64);
+    }
+
+    /// Waits before a retry, keeping these messages (and the held ones)
+    /// from being redelivered meanwhile. False if shutdown came first.
+    async fn pause(
+        &self,
+        messages: &[jetstream::Message],
+        backoff: &mut Backoff,
+        what: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let delay = backoff.next_delay();
         tracing::warn!(retry_in_ms = delay.as_millis() as u64, "{what}; retrying");
-        join_all(round.messages.iter().map(|m| m.ack_with(AckKind::Progress))).await;
+        let alive = messages.iter().chain(&self.held).map(|m| m.ack_with(AckKind::Progress));
+        join_all(alive).await;
         tokio::select! {
             () = shutdown.cancelled() => false,
             () = tokio::time::sleep(delay) => true,
@@ -447,13 +505,16 @@ impl Pipeline {
     /// next start to evaluate from the saved state, and no later round is
     /// saved (the engine holds this one's effects).
     async fn abandon(&mut self, round: Round) {
+        let held = std::mem::take(&mut self.held);
+        self.held_since = None;
         tracing::warn!(
-            messages = round.messages.len(),
+            messages = round.messages.len() + held.len(),
             transitions = round.transitions.len(),
-            "shutting down with a round unfinished; its messages will be redelivered"
+            "shutting down with a round or a checkpoint unfinished; its messages will be redelivered"
         );
         self.abandoned = true;
-        join_all(round.messages.iter().map(|m| m.ack_with(AckKind::Nak(None)))).await;
+        let back = round.messages.iter().chain(&held).map(|m| m.ack_with(AckKind::Nak(None)));
+        join_all(back).await;
     }
 
     /// The engine's counters since the last report, as metrics.
@@ -476,5 +537,13 @@ impl Pipeline {
         metrics::gauge!("tributary_alerter_devices", "partition" => self.partition.to_string())
             .set(self.engine.device_count() as f64);
         self.reported = now;
+    }
+}
+
+/// When the held messages' checkpoint is due (never while none are held).
+async fn checkpoint_due(since: Option<tokio::time::Instant>, every: Duration) {
+    match since {
+        Some(since) => tokio::time::sleep_until(since + every).await,
+        None => std::future::pending().await,
     }
 }
