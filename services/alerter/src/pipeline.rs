@@ -513,7 +513,11 @@ impl Pipeline {
             "shutting down with a round or a checkpoint unfinished; its messages will be redelivered"
         );
         self.abandoned = true;
-        let back = round.messages.iter().chain(&held).map(|m| m.ack_with(AckKind::Nak(None)));
+        let back = round
+            .messages
+            .iter()
+            .chain(&held)
+            .map(|m| m.ack_with(AckKind::Nak(None)));
         join_all(back).await;
     }
 
