@@ -288,9 +288,13 @@ pub struct Report {
     pub unscheduled_failpoint_exits: u32,
     /// SIGTERMs that did not end in exit status 0.
     pub unclean_sigterms: Vec<String>,
-    /// Messages a service held unacknowledged when it exited after SIGTERM
-    /// (they are redelivered), by service.
+    /// Messages unacknowledged on a service's durable once it exited after
+    /// SIGTERM (they are redelivered), by service.
     pub held_after_sigterm: BTreeMap<&'static str, u64>,
+    /// The same, read just before the SIGTERM: what earlier faults left
+    /// (a killed instance's deliveries, a dead connection's) waiting for the
+    /// ack wait, which the count after includes whenever it is not over yet.
+    pub held_before_sigterm: BTreeMap<&'static str, u64>,
     /// Services that exited by themselves (not by a failpoint).
     pub crashes: Vec<String>,
     /// Faults after which the services were not all ready (and, on a
@@ -564,6 +568,10 @@ async fn inject(
             service.restart()?;
         }
         Kind::Sigterm => {
+            if fault.service != PRODUCER {
+                *report.held_before_sigterm.entry(SERVICES[fault.service]).or_default() +=
+                    ack_pending(&cluster.js, fault.service).await;
+            }
             let service = &mut cluster.services[fault.service];
             match service.terminate(Duration::from_secs(30)).await {
                 Ok(status) if status.success() => {}
@@ -727,6 +735,11 @@ async fn stop(service: &mut tributary_testkit::ServiceProcess) -> Result<()> {
 /// have been processed.
 async fn held(js: &async_nats::jetstream::Context, service: usize) -> u64 {
     tokio::time::sleep(Duration::from_millis(500)).await;
+    ack_pending(js, service).await
+}
+
+/// Messages delivered to a service's durable consumer and not acknowledged, now.
+async fn ack_pending(js: &async_nats::jetstream::Context, service: usize) -> u64 {
     let (stream, durable) = CONSUMERS[service - 1];
     let info = async {
         let stream = js.get_stream(stream).await.ok()?;

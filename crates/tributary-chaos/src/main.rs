@@ -68,8 +68,9 @@ fn report(outcome: &tributary_chaos::Outcome) {
     }
     if faults.held_after_sigterm.values().any(|n| *n > 0) {
         lines.push(format!(
-            "messages left unacknowledged by services that exited after SIGTERM (redelivered): {:?}",
-            faults.held_after_sigterm
+            "messages unacknowledged on the durable once a service exited after SIGTERM (redelivered): {:?}; \
+             already unacknowledged just before those SIGTERMs (earlier faults' deliveries waiting for the ack wait): {:?}",
+            faults.held_after_sigterm, faults.held_before_sigterm
         ));
     }
     lines.extend(stalls(&faults.stalls));
