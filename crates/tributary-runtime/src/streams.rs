@@ -64,7 +64,8 @@ fn create_stream_is_transient(error: &jetstream::context::CreateStreamError) -> 
     }
 }
 
-fn get_stream_is_transient(error: &jetstream::context::GetStreamError) -> bool {
+/// Whether looking a stream up failed for a reason worth another try.
+pub fn get_stream_is_transient(error: &jetstream::context::GetStreamError) -> bool {
     use jetstream::context::GetStreamErrorKind as K;
     match error.kind() {
         K::JetStream(api) => api_error_is_transient(&api),
@@ -73,7 +74,8 @@ fn get_stream_is_transient(error: &jetstream::context::GetStreamError) -> bool {
     }
 }
 
-fn consumer_is_transient(error: &jetstream::stream::ConsumerError) -> bool {
+/// Whether creating or binding a consumer failed for a reason worth another try.
+pub fn consumer_is_transient(error: &jetstream::stream::ConsumerError) -> bool {
     use jetstream::stream::ConsumerErrorKind as K;
     match error.kind() {
         K::JetStream(api) => api_error_is_transient(&api),

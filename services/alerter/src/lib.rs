@@ -143,6 +143,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
         let Some(state) = opened.await? else {
             return Ok(());
         };
+        // The streams once, then each partition's consumer.
+        let streams = tributary_runtime::retry::until_ok("provisioning the streams", &shutdown, || {
+            tributary_runtime::streams::ensure_streams(&js, &config.streams)
+        });
+        if streams.await?.is_none() {
+            return Ok(());
+        }
         // The saved state of this replica's partitions, read once.
         let wanted: HashSet<u32> = partitions.iter().copied().collect();
         let loading = tributary_runtime::retry::until_ok("loading the saved alert state", &shutdown, || {
@@ -176,7 +183,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Servic
                 };
                 let stream = &config.streams.metrics;
                 let provisioned =
-                    tributary_runtime::streams::provision_consumer(&js, &config.streams, stream, &consumer, &shutdown);
+                    tributary_runtime::retry::until_ok("provisioning a partition's consumer", &shutdown, || {
+                        tributary_runtime::streams::ensure_pull_consumer(&js, stream, &consumer)
+                    });
                 let Some(consumer) = provisioned.await? else {
                     return Ok(());
                 };

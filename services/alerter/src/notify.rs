@@ -69,6 +69,8 @@ use tributary_runtime::retry::Transient;
 use tributary_runtime::{CancellationToken, dlq, parse_duration};
 use tributary_schema::{AlertEvent, AlertState, Message as _};
 
+use tributary_runtime::streams;
+
 use crate::config::Config;
 use crate::publish::AlertsStream;
 use crate::webhook::{self, AttemptError, HttpClient, endpoint, http_client, state_name};
@@ -263,21 +265,15 @@ async fn ensure_consumer(
     stream_name: &str,
     args: &NotifyArgs,
 ) -> Result<consumer::PullConsumer, NotifyError> {
-    use jetstream::stream::ConsumerErrorKind as K;
     let error = |message: String, transient: bool| NotifyError::Consumer {
         name: format!("{stream_name}/{}", args.durable),
         message,
         transient,
     };
-    let stream = js.get_stream(stream_name).await.map_err(|e| {
-        use jetstream::context::GetStreamErrorKind as G;
-        let transient = match e.kind() {
-            G::JetStream(api) => tributary_runtime::streams::api_error_is_transient(&api),
-            G::Request => true,
-            G::EmptyName | G::InvalidStreamName => false,
-        };
-        error(e.to_string(), transient)
-    })?;
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| error(e.to_string(), streams::get_stream_is_transient(&e)))?;
     let config = consumer::pull::Config {
         durable_name: Some(args.durable.clone()),
         description: Some("tributary-alerter: webhook notifications".to_owned()),
@@ -290,14 +286,10 @@ async fn ensure_consumer(
         max_deliver: -1,
         ..Default::default()
     };
-    stream.create_consumer(config).await.map_err(|e| {
-        let transient = match e.kind() {
-            K::JetStream(api) => tributary_runtime::streams::api_error_is_transient(&api),
-            K::TimedOut | K::Request | K::Other => true,
-            K::InvalidConsumerType | K::InvalidName => false,
-        };
-        error(e.to_string(), transient)
-    })
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| error(e.to_string(), streams::consumer_is_transient(&e)))
 }
 
 /// The wait after failed attempt `attempt` (1 for the first): `first`
